@@ -1,0 +1,87 @@
+"""Every knob of the project, read from the environment and `.env`.
+
+Entry points build `Settings` once (through `load_settings`) and pass it down; nothing
+reads the environment at import time. The variable names are a contract: they are the
+upper-case field names (`CLIP_MODEL`, `CHROMA_PATH`, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+
+
+class Settings(BaseSettings):
+    """Configuration of the search core, the index builder and the bot."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    clip_model: str = Field(
+        "openai/clip-vit-base-patch32", description="CLIP model: a Hugging Face id or a local dir"
+    )
+    chroma_path: Path = Field(Path("data/chroma"), description="embedded Chroma directory")
+    chroma_host: str | None = Field(None, description="Chroma server host; unset = embedded")
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port")
+    collection: str = Field("coco2014", description="Chroma collection name")
+    coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
+    device: Device = Field("auto", description="torch device: auto picks cuda when present")
+    dtype: DType = Field(
+        "auto", description="inference dtype: auto = fp16 on cuda, bf16 on CPUs with native bf16"
+    )
+    top_k: int = Field(
+        5, ge=1, le=10, description="results per search (a Telegram album holds 2-10)"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="images with more pixels are refused (decompression bombs)"
+    )
+
+    @field_validator("chroma_host", mode="before")
+    @classmethod
+    def _blank_host_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("collection")
+    @classmethod
+    def _valid_collection(cls, value: str) -> str:
+        if not _COLLECTION_NAME.match(value):
+            raise ValueError(
+                "must be 3-512 characters of letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("clip_model")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings` from the environment, `.env` and `overrides` (command-line flags).
+
+    A bad value raises `ConfigError` with one line naming the variable, instead of
+    pydantic's multi-line traceback.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+        raise ConfigError("bad setting " + "; ".join(problems)) from None

@@ -1,0 +1,51 @@
+"""Domain errors. core raises them; entry points and the bot turn them into clear messages.
+
+Every message is written for the person who will read it (a user in the chat or an
+operator at a terminal): what went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SearchBotError(Exception):
+    """Base of every error this project raises on purpose. `str(err)` is the message."""
+
+    exit_code = 1
+
+
+class ConfigError(SearchBotError):
+    """A setting has a bad value."""
+
+    exit_code = 2
+
+
+class EmptyQuery(SearchBotError):
+    """A search text with nothing to search for."""
+
+    exit_code = 2
+
+
+class IndexEmpty(SearchBotError):
+    """The collection is missing or holds no vectors yet."""
+
+    exit_code = 2
+
+
+class BadImage(SearchBotError):
+    """An image that cannot or must not be decoded (corrupt, truncated, too large, not an image)."""
+
+
+class ModelUnavailable(SearchBotError):
+    """Model weights could not be loaded (not downloaded, offline, wrong path)."""
+
+
+class ModelMismatch(SearchBotError):
+    """A collection was built with another model or embedding dimension than the configured one."""
+
+
+class StoreUnavailable(SearchBotError):
+    """The vector store could not be reached or opened."""
+
+
+class DatasetError(SearchBotError):
+    """A dataset on disk is missing or malformed (annotation file, image folder)."""

@@ -1,0 +1,126 @@
+"""Safe image decoding: whatever arrives (a photo from a chat, a file on disk) becomes an RGB
+picture the encoder can take, or a `BadImage` error that says why not.
+
+- a pixel-count limit is checked from the header, before any pixel is decoded, so
+  decompression bombs are refused cheaply;
+- JPEGs are decoded in draft mode (the DCT scaled by 1/2, 1/4 or 1/8) to the smallest size
+  that still covers what the model needs, which is several times faster on big photos;
+- EXIF orientation is applied; every mode (L, LA, P, RGBA, CMYK, I;16, ...) becomes RGB,
+  transparency over white; animated images give their first frame;
+- truncated, empty and non-image files raise `BadImage`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.errors import BadImage
+
+DEFAULT_MAX_PIXELS = 40_000_000
+ImageSource = bytes | bytearray | str | os.PathLike | BinaryIO
+
+_HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    """RGB pixels; smaller than the original when draft decoding applied."""
+    width: int
+    """Width of the original picture, after EXIF orientation."""
+    height: int
+    """Height of the original picture, after EXIF orientation."""
+
+
+def decode_image(
+    source: ImageSource, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Decode `source` (bytes, a path or a binary file) into RGB.
+
+    `min_side`: the shortest side the caller needs (the model's input size); JPEGs are then
+    draft-decoded to the smallest scale whose both sides are still at least that.
+    Raises `BadImage` with a short reason for anything that is not a decodable image within
+    the limits.
+    """
+    name = _describe(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise BadImage(f"{name} is empty")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            if os.path.getsize(source) == 0:
+                raise BadImage(f"{name} is empty")
+        except OSError as err:
+            raise BadImage(f"{name} cannot be read: {err.strerror or err}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise BadImage(
+                        f"{name} is too large: {width}×{height} pixels "
+                        f"(the limit is {max_pixels:,} pixels)"
+                    )
+                if min_side and im.format == "JPEG":
+                    im.draft("RGB" if im.mode == "RGB" else None, (min_side, min_side))
+                im.load()
+                orientation = im.getexif().get(0x0112, 1)
+                rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"{name} is too large to decode safely") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"{name} is not an image (or not a format we can read)") from None
+    except FileNotFoundError:
+        raise BadImage(f"{name} does not exist") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise BadImage(f"{name} is corrupt or truncated ({err})") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return DecodedImage(rgb, width, height)
+
+
+def load_image(
+    source: ImageSource, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """`decode_image(...).image`: the RGB picture alone."""
+    return decode_image(source, min_side=min_side, max_pixels=max_pixels).image
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in _HIGH_BIT_MODES:
+        pixels = np.asarray(im, dtype=np.float32)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
+        grey = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"image {Path(source).name!r}"
+    return "the image"
+
+
+# Truncated files must fail loudly, never decode into half-grey pictures.
+ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -1,0 +1,147 @@
+"""CLIP encoder: texts and images → L2-normalised float32 vectors in one shared space.
+
+The vectors are exactly what the reference Hugging Face call gives
+(`model.get_text_features(**processor(text=...))`, `get_image_features(...)`, normalised),
+computed in the configured device and dtype, in batches. Image preprocessing
+(`preprocess`) is separate from inference (`embed_pixels`) so the index builder can run it
+in worker threads while the model works; `embed_images` does both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
+
+from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_BATCH = 256
+DEFAULT_IMAGE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: CLIPModel
+    processor: CLIPProcessor
+    max_text_tokens: int
+    input_size: int
+
+
+class ClipEncoder:
+    """A CLIP model that loads lazily (thread-safe) and embeds texts and images.
+
+    Inference is serialised by a lock: one forward pass at a time per encoder, which is
+    what the CPU or GPU can do anyway; callers batch to go faster. Preprocessing is not
+    under the lock and may run in parallel from other threads.
+    """
+
+    def __init__(self, model_name: str, *, device: str = "auto", dtype: str = "auto") -> None:
+        self.model_name = model_name
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._model = LazyModel(self._load)
+        self._infer_lock = threading.Lock()
+
+    def _load(self) -> _Loaded:
+        log.info("loading CLIP %s on %s as %s", self.model_name, self.device, self.dtype)
+        model = load_pretrained(
+            "CLIP",
+            self.model_name,
+            lambda: CLIPModel.from_pretrained(self.model_name, dtype=self.dtype),
+        )
+        processor = load_pretrained(
+            "CLIP", self.model_name, lambda: CLIPProcessor.from_pretrained(self.model_name)
+        )
+        model.to(self.device).eval()
+        size = processor.image_processor.crop_size
+        input_size = size["height"] if isinstance(size, dict) else int(size)
+        return _Loaded(
+            model, processor, model.config.text_config.max_position_embeddings, input_size
+        )
+
+    def load(self) -> None:
+        """Load the weights now instead of on first use (raises `ModelUnavailable`)."""
+        self._model.get()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model.loaded
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension."""
+        return int(self._model.get().model.config.projection_dim)
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square image the model sees (224 for ViT-B/32)."""
+        return self._model.get().input_size
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
+        """Embed texts; longer than the model's context (77 tokens) is truncated."""
+        loaded = self._model.get()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = loaded.processor.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=loaded.max_text_tokens,
+                return_tensors="pt",
+            )
+            tokens = {k: v.to(self.device) for k, v in tokens.items()}
+            with self._infer_lock, torch.inference_mode():
+                features = loaded.model.get_text_features(**tokens)
+            out.append(_normalised(features))
+        return _stack(out, self)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Resize, crop and normalise images as the model expects: float32 NCHW pixels.
+
+        Thread-safe and lock-free, so it can run in workers beside `embed_pixels`.
+        """
+        processor = self._model.get().processor.image_processor
+        return processor(images=list(images), return_tensors="np")["pixel_values"]
+
+    def embed_pixels(self, pixels: np.ndarray, batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
+        """Embed preprocessed pixels (from `preprocess`)."""
+        loaded = self._model.get()
+        out = []
+        for start in range(0, len(pixels), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size]))
+            batch = batch.to(self.device, self.dtype)
+            with self._infer_lock, torch.inference_mode():
+                features = loaded.model.get_image_features(pixel_values=batch)
+            out.append(_normalised(features))
+        return _stack(out, self)
+
+    def embed_images(
+        self, images: Sequence[Image.Image], batch_size: int = DEFAULT_IMAGE_BATCH
+    ) -> np.ndarray:
+        """Embed RGB images (preprocess + embed_pixels)."""
+        return (
+            self.embed_pixels(self.preprocess(images), batch_size) if images else _stack([], self)
+        )
+
+
+def _normalised(features: object) -> np.ndarray:
+    # transformers 5 returns an output object whose pooler_output is the projected
+    # embedding; 4.x returned the tensor itself.
+    tensor = getattr(features, "pooler_output", features)
+    tensor = tensor.float()
+    tensor = tensor / tensor.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return tensor.cpu().numpy()
+
+
+def _stack(parts: list[np.ndarray], encoder: ClipEncoder) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)

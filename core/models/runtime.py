@@ -1,0 +1,109 @@
+"""Where and in which precision models run: resolves the DEVICE and DTYPE settings, and
+loads Hugging Face models with a clear error when their weights are missing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import torch
+
+from core.errors import ConfigError, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+T = TypeVar("T")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda when present, else mps when present, else cpu; others are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("DEVICE=cuda but torch sees no CUDA GPU (is this the CPU build?)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("DEVICE=mps but torch sees no Apple GPU")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 is
+    both faster and accurate enough for CLIP; elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` → float16 on cuda, bfloat16 on a CPU with native bf16, else float32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ConfigError(f"DTYPE={name!r} is not one of auto, float32, bfloat16, float16")
+    dtype = _DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        log.warning("DTYPE=float16 on the CPU is slow and imprecise; bfloat16 is better there")
+    return dtype
+
+
+def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
+    """Run `loader` (a `from_pretrained` call) and turn "weights not there" into one clear
+    `ModelUnavailable` message naming the model and what to do."""
+    try:
+        return loader()
+    except (OSError, ValueError) as err:
+        if Path(name).expanduser().exists():
+            hint = f"the directory {name!r} is not a complete Hugging Face {what} model"
+        elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+            hint = (
+                f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                f"download it once with `hf download {name}` on a connected machine, "
+                "or point the setting at a local directory"
+            )
+        else:
+            hint = (
+                f"{name!r} could not be downloaded or found: check the name and the network, "
+                f"or download it with `hf download {name}` and retry"
+            )
+        raise ModelUnavailable(f"{what} model unavailable: {hint} ({type(err).__name__})") from err
+
+
+class LazyModel(Generic[T]):
+    """Loads a model once, on first use, from any thread (immich's load()/predict() shape).
+
+    `get()` returns the loaded object; concurrent first callers wait for one load. A failed
+    load is not cached: the next call tries again (the operator may have fixed the path).
+    """
+
+    def __init__(self, load: Callable[[], T]) -> None:
+        self._load = load
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+    def get(self) -> T:
+        value = self._value
+        if value is not None:
+            return value
+        with self._lock:
+            if self._value is None:
+                self._value = self._load()
+            return self._value

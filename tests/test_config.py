@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import load_settings
+from core.errors import ConfigError
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.clip_model == "openai/clip-vit-base-patch32"
+    assert settings.chroma_path == Path("data/chroma")
+    assert settings.chroma_host is None
+    assert settings.collection == "coco2014"
+    assert settings.coco_root == Path("data/coco")
+    assert (settings.device, settings.dtype, settings.top_k) == ("auto", "auto", 5)
+
+
+def test_environment_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TOP_K=7\nCOLLECTION=from_dotenv\n# a comment\n")
+    monkeypatch.setenv("COLLECTION", "from_env")
+    monkeypatch.setenv("CHROMA_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHROMA_PORT", "8123")
+    settings = load_settings()
+    assert settings.top_k == 7  # from .env
+    assert settings.collection == "from_env"  # the environment wins over .env
+    assert (settings.chroma_host, settings.chroma_port) == ("127.0.0.1", 8123)
+
+
+def test_overrides_win_and_none_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOP_K", "3")
+    assert load_settings(top_k=None).top_k == 3
+    assert load_settings(top_k=9).top_k == 9
+
+
+def test_blank_chroma_host_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHROMA_HOST", "  ")
+    assert load_settings().chroma_host is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DEVICE", "gpu"),
+        ("DTYPE", "int8"),
+        ("TOP_K", "0"),
+        ("TOP_K", "11"),
+        ("TOP_K", "many"),
+        ("CHROMA_PORT", "http"),
+        ("COLLECTION", "a"),
+        ("COLLECTION", "bad name!"),
+        ("CLIP_MODEL", " "),
+    ],
+)
+def test_bad_value_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert name in message
+    assert "\n" not in message
+    assert repr(value) in message

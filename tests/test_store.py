@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import IndexEmpty, ModelMismatch, StoreUnavailable
+from core.records import CaptionRecord, ImageRecord
+from core.store import Database
+from tests.conftest import ChromaServer, free_port, make_settings
+
+
+def unit_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def records(n: int) -> list[ImageRecord]:
+    return [
+        ImageRecord(
+            id=str(i),
+            path=f"/data/img{i}.jpg",
+            split="val2014",
+            width=640,
+            height=480,
+            captions=(f"caption {i} one", f"caption {i} two") if i % 2 == 0 else (),
+            file_size=1000 + i,
+            mtime_ns=10**18 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def exercise_round_trip(db: Database, name: str) -> None:
+    store = db.open(name, ImageRecord, model="m", dim=8, create=True)
+    items, vectors = records(20), unit_vectors(20)
+    store.upsert(items, vectors)
+    assert store.count() == 20
+
+    [matches] = store.query(vectors[3:4], k=5)
+    assert matches[0].record == items[3]  # every field survives the round trip
+    assert matches[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+    expected = np.argsort(-(vectors @ vectors[3]))[:5]
+    assert [m.record.id for m in matches] == [str(i) for i in expected]
+    assert matches[1].score == pytest.approx(float(vectors[expected[1]] @ vectors[3]), abs=1e-4)
+
+    got = store.get(["5", "missing", "2"])
+    assert sorted(got, key=lambda r: r.id) == [items[2], items[5]]
+    assert sorted(r.id for r in store) == sorted(r.id for r in items)
+
+    store.upsert([items[0]], -vectors[:1])  # replace, not duplicate
+    assert store.count() == 20
+    store.delete(["0", "1"])
+    assert store.count() == 18
+    assert store.get(["0", "1"]) == []
+
+    reopened = db.open(name, ImageRecord, model="m", dim=8)
+    assert reopened.count() == 18
+    assert db.drop(name)
+    assert not db.drop(name)
+
+
+def test_round_trip_embedded(tmp_path: Path) -> None:
+    exercise_round_trip(Database(make_settings(tmp_path)), "images_test")
+
+
+def test_round_trip_on_a_chroma_server(tmp_path: Path, chroma_server: ChromaServer) -> None:
+    db = Database(
+        make_settings(tmp_path, chroma_host=chroma_server.host, chroma_port=chroma_server.port)
+    )
+    assert "server" in db.description
+    exercise_round_trip(db, "server_images_test")
+
+
+def test_data_persists_across_clients(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    Database(settings).open("persist", ImageRecord, model="m", dim=8, create=True).upsert(
+        records(3), unit_vectors(3)
+    )
+    assert Database(settings).open("persist", ImageRecord, model="m", dim=8).count() == 3
+
+
+def test_upserts_are_chunked_to_the_client_batch_limit(tmp_path: Path) -> None:
+    store = Database(make_settings(tmp_path)).open(
+        "chunked", ImageRecord, model="m", dim=8, create=True
+    )
+    store._max_batch = 7  # the real limit is thousands; make 50 records need 8 chunks
+    store.upsert(records(50), unit_vectors(50))
+    assert store.count() == 50
+    store.delete([str(i) for i in range(45)])
+    assert store.count() == 5
+
+
+def test_upsert_rejects_mismatched_lengths(tmp_path: Path) -> None:
+    store = Database(make_settings(tmp_path)).open(
+        "len", ImageRecord, model="m", dim=8, create=True
+    )
+    with pytest.raises(ValueError, match="3 records but 2 vectors"):
+        store.upsert(records(3), unit_vectors(2))
+
+
+def test_caption_records(tmp_path: Path) -> None:
+    store = Database(make_settings(tmp_path)).open(
+        "caps", CaptionRecord, model="m", dim=8, create=True
+    )
+    caption = CaptionRecord(id="42:0", image_id="42", caption="a dog on a beach")
+    store.upsert([caption], unit_vectors(1))
+    assert store.query(unit_vectors(1), k=1)[0][0].record == caption
+
+
+@pytest.mark.parametrize(("model", "dim"), [("other-model", 8), ("m", 16)])
+def test_other_model_or_dimension_is_refused(tmp_path: Path, model: str, dim: int) -> None:
+    db = Database(make_settings(tmp_path))
+    db.open("space", ImageRecord, model="m", dim=8, create=True)
+    with pytest.raises(ModelMismatch) as caught:
+        db.open("space", ImageRecord, model=model, dim=dim)
+    message = str(caught.value)
+    assert "'m' (8-d vectors)" in message and "--rebuild" in message
+    with pytest.raises(ModelMismatch):
+        db.open("space", ImageRecord, model=model, dim=dim, create=True)
+
+
+def test_missing_or_empty_collection_is_index_empty(tmp_path: Path) -> None:
+    db = Database(make_settings(tmp_path))
+    with pytest.raises(IndexEmpty, match=r"index is empty: .*index_builder\.py"):
+        db.open("never_built", ImageRecord, model="m", dim=8)
+    store = db.open("built_empty", ImageRecord, model="m", dim=8, create=True)
+    with pytest.raises(IndexEmpty, match="index is empty"):
+        store.query(unit_vectors(1), k=3)
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, chroma_host="127.0.0.1", chroma_port=free_port())
+    with pytest.raises(StoreUnavailable, match=r"Chroma server 127\.0\.0\.1:\d+"):
+        Database(settings)
