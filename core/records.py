@@ -84,10 +84,17 @@ class CaptionRecord:
     """`<image id>:<n>`, n = the caption's position among the picture's captions."""
     image_id: str
     caption: str
+    split: str = ""
+    """The split of the picture, so a refresh of one split leaves the others alone."""
 
     def to_metadata(self) -> Metadata:
-        return {"image_id": self.image_id, "caption": self.caption}
+        return {"image_id": self.image_id, "caption": self.caption, "split": self.split}
 
     @classmethod
     def from_metadata(cls, id: str, metadata: Metadata) -> CaptionRecord:
-        return cls(id=id, image_id=str(metadata["image_id"]), caption=str(metadata["caption"]))
+        return cls(
+            id=id,
+            image_id=str(metadata.get("image_id", "")),
+            caption=str(metadata.get("caption", "")),
+            split=str(metadata.get("split", "")),
+        )

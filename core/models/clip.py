@@ -61,8 +61,7 @@ class ClipEncoder:
             "CLIP", self.model_name, lambda: CLIPProcessor.from_pretrained(self.model_name)
         )
         model.to(self.device).eval()
-        size = processor.image_processor.crop_size
-        input_size = size["height"] if isinstance(size, dict) else int(size)
+        input_size = int(processor.image_processor.crop_size["height"])
         return _Loaded(
             model, processor, model.config.text_config.max_position_embeddings, input_size
         )

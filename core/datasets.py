@@ -1,0 +1,196 @@
+"""Readers: where the pictures to index are, as `ImageRecord`s.
+
+- `CocoReader`: COCO2014 as distributed, `<root>/annotations/captions_<split>.json` and
+  `<root>/<split>/COCO_<split>_<12-digit id>.jpg`. The id of a record is the COCO image id.
+- `FolderReader`: any folder of pictures, recursively; the id is derived from the path
+  relative to the folder, so it survives moving the folder.
+
+A reader scans metadata only (JSON and file stats, never pixels). Files listed but missing
+on disk are collected in `missing`, not fatal; a missing or malformed annotation file is a
+`DatasetError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from core.errors import DatasetError
+from core.records import ImageRecord
+
+log = logging.getLogger(__name__)
+
+COCO_SPLITS = ("train2014", "val2014")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+FOLDER_SPLIT_PREFIX = "folder:"
+
+
+@dataclass
+class Scan:
+    """What a reader found: records of files that exist, and paths listed but missing."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+class Reader(Protocol):
+    """A source of pictures. `owns` tells which stored records belong to this source, so a
+    refresh removes only its own vanished entries, never another split's or folder's."""
+
+    description: str
+
+    def scan(self) -> Scan: ...
+
+    def owns(self, split: str) -> bool: ...
+
+
+def _stamped(record: ImageRecord, scan: Scan) -> None:
+    """Add `record` to `scan` with its file size and mtime, or note it as missing."""
+    try:
+        stat = os.stat(record.path)
+    except OSError:
+        scan.missing.append(record.path)
+        return
+    scan.records.append(
+        ImageRecord(
+            id=record.id,
+            path=record.path,
+            split=record.split,
+            width=record.width,
+            height=record.height,
+            captions=record.captions,
+            file_size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+        )
+    )
+
+
+class CocoReader:
+    """COCO2014 captions and images, for one or both splits."""
+
+    def __init__(self, root: Path, splits: Iterable[str] = COCO_SPLITS) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.splits = tuple(splits)
+        unknown = set(self.splits) - set(COCO_SPLITS)
+        if unknown:
+            raise DatasetError(f"unknown COCO split(s) {sorted(unknown)}: use {COCO_SPLITS}")
+        self.description = f"COCO2014 {'+'.join(self.splits)} in {self.root}"
+
+    def owns(self, split: str) -> bool:
+        return split in self.splits
+
+    def scan(self) -> Scan:
+        scan = Scan()
+        for split in self.splits:
+            images = self.root / split
+            entries = _read_coco_annotations(self.root / "annotations" / f"captions_{split}.json")
+            if entries and not images.is_dir():
+                raise DatasetError(
+                    f"image folder {images} not found: unzip {split}.zip into {self.root}"
+                )
+            for image_id, file_name, width, height, captions in entries:
+                record = ImageRecord(
+                    id=str(image_id),
+                    path=str(images / file_name),
+                    split=split,
+                    width=width,
+                    height=height,
+                    captions=captions,
+                )
+                _stamped(record, scan)
+        scan.records.sort(key=lambda r: int(r.id))
+        return scan
+
+
+def _read_coco_annotations(
+    path: Path,
+) -> list[tuple[int, str, int, int, tuple[str, ...]]]:
+    """(image id, file name, width, height, captions) per image of a COCO captions file."""
+    if not path.is_file():
+        raise DatasetError(
+            f"annotation file {path} not found: download annotations_trainval2014.zip "
+            f"and unzip it into {path.parent.parent} (see README, 'Get COCO2014')"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"annotation file {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+            f"{err.msg}); it may be truncated, download it again"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"annotation file {path} cannot be read: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"annotation file {path} has no 'images' list: is it a COCO file?")
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(f"annotation file {path}: 'annotations' is not a list")
+
+    captions: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for n, annotation in enumerate(annotations):
+        try:
+            image_id, text = int(annotation["image_id"]), str(annotation["caption"])
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(
+                f"annotation file {path}: annotations[{n}] lacks a valid image_id or caption"
+            ) from None
+        text = " ".join(text.split())
+        if text:
+            captions[image_id].append((int(annotation.get("id", n)), text))
+
+    entries = []
+    for n, image in enumerate(data["images"]):
+        try:
+            image_id, file_name = int(image["id"]), str(image["file_name"])
+            width, height = int(image.get("width", 0)), int(image.get("height", 0))
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(
+                f"annotation file {path}: images[{n}] lacks a valid id or file_name"
+            ) from None
+        if Path(file_name).name != file_name:
+            raise DatasetError(f"annotation file {path}: images[{n}] file_name {file_name!r}")
+        ordered = tuple(text for _, text in sorted(captions.get(image_id, [])))
+        entries.append((image_id, file_name, width, height, ordered))
+    log.info("%s: %d images, %d captions", path.name, len(entries), len(annotations))
+    return entries
+
+
+class FolderReader:
+    """Every picture under a folder (recursively, by extension), without captions."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.split = FOLDER_SPLIT_PREFIX + str(self.root)
+        self.description = f"folder {self.root}"
+
+    def owns(self, split: str) -> bool:
+        return split == self.split
+
+    def scan(self) -> Scan:
+        if not self.root.is_dir():
+            raise DatasetError(f"folder {self.root} not found")
+        scan = Scan()
+        for directory, subdirs, files in os.walk(self.root):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                path = Path(directory) / name
+                relative = path.relative_to(self.root).as_posix()
+                record = ImageRecord(id=folder_image_id(relative), path=str(path), split=self.split)
+                _stamped(record, scan)
+        return scan
+
+
+def folder_image_id(relative_path: str) -> str:
+    """A stable id for a picture of a folder: "f" + 16 hex digits of its relative path's hash
+    (COCO ids are plain numbers, so the two never collide)."""
+    return "f" + hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:16]

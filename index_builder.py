@@ -1,0 +1,171 @@
+"""Build or refresh the image index the bot searches.
+
+    python index_builder.py                         # COCO2014 train+val from COCO_ROOT
+    python index_builder.py --split val2014 --limit 10000
+    python index_builder.py --folder ~/Pictures     # your own photos
+
+Safe to stop at any moment (Ctrl-C, kill, power loss) and to rerun: it continues where it
+stopped and, later, refreshes (adds new pictures, re-embeds changed ones, removes gone ones).
+Exit codes: 0 done, 1 runtime error, 2 bad arguments or settings, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from core.config import load_settings
+from core.datasets import COCO_SPLITS, CocoReader, FolderReader, Reader
+from core.errors import SearchBotError
+from core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, IndexSummary, run
+
+log = logging.getLogger("index_builder")
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python index_builder.py",
+        description="Embed pictures with CLIP into the Chroma collection the bot searches. "
+        "Settings (CLIP_MODEL, CHROMA_PATH or CHROMA_HOST/PORT, COLLECTION, DEVICE, DTYPE) "
+        "come from the environment and .env; the flags below override them for this run.",
+        epilog="Resumable and incremental: rerun the same command after an interruption or "
+        "when files changed; only what is new or changed is embedded.",
+    )
+    parser.add_argument(
+        "--coco-root",
+        type=Path,
+        metavar="DIR",
+        help="COCO2014 root holding annotations/, train2014/ and val2014/ (default: COCO_ROOT)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=[*COCO_SPLITS, "all"],
+        default="all",
+        help="which COCO2014 split(s) to index (default: all = train2014 + val2014)",
+    )
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        metavar="DIR",
+        help="index every picture under DIR (recursively) instead of COCO",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive,
+        metavar="N",
+        help="index only the first N pictures (by id), e.g. a 10k subset to try things out",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"pictures per model call (default {DEFAULT_BATCH_SIZE}; 256+ on a GPU)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"threads decoding and resizing pictures while the model runs "
+        f"(default {DEFAULT_WORKERS}; more on a GPU machine)",
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="delete the collection (and its captions collection) and start from scratch, "
+        "e.g. after changing CLIP_MODEL",
+    )
+    parser.add_argument(
+        "--with-captions",
+        action="store_true",
+        help="also embed every COCO caption as text into the collection <COLLECTION>_captions",
+    )
+    parser.add_argument(
+        "--collection", metavar="NAME", help="collection name (default: COLLECTION)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (DEBUG)")
+    return parser
+
+
+def describe(summary: IndexSummary) -> str:
+    """The human summary printed at the end of a run."""
+    lines = [f"{summary.source} → collection {summary.collection!r}"]
+    if summary.up_to_date and not summary.interrupted:
+        lines.append(
+            f"index is up to date: {summary.unchanged:,} pictures unchanged, nothing to do"
+        )
+    else:
+        lines.append(
+            f"indexed {summary.indexed:,} · unchanged {summary.unchanged:,} · "
+            f"removed {summary.removed:,} · bad {len(summary.bad):,} · "
+            f"missing {len(summary.missing):,}"
+        )
+    if summary.beyond_limit:
+        lines.append(f"{summary.beyond_limit:,} pictures left out by --limit")
+    if summary.captions_indexed or summary.captions_removed:
+        lines.append(
+            f"captions: indexed {summary.captions_indexed:,} · removed {summary.captions_removed:,}"
+        )
+    rate = f" ({summary.images_per_s:.1f} images/s)" if summary.indexed else ""
+    lines.append(
+        f"{summary.total:,} pictures in the index · {summary.elapsed_s:.1f} s elapsed{rate}"
+    )
+    if summary.bad:
+        for path, reason in summary.bad[:5]:
+            lines.append(f"  bad: {path}: {reason}")
+        if len(summary.bad) > 5:
+            lines.append(f"  ... and {len(summary.bad) - 5} more")
+    if summary.report:
+        lines.append(f"bad and missing pictures are listed in {summary.report}")
+    if summary.interrupted:
+        lines.append("interrupted: everything embedded so far is stored; rerun to continue")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(coco_root=args.coco_root, collection=args.collection)
+        reader: Reader
+        if args.folder is not None:
+            reader = FolderReader(args.folder)
+        else:
+            splits = COCO_SPLITS if args.split == "all" else (args.split,)
+            reader = CocoReader(settings.coco_root, splits)
+        summary = run(
+            settings,
+            reader,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            rebuild=args.rebuild,
+            with_captions=args.with_captions,
+            progress=not args.no_progress,
+        )
+    except SearchBotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before indexing began; nothing was changed", file=sys.stderr)
+        return 130
+    print(describe(summary))
+    return 130 if summary.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
