@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
 
@@ -48,10 +48,48 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="images with more pixels are refused (decompression bombs)"
     )
 
-    @field_validator("chroma_host", mode="before")
+    # The Telegram bot
+    telegram_bot_token: SecretStr | None = Field(None, description="bot token from @BotFather")
+    telegram_base_url: str = Field(
+        "https://api.telegram.org/bot", description="Bot API base URL (a local Bot API server)"
+    )
+    telegram_base_file_url: str = Field(
+        "https://api.telegram.org/file/bot", description="Bot API file download base URL"
+    )
+    allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
+        frozenset(), description="comma-separated Telegram user ids; empty = everyone"
+    )
+    rate_limit_per_minute: int = Field(
+        20, ge=0, description="requests per user per minute; 0 = unlimited"
+    )
+    micro_batch: bool = Field(
+        True, description="batch concurrent text searches into one encoder call"
+    )
+    webhook_url: str | None = Field(
+        None, description="public HTTPS URL for webhook mode; unset = long polling"
+    )
+    webhook_listen: str = Field("0.0.0.0", description="webhook server address")
+    webhook_port: int = Field(8443, ge=1, le=65535, description="webhook server port")
+    webhook_secret: SecretStr | None = Field(
+        None, description="secret Telegram sends with each webhook call (recommended)"
+    )
+
+    @field_validator(
+        "chroma_host", "telegram_bot_token", "webhook_url", "webhook_secret", mode="before"
+    )
     @classmethod
-    def _blank_host_is_none(cls, value: Any) -> Any:
+    def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_user_ids", mode="before")
+    @classmethod
+    def _comma_separated_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.replace(";", ",").split(",")]
+            if not all(part.lstrip("-").isdigit() for part in parts if part):
+                raise ValueError("must be numeric Telegram user ids separated by commas")
+            return frozenset(int(part) for part in parts if part)
+        return value
 
     @field_validator("collection")
     @classmethod
@@ -78,7 +116,8 @@ def load_settings(**overrides: Any) -> Settings:
     pydantic's multi-line traceback.
     """
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None or k.startswith("_")}
+        return Settings(**given)
     except ValidationError as err:
         problems = []
         for error in err.errors():
