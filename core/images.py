@@ -124,3 +124,49 @@ def _describe(source: ImageSource) -> str:
 
 # Truncated files must fail loudly, never decode into half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# Telegram's limits for photos a bot uploads.
+UPLOAD_MAX_BYTES = 10 * 1024 * 1024
+UPLOAD_MAX_SIDES_SUM = 10_000
+UPLOAD_MAX_RATIO = 20
+
+
+def photo_for_upload(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes to upload as a Telegram photo for the picture at `path`.
+
+    Most files go as they are. One over Telegram's photo limits (10 MB, width + height
+    10,000) is sent as a smaller JPEG instead; a panorama beyond the 1:20 aspect ratio is
+    padded. Raises `BadImage` when the file cannot be read or decoded.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise BadImage(f"{_describe(path)} cannot be read: {err.strerror or err}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            fits = probe.format in ("JPEG", "PNG", "WEBP")
+    except (UnidentifiedImageError, OSError) as err:
+        raise BadImage(f"{_describe(path)} is not an image ({err})") from None
+    ratio = max(width, height) / max(1, min(width, height))
+    within_limits = (
+        len(data) <= UPLOAD_MAX_BYTES
+        and width + height <= UPLOAD_MAX_SIDES_SUM
+        and ratio <= UPLOAD_MAX_RATIO
+    )
+    if fits and within_limits:
+        return data
+    image = load_image(data, max_pixels=max_pixels)
+    if ratio > UPLOAD_MAX_RATIO:
+        side = max(image.size) // UPLOAD_MAX_RATIO + 1
+        canvas = Image.new("RGB", (max(image.width, side), max(image.height, side)), "white")
+        canvas.paste(
+            image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2)
+        )
+        image = canvas
+    image.thumbnail((2560, 2560))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

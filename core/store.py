@@ -142,7 +142,8 @@ class VectorStore(Generic[R]):
     ) -> None:
         self._collection = collection
         self._type = record_type
-        self._where = where
+        self.description = where
+        """Where the collection lives, for people: "embedded Chroma in data/chroma"."""
         self._max_batch = max_batch
 
     @property
@@ -150,7 +151,7 @@ class VectorStore(Generic[R]):
         return self._collection.name
 
     def count(self) -> int:
-        with _reachable(self._where):
+        with _reachable(self.description):
             return self._collection.count()
 
     def upsert(self, records: Sequence[R], vectors: np.ndarray) -> None:
@@ -158,7 +159,7 @@ class VectorStore(Generic[R]):
         if len(records) != len(vectors):
             raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
         step = self._max_batch
-        with _reachable(self._where):
+        with _reachable(self.description):
             for start in range(0, len(records), step):
                 chunk = records[start : start + step]
                 self._collection.upsert(
@@ -174,7 +175,7 @@ class VectorStore(Generic[R]):
         """
         if len(vectors) == 0:
             return []
-        with _reachable(self._where):
+        with _reachable(self.description):
             result = self._collection.query(
                 query_embeddings=np.asarray(vectors, dtype=np.float32),
                 n_results=k,
@@ -196,7 +197,7 @@ class VectorStore(Generic[R]):
         """The stored records among `ids` (missing ids are left out)."""
         out: list[R] = []
         step = self._max_batch
-        with _reachable(self._where):
+        with _reachable(self.description):
             for start in range(0, len(ids), step):
                 got = self._collection.get(
                     ids=list(ids[start : start + step]), include=["metadatas"]
@@ -209,7 +210,7 @@ class VectorStore(Generic[R]):
 
     def delete(self, ids: Sequence[str]) -> None:
         step = self._max_batch
-        with _reachable(self._where):
+        with _reachable(self.description):
             for start in range(0, len(ids), step):
                 self._collection.delete(ids=list(ids[start : start + step]))
 
@@ -217,7 +218,7 @@ class VectorStore(Generic[R]):
         """Every stored record, page by page (memory stays bounded)."""
         offset = 0
         while True:
-            with _reachable(self._where):
+            with _reachable(self.description):
                 got = self._collection.get(limit=PAGE, offset=offset, include=["metadatas"])
             if not got["ids"]:
                 return

@@ -56,14 +56,23 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def env_value(value: object) -> str:
+    """How a setting's value is written in the environment."""
+    if hasattr(value, "get_secret_value"):
+        return value.get_secret_value()
+    if isinstance(value, (set, frozenset)):
+        return ",".join(str(v) for v in sorted(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment for running an entry point as a subprocess with `settings`."""
     env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[name.upper()] = str(
-                value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            )
+            env[name.upper()] = env_value(value)
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
@@ -118,3 +127,40 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@dataclass(frozen=True)
+class ShapeIndex:
+    """A 60-picture synthetic index built with the fixture CLIP (5 of each colour × shape)."""
+
+    settings: Settings
+    images: list  # list[tests.mini_coco.MiniImage]
+
+
+@pytest.fixture(scope="session")
+def shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
+    from core.images import load_image
+    from core.models.clip import ClipEncoder
+    from core.records import ImageRecord
+    from core.store import Database
+    from tests.mini_coco import make_mini_coco
+
+    root = tmp_path_factory.mktemp("shape-index")
+    images = make_mini_coco(root / "coco", {"train2014": 40, "val2014": 20}, seed=11)
+    settings = make_settings(root, collection="shapes")
+    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    vectors = encoder.embed_images([load_image(image.path) for image in images])
+    records = [
+        ImageRecord(
+            id=str(image.id),
+            path=str(image.path),
+            split=image.split,
+            captions=(f"a {image.color} {image.shape}", "another caption"),
+        )
+        for image in images
+    ]
+    store = Database(settings).open(
+        settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
+    )
+    store.upsert(records, vectors)
+    return ShapeIndex(settings, images)

@@ -38,7 +38,6 @@ def _embed(output: object) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def clip() -> tuple[CLIPModel, CLIPProcessor]:
-    torch.set_num_threads(1)
     return CLIPModel.from_pretrained(FIXTURE).eval(), CLIPProcessor.from_pretrained(FIXTURE)
 
 

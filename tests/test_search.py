@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.__main__ import main as cli_main
+from core.config import Settings
+from core.errors import BadImage, EmptyQuery, IndexEmpty
+from core.images import load_image
+from core.models.clip import ClipEncoder
+from core.records import ImageRecord
+from core.search import MAX_QUERY_CHARS, SearchService, clean_query
+from core.store import Database
+from tests.conftest import ROOT, ShapeIndex, env_value, make_settings, subprocess_env
+from tests.fixtures.shapes import LABELS, caption
+
+
+@pytest.fixture(scope="module")
+def service(shape_index: ShapeIndex) -> SearchService:
+    return SearchService.open(shape_index.settings)
+
+
+@pytest.mark.parametrize(("color", "shape"), LABELS)
+def test_text_finds_the_described_pictures(
+    service: SearchService, shape_index: ShapeIndex, color: str, shape: str
+) -> None:
+    hits = service.by_text(caption(color, shape), 5)
+    assert len(hits) == 5
+    labels = {str(i.id): (i.color, i.shape) for i in shape_index.images}
+    precision = sum(labels[h.id] == (color, shape) for h in hits) / 5
+    assert precision >= 0.8, [labels[h.id] for h in hits]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hits_carry_id_path_score_and_captions(
+    service: SearchService, shape_index: ShapeIndex
+) -> None:
+    hit = service.by_text("a green triangle", 1)[0]
+    image = next(i for i in shape_index.images if str(i.id) == hit.id)
+    assert hit.path == str(image.path)
+    assert hit.captions == (f"a {image.color} {image.shape}", "another caption")
+    assert hit.caption == hit.captions[0]
+    assert -1.0 <= hit.score <= 1.0
+
+
+def test_an_indexed_picture_finds_itself_first(
+    service: SearchService, shape_index: ShapeIndex
+) -> None:
+    for image in shape_index.images[::7]:
+        hits = service.by_image(load_image(image.path), 3)
+        assert hits[0].id == str(image.id)
+        assert hits[0].score >= 0.99
+        from_file = service.by_image_file(image.path.read_bytes(), 3)  # draft-decoded JPEG
+        assert from_file[0].id == str(image.id)
+        assert from_file[0].score >= 0.98
+
+
+def test_batched_text_search_equals_single_searches(service: SearchService) -> None:
+    queries = ["a red circle", "a blue square", "a yellow triangle"]
+    batched = service.by_texts(queries, 4)
+    assert [[h.id for h in hits] for hits in batched] == [
+        [h.id for h in service.by_text(q, 4)] for q in queries
+    ]
+
+
+def test_empty_and_long_queries(service: SearchService) -> None:
+    for blank in ["", "   ", "\n\t"]:
+        with pytest.raises(EmptyQuery):
+            service.by_text(blank, 5)
+    assert clean_query("  a   red\ncircle ") == "a red circle"
+    assert len(clean_query("word " * 10_000)) == MAX_QUERY_CHARS
+    assert len(service.by_text("a red circle " * 2_000, 5)) == 5
+
+
+def test_bad_image_bytes(service: SearchService) -> None:
+    with pytest.raises(BadImage):
+        service.by_image_file(b"not an image", 5)
+
+
+def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: ShapeIndex) -> None:
+    settings = make_settings(tmp_path, collection="vanishing")
+    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    copies = []
+    for image in shape_index.images[:12]:
+        copy = tmp_path / image.path.name
+        copy.write_bytes(image.path.read_bytes())
+        copies.append((image, copy))
+    store = Database(settings).open(
+        settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
+    )
+    vectors = encoder.embed_images([load_image(c) for _, c in copies])
+    store.upsert([ImageRecord(id=str(i.id), path=str(c)) for i, c in copies], vectors)
+    service = SearchService(encoder, store)
+    target_image, target_copy = copies[0]
+    assert service.by_image(load_image(target_copy), 5)[0].id == str(target_image.id)
+    target_copy.unlink()
+    hits = service.by_image(load_image(target_image.path), 5)
+    assert str(target_image.id) not in [h.id for h in hits]
+    assert len(hits) == 5  # still a full list
+
+
+def test_empty_collection_is_index_empty(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, collection="never_built")
+    with pytest.raises(IndexEmpty):
+        SearchService.open(settings)
+    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    store = Database(settings).open(
+        "built_but_empty", ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
+    )
+    with pytest.raises(IndexEmpty, match="index is empty"):
+        SearchService(encoder, store).by_text("a red circle", 5)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path):
+    """`python -m core ...` in this process (fast), with `settings` in the environment."""
+
+    def run(settings: Settings, *args: str) -> CliResult:
+        monkeypatch.chdir(tmp_path)
+        for name, value in settings.model_dump().items():
+            if value is not None:
+                monkeypatch.setenv(name.upper(), env_value(value))
+        capsys.readouterr()
+        code = cli_main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def test_cli_as_a_real_subprocess(shape_index: ShapeIndex, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "search", "a blue circle", "--k", "2"],
+        env=subprocess_env(shape_index.settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 2
+
+
+def test_cli_text_output(shape_index: ShapeIndex, run_cli) -> None:
+    result = run_cli(shape_index.settings, "search", "a blue circle", "--k", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    rank, score, path, *first_caption = lines[0].split()
+    assert rank == "1" and 0 < float(score) <= 1 and Path(path).exists()
+    assert " ".join(first_caption) == "a blue circle"
+
+
+def test_cli_json_output_by_image(shape_index: ShapeIndex, run_cli) -> None:
+    image = shape_index.images[5]
+    result = run_cli(shape_index.settings, "search", "--image", str(image.path), "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert len(hits) == 5  # TOP_K's default
+    assert set(hits[0]) == {"id", "path", "score", "captions"}
+    assert hits[0]["id"] == str(image.id) and hits[0]["score"] >= 0.99
+    assert hits[0]["captions"][0] == f"a {image.color} {image.shape}"
+
+
+def test_cli_exit_codes(shape_index: ShapeIndex, tmp_path: Path, run_cli) -> None:
+    empty = run_cli(shape_index.settings, "search", "   ")
+    assert empty.returncode == 2 and "nothing to search for" in empty.stderr
+    no_index = run_cli(make_settings(tmp_path, collection="nothing_here"), "search", "a dog")
+    assert no_index.returncode == 2
+    assert "index is empty: " in no_index.stderr and "index_builder.py" in no_index.stderr
+    assert "Traceback" not in no_index.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a picture")
+    bad_image = run_cli(shape_index.settings, "search", "--image", str(bad))
+    assert bad_image.returncode == 1 and "not an image" in bad_image.stderr
+    with pytest.raises(SystemExit) as usage:
+        run_cli(shape_index.settings, "search")
+    assert usage.value.code == 2
+    other_model = run_cli(
+        make_settings(
+            shape_index.settings.chroma_path.parent, collection="shapes", clip_model=str(ROOT)
+        ),
+        "search",
+        "a dog",
+    )
+    assert (
+        other_model.returncode == 1
+        and "not a complete Hugging Face CLIP model" in other_model.stderr
+    )
+
+
+def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli_main(["search", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--image", "--k", "--json"]:
+        assert flag in text
+
+
+def test_scores_are_cosine_similarities(service: SearchService) -> None:
+    vector = service.encoder.embed_texts(["a red square"])[0]
+    hit = service.by_text("a red square", 1)[0]
+    stored = service.encoder.embed_images([load_image(hit.path)])[0]
+    assert hit.score == pytest.approx(float(np.dot(vector, stored)), abs=1e-4)
