@@ -106,6 +106,10 @@ def run(
 ) -> IndexSummary:
     """Bring the collection `settings.collection` up to date with `reader`'s pictures."""
     started = time.perf_counter()
+    log.info("scanning %s", reader.description)
+    scan = reader.scan()  # before loading any model: a broken dataset fails fast
+    if scan.missing:
+        log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
     encoder = encoder or ClipEncoder(
         settings.clip_model, device=settings.device, dtype=settings.dtype
     )
@@ -119,13 +123,9 @@ def run(
     store = db.open(
         settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )
-    summary = IndexSummary(source=reader.description, collection=settings.collection)
-
-    log.info("scanning %s", reader.description)
-    scan = reader.scan()
-    summary.missing = scan.missing
-    if scan.missing:
-        log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
+    summary = IndexSummary(
+        source=reader.description, collection=settings.collection, missing=scan.missing
+    )
     stored = {r.id: (r.path, r.file_size, r.mtime_ns) for r in store if reader.owns(r.split)}
     todo = plan(scan, stored, limit)
     summary.unchanged, summary.beyond_limit = todo.unchanged, todo.beyond_limit
@@ -198,7 +198,11 @@ def _embed_images(
             batch.clear()
 
     with tqdm(
-        total=len(records), unit="img", desc="embedding images", disable=not progress, smoothing=0.1
+        total=len(records),
+        unit="img",
+        desc="embedding images",
+        disable=not progress or not records,
+        smoothing=0.1,
     ) as bar:
         window = max(2 * batch_size, 4 * workers)
         for record, result in _bounded_map(prepare, records, workers, window):

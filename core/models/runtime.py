@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from core.errors import ConfigError, ModelUnavailable
 
@@ -64,6 +65,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
     """Run `loader` (a `from_pretrained` call) and turn "weights not there" into one clear
     `ModelUnavailable` message naming the model and what to do."""
+    hf_logging.disable_progress_bar()  # a bar per weight file is noise in our logs
     try:
         return loader()
     except (OSError, ValueError) as err:
