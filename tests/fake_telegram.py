@@ -47,7 +47,7 @@ import traceback
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -884,7 +884,6 @@ class FakeTelegram:
         """Environment for `python -m bot` as a subprocess."""
         return {
             "TELEGRAM_BOT_TOKEN": self.token,
-            "TELEGRAM_TOKEN": self.token,
             "TELEGRAM_BASE_URL": self.base_url,
             "TELEGRAM_BASE_FILE_URL": self.base_file_url,
         }
@@ -2100,16 +2099,3 @@ def small_jpeg(
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-try:  # a ready fixture: `from tests.fake_telegram import fake_telegram` in a conftest
-    import pytest
-
-    @pytest.fixture
-    def fake_telegram() -> Iterator[FakeTelegram]:
-        with FakeTelegram() as tg:
-            yield tg
-            tg.assert_no_errors()
-
-except ImportError:  # pragma: no cover - pytest is a dev dependency
-    pass

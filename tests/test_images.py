@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core.errors import BadImage
-from core.images import decode_image, load_image
+from core.images import decode_image, load_image, photo_for_upload
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
@@ -161,3 +161,23 @@ def test_files_on_disk(tmp_path: Path) -> None:
         load_image(text)
     with pytest.raises(BadImage, match=r"'missing\.jpg' cannot be read"):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_photo_for_upload_keeps_ordinary_files(tmp_path: Path) -> None:
+    path = tmp_path / "ok.jpg"
+    data = encode(half_red_half_blue(640, 480))
+    path.write_bytes(data)
+    assert photo_for_upload(path) == data
+
+
+def test_photo_for_upload_shrinks_what_telegram_would_refuse(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    half_red_half_blue(9000, 2000).save(big)  # width + height over 10,000
+    shrunk = Image.open(io.BytesIO(photo_for_upload(big)))
+    assert shrunk.format == "JPEG" and shrunk.width + shrunk.height <= 10_000
+    panorama = tmp_path / "pano.jpg"
+    half_red_half_blue(4200, 100).save(panorama)  # 42:1
+    padded = Image.open(io.BytesIO(photo_for_upload(panorama)))
+    assert max(padded.size) / min(padded.size) <= 20
+    with pytest.raises(BadImage):
+        photo_for_upload(tmp_path / "missing.jpg")

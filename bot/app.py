@@ -1,0 +1,114 @@
+"""All the wiring of the Telegram application in one place: `build_application()`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from telegram import BotCommand, Update
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CommandHandler,
+    ContextTypes,
+    Defaults,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot import handlers
+from bot.file_ids import FileIdCache
+from bot.handlers import BotData
+from bot.limits import UserRateLimiter
+from bot.services import Services
+from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("help", "what I can do, with examples"),
+    BotCommand("stats", "how many pictures are indexed, and with which model"),
+]
+CONCURRENT_UPDATES = 64
+NETWORK_RETRIES = 6
+RETRY_AFTER_RETRIES = 5
+
+
+class RetryingRateLimiter(AIORateLimiter):
+    """Telegram's flood limits (30 messages/s overall, 20/min per group), waits out 429
+    RetryAfter, and retries 5xx and network errors with exponential backoff, so a Telegram
+    hiccup delays a reply instead of losing it."""
+
+    def __init__(self, network_retries: int = NETWORK_RETRIES) -> None:
+        super().__init__(max_retries=RETRY_AFTER_RETRIES)
+        self.network_retries = network_retries
+
+    async def process_request(self, *args: Any, **kwargs: Any) -> Any:
+        endpoint = kwargs.get("endpoint", "?")
+        delay = 0.5
+        for attempt in range(self.network_retries + 1):
+            try:
+                return await super().process_request(*args, **kwargs)
+            except (BadRequest, Forbidden, InvalidToken, Conflict):
+                raise  # our request is wrong: retrying cannot help
+            except NetworkError as err:
+                if attempt == self.network_retries:
+                    raise
+                log.warning("Telegram %s failed (%s): retry in %.1f s", endpoint, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+
+def build_application(settings: Settings, services: Services) -> Application:
+    """The bot: services, handlers and error handler wired together, ready to run."""
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+
+    async def post_init(app: Application) -> None:
+        data: BotData = app.bot_data
+        data.services = services
+        data.file_ids = FileIdCache(
+            settings.chroma_path / f"{settings.collection}-telegram-file-ids.sqlite3", app.bot.id
+        )
+        data.limiter = UserRateLimiter(settings.rate_limit_per_minute)
+        data.allowed_user_ids = settings.allowed_user_ids
+        await app.bot.set_my_commands(COMMANDS)
+        log.info("bot @%s is ready", app.bot.username)
+
+    async def post_shutdown(app: Application) -> None:
+        app.bot_data.file_ids.close()
+
+    app = (
+        ApplicationBuilder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .base_url(settings.telegram_base_url)
+        .base_file_url(settings.telegram_base_file_url)
+        .defaults(Defaults(parse_mode=ParseMode.HTML))
+        .context_types(ContextTypes(bot_data=BotData))
+        .concurrent_updates(CONCURRENT_UPDATES)
+        .rate_limiter(RetryingRateLimiter())
+        .connect_timeout(10)
+        .read_timeout(30)
+        .write_timeout(30)
+        .media_write_timeout(60)
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+        .build()
+    )
+    app.add_handler(TypeHandler(Update, handlers.gatekeeper), group=-1)
+    app.add_handler(CommandHandler("start", handlers.start))
+    app.add_handler(CommandHandler("help", handlers.help_command))
+    app.add_handler(CommandHandler("stats", handlers.stats))
+    app.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
+    app.add_handler(MessageHandler(filters.TEXT, handlers.search_text))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, handlers.search_photo))
+    app.add_handler(MessageHandler(filters.Document.ALL, handlers.not_a_picture_file))
+    app.add_handler(MessageHandler(filters.ALL, handlers.unsupported))
+    app.add_error_handler(handlers.on_error)
+    return app

@@ -1,0 +1,67 @@
+"""Telegram file_ids of the pictures the bot has uploaded, persisted next to the index.
+
+Once Telegram has a picture, sending it again by file_id costs no upload. file_ids are
+valid for one bot only, so entries are keyed by the bot's id too. SQLite keeps each write
+durable and lets several bot processes on one host share the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_ids (
+    bot_id INTEGER NOT NULL,
+    image_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    PRIMARY KEY (bot_id, image_id)
+)
+"""
+
+
+class FileIdCache:
+    """image id → Telegram file_id for one bot. Thread-safe; call it from worker threads."""
+
+    def __init__(self, path: Path, bot_id: int) -> None:
+        self.path = path
+        self.bot_id = bot_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+
+    def get_many(self, image_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(image_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT image_id, file_id FROM file_ids"
+                f" WHERE bot_id = ? AND image_id IN ({marks})",
+                [self.bot_id, *ids],
+            ).fetchall()
+        return dict(rows)
+
+    def put_many(self, pairs: dict[str, str]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO file_ids (bot_id, image_id, file_id) VALUES (?, ?, ?)",
+                [(self.bot_id, image_id, file_id) for image_id, file_id in pairs.items()],
+            )
+
+    def forget(self, image_ids: Iterable[str]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "DELETE FROM file_ids WHERE bot_id = ? AND image_id = ?",
+                [(self.bot_id, image_id) for image_id in image_ids],
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,167 @@
+"""Thin async handlers: parse the update, await a service (in a worker thread), reply.
+
+Domain errors (`core.errors`) are not caught here: they reach `on_error`, which answers
+with a clear message; anything unexpected is logged there with the update.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from telegram import Message, Update
+from telegram.error import BadRequest, TelegramError
+from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
+
+from bot import replies
+from bot.file_ids import FileIdCache
+from bot.limits import UserRateLimiter
+from bot.sending import chat_action, send_hits
+from bot.services import Services
+from core.errors import SearchBotError
+from core.search import clean_query
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+"""Telegram lets bots download files up to 20 MB."""
+
+
+@dataclass
+class BotData:
+    """The application's shared state (PTB's bot_data), typed. Filled in post_init."""
+
+    services: Services = field(init=False)
+    file_ids: FileIdCache = field(init=False)
+    limiter: UserRateLimiter = field(init=False)
+    allowed_user_ids: frozenset[int] = frozenset()
+    ask_enabled: bool = False
+
+
+Context = CallbackContext[ExtBot, dict, dict, BotData]
+
+
+class FileTooBig(SearchBotError):
+    """A file over Telegram's download limit for bots."""
+
+
+async def gatekeeper(update: Update, context: Context) -> None:
+    """Runs before every handler: refuses users not allowed, and users over the rate limit."""
+    user, message = update.effective_user, update.effective_message
+    if user is None:
+        return
+    data = context.bot_data
+    if data.allowed_user_ids and user.id not in data.allowed_user_ids:
+        log.info("refused user %s (not in ALLOWED_USER_IDS)", user.id)
+        if message:
+            await message.reply_text(replies.NOT_ALLOWED.format(user_id=user.id))
+        raise ApplicationHandlerStop
+    retry_in = data.limiter.check(user.id)
+    if retry_in is not None:
+        log.info("user %s is over the rate limit", user.id)
+        if message:
+            await message.reply_text(replies.rate_limited(retry_in))
+        raise ApplicationHandlerStop
+
+
+async def start(update: Update, context: Context) -> None:
+    """/start: greeting and what the bot can do."""
+    await update.effective_message.reply_text(
+        replies.start_text(ask_enabled=context.bot_data.ask_enabled)
+    )
+
+
+async def help_command(update: Update, context: Context) -> None:
+    """/help: what the bot can do, with examples."""
+    await update.effective_message.reply_text(
+        replies.help_text(ask_enabled=context.bot_data.ask_enabled)
+    )
+
+
+async def stats(update: Update, context: Context) -> None:
+    """/stats: pictures indexed, model, device, dtype and store."""
+    s = await context.bot_data.services.stats()
+    await update.effective_message.reply_text(
+        replies.stats_text(
+            images=s.images, model=s.model, device=s.device, dtype=s.dtype, store=s.store
+        )
+    )
+
+
+async def unknown_command(update: Update, context: Context) -> None:
+    """Any other /command: say so, and show the help."""
+    await update.effective_message.reply_text(
+        replies.UNKNOWN_COMMAND
+        + "\n\n"
+        + replies.help_text(ask_enabled=context.bot_data.ask_enabled)
+    )
+
+
+async def search_text(update: Update, context: Context) -> None:
+    """Any text that is not a command: the best matching pictures, as an album."""
+    message = update.effective_message
+    query = clean_query(message.text or "")
+    data = context.bot_data
+    async with chat_action(context.bot, message.chat_id):
+        hits = await data.services.search_text(query)
+        await send_hits(message, hits, data.file_ids)
+
+
+async def search_photo(update: Update, context: Context) -> None:
+    """A photo, or a picture sent as a file: the most similar pictures, as an album."""
+    message = update.effective_message
+    data = context.bot_data
+    async with chat_action(context.bot, message.chat_id):
+        picture = await download_picture(message, context)
+        hits = await data.services.search_image(picture)
+        await send_hits(message, hits, data.file_ids)
+
+
+async def not_a_picture_file(update: Update, context: Context) -> None:
+    """A file that is not a picture."""
+    await update.effective_message.reply_text(replies.NOT_AN_IMAGE_FILE)
+
+
+async def unsupported(update: Update, context: Context) -> None:
+    """Stickers, voice, video, locations, polls and the like: a short hint."""
+    await update.effective_message.reply_text(replies.UNSUPPORTED)
+
+
+async def download_picture(message: Message, context: Context) -> bytes:
+    """The bytes of the largest size of the message's photo, or of its picture document.
+
+    Raises `FileTooBig` over Telegram's 20 MB download limit.
+    """
+    if message.photo:
+        item = message.photo[-1]
+    elif message.document:
+        item = message.document
+    else:
+        raise ValueError("message has no photo or document")
+    if item.file_size and item.file_size > DOWNLOAD_LIMIT:
+        raise FileTooBig(replies.FILE_TOO_BIG)
+    try:
+        file = await context.bot.get_file(item.file_id)
+    except BadRequest as err:
+        if "too big" in str(err).lower():
+            raise FileTooBig(replies.FILE_TOO_BIG) from None
+        raise
+    return bytes(await file.download_as_bytearray())
+
+
+async def on_error(update: object, context: Context) -> None:
+    """Every failure ends here: domain errors get their clear reply, anything else is logged
+    in full with the update and the user is told something went wrong."""
+    err = context.error
+    if isinstance(err, SearchBotError):
+        log.info("request failed: %s", err)
+        text = str(err) if isinstance(err, FileTooBig) else replies.error_reply(err)
+    else:
+        log.error("error while handling update %s", update, exc_info=err)
+        text = replies.GENERIC_ERROR
+    message = update.effective_message if isinstance(update, Update) else None
+    if message is not None:
+        try:
+            await message.reply_text(text)
+        except TelegramError as reply_err:
+            log.warning("could not tell the user about the error: %s", reply_err)

@@ -1,0 +1,99 @@
+"""Every text the bot sends, as pure functions: easy to read in one place and to test."""
+
+from __future__ import annotations
+
+import html
+
+from core.errors import (
+    BadImage,
+    EmptyQuery,
+    IndexEmpty,
+    ModelMismatch,
+    ModelUnavailable,
+    SearchBotError,
+    StoreUnavailable,
+)
+from core.search import Hit
+
+CAPTION_LIMIT = 1024
+"""Telegram's limit for a photo caption, in characters (after HTML parsing)."""
+TEXT_LIMIT = 4096
+
+# Every text is sent with parse_mode=HTML: whatever comes from data or users is escaped.
+
+
+def hit_caption(rank: int, hit: Hit) -> str:
+    """ "#1 · 0.31 · a red circle": rank, score with two decimals, first caption."""
+    head = f"#{rank} · {hit.score:.2f}"
+    caption = f"{head} · {hit.caption}" if hit.caption else head
+    return html.escape(clip(caption, CAPTION_LIMIT), quote=False)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def help_text(*, ask_enabled: bool) -> str:
+    lines = [
+        "I find pictures. Try:",
+        "• send a few words, e.g. <i>a dog running on a beach</i> — I answer with the best "
+        "matching photos",
+        "• send a photo (or an image file) — I answer with similar photos",
+    ]
+    if ask_enabled:
+        lines += [
+            "• reply <code>/ask what is the man holding?</code> to any photo (yours or mine) — "
+            "I answer questions about it",
+            "• reply <code>/ask</code> alone to a photo — I describe it",
+        ]
+    lines += [
+        "",
+        "Each result shows its rank, a similarity score (higher is closer) and a caption.",
+        "/stats — what is indexed · /help — this message",
+    ]
+    return "\n".join(lines)
+
+
+def start_text(*, ask_enabled: bool) -> str:
+    return "Hello! " + help_text(ask_enabled=ask_enabled)
+
+
+UNSUPPORTED = (
+    "I can only search with words or pictures: send a short description (e.g. "
+    "<i>two cats on a sofa</i>) or a photo."
+)
+UNKNOWN_COMMAND = "I don't know that command."
+NOT_ALLOWED = "Sorry, this bot is private. Ask its owner to add your user id ({user_id})."
+NO_RESULTS = "No pictures found for that. Try other words?"
+GENERIC_ERROR = "Sorry, something went wrong on my side. Please try again in a moment."
+FILE_TOO_BIG = "That file is too big for me: Telegram lets bots download files up to 20 MB."
+NOT_AN_IMAGE_FILE = "That file is not a picture I can search with. Send a JPEG, PNG or WebP."
+
+
+def rate_limited(retry_in_s: float) -> str:
+    seconds = max(1, round(retry_in_s))
+    return f"You're sending requests too fast. Try again in {seconds} s."
+
+
+def stats_text(*, images: int, model: str, device: str, dtype: str, store: str) -> str:
+    return html.escape(
+        f"Pictures indexed: {images:,}\nModel: {model}\nDevice: {device} ({dtype})\nStore: {store}",
+        quote=False,
+    )
+
+
+def error_reply(err: SearchBotError) -> str:
+    """What the user reads when a request fails with a domain error."""
+    if isinstance(err, EmptyQuery):
+        return "Send me a few words describing a picture, e.g. <i>a red bus in the rain</i>."
+    if isinstance(err, BadImage):
+        return "I couldn't read that picture (it may be corrupt, or too large). Try another one."
+    if isinstance(err, IndexEmpty):
+        return (
+            "The picture index is empty, so there is nothing to search yet. "
+            "The bot's operator needs to build it (python index_builder.py)."
+        )
+    if isinstance(err, (StoreUnavailable, ModelUnavailable, ModelMismatch)):
+        return "Search is unavailable right now. The operator has been told; try again later."
+    return GENERIC_ERROR

@@ -1,0 +1,107 @@
+"""The core services as the bot uses them: async, and never running a model on the event loop.
+
+Text searches go through a micro-batcher (concurrent queries share one encoder call);
+image searches run in worker threads. When the index is missing or the store unreachable
+at start-up the bot still starts: each request then retries opening it, so an operator can
+build the index while the bot runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from core.batching import MicroBatcher
+from core.config import Settings
+from core.errors import IndexEmpty, StoreUnavailable
+from core.models.clip import ClipEncoder
+from core.search import Hit, SearchService
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Stats:
+    images: int
+    model: str
+    device: str
+    dtype: str
+    store: str
+
+
+class Services:
+    """Search for the handlers: `await search_text(...)`, `await search_image(...)`."""
+
+    def __init__(self, settings: Settings, encoder: ClipEncoder) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self._search: SearchService | None = None
+        self._batcher: MicroBatcher[str, list[Hit]] | None = None
+        self._opening = asyncio.Lock()
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        """Load CLIP and open the collection, before the bot takes any message.
+
+        Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
+        unreachable index is logged and retried on each request instead.
+        """
+        encoder = ClipEncoder(settings.clip_model, device=settings.device, dtype=settings.dtype)
+        encoder.load()
+        services = cls(settings, encoder)
+        try:
+            search = SearchService.open(settings, encoder)
+            images = search.store.count()
+        except (IndexEmpty, StoreUnavailable) as err:
+            log.error("search is not available yet: %s", err)
+            return services
+        services._use(search)
+        if images:
+            log.info("index %r holds %d pictures", settings.collection, images)
+        else:
+            log.error("index %r is empty: build it with index_builder.py", settings.collection)
+        return services
+
+    def _use(self, search: SearchService) -> None:
+        self._search = search
+        max_batch = MAX_TEXT_BATCH if self.settings.micro_batch else 1
+        self._batcher = MicroBatcher(
+            lambda queries: search.by_texts(queries, self.settings.top_k), max_batch=max_batch
+        )
+
+    async def _service(self) -> SearchService:
+        if self._search is None:
+            async with self._opening:
+                if self._search is None:
+                    search = await asyncio.to_thread(
+                        SearchService.open, self.settings, self.encoder
+                    )
+                    self._use(search)
+                    log.info("search is available now")
+        assert self._search is not None
+        return self._search
+
+    async def search_text(self, query: str) -> list[Hit]:
+        """The best pictures for `query` (already cleaned), micro-batched with others."""
+        await self._service()
+        assert self._batcher is not None
+        return await self._batcher.submit(query)
+
+    async def search_image(self, data: bytes) -> list[Hit]:
+        """The pictures most like the picture in `data` (raises `BadImage`)."""
+        search = await self._service()
+        return await asyncio.to_thread(search.by_image_file, data, self.settings.top_k)
+
+    async def stats(self) -> Stats:
+        search = await self._service()
+        images = await asyncio.to_thread(search.store.count)
+        return Stats(
+            images=images,
+            model=self.settings.clip_model,
+            device=str(self.encoder.device),
+            dtype=str(self.encoder.dtype).removeprefix("torch."),
+            store=search.store.description,
+        )

@@ -1,0 +1,304 @@
+"""End to end: `python -m bot` as a real process, talking to the fake Telegram Bot API."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from bot.replies import FILE_TOO_BIG, GENERIC_ERROR
+from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_bot
+from tests.fake_telegram import FakeTelegram
+from tests.fixtures.shapes import LABELS, caption
+
+ALLOWED = range(1000, 1200)
+STRANGER = 666
+RATE_LIMIT = 6
+_users = itertools.count(1000)
+
+
+def new_user() -> int:
+    """A fresh user (and private chat) per scenario: rate limits and chats stay apart."""
+    return next(_users)
+
+
+@pytest.fixture(scope="module")
+def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
+    settings, images = build_index(
+        tmp_path_factory.mktemp("bot"),
+        {"train2014": 48, "val2014": 24},
+        allowed_user_ids=frozenset(ALLOWED),
+        rate_limit_per_minute=RATE_LIMIT,
+    )
+    with FakeTelegram() as tg, running_bot(settings, images, tg) as running:
+        yield running
+        tg.assert_no_errors()
+    assert running.proc.returncode == 0, running.log()[-3000:]
+
+
+def ask(bot: RunningBot, text: str, user: int, n: int = 1, timeout: float = 60) -> list:
+    since = len(bot.tg.sent_to(user))
+    bot.tg.inject_text(text, user_id=user)
+    return bot.tg.wait_sent(user, n, timeout=timeout, since=since)
+
+
+def test_commands_are_registered(bot: RunningBot) -> None:
+    commands = {c["command"] for c in bot.tg.my_commands()}
+    assert {"help", "stats"} <= commands
+
+
+def test_text_gives_an_album_of_matching_photos(bot: RunningBot) -> None:
+    user = new_user()
+    [album] = ask(bot, "a red circle", user)
+    assert album.kind == "media_group" and len(album.messages) == 5
+    assert bot.album_labels(album).count(("red", "circle")) >= 4
+    for rank, text in enumerate(album.captions, 1):
+        match = re.fullmatch(rf"#{rank} · (\d\.\d\d) · (.+)", text)
+        assert match, text
+    scores = [float(re.search(r"· (\d\.\d\d) ·", c).group(1)) for c in album.captions]
+    assert scores == sorted(scores, reverse=True)
+    assert album.captions[0].endswith("a red circle")
+    action = bot.tg.wait_for(lambda c: c.method == "sendChatAction" and c.params["chat_id"] == user)
+    assert action.params["action"] == "upload_photo"
+
+
+@pytest.mark.parametrize(("color", "shape"), LABELS[::4])
+def test_other_descriptions(bot: RunningBot, color: str, shape: str) -> None:
+    [album] = ask(bot, f"a photo of a {color} {shape}", new_user())
+    assert bot.album_labels(album).count((color, shape)) >= 4
+
+
+def test_the_second_identical_query_reuses_file_ids(bot: RunningBot) -> None:
+    user = new_user()
+    [first] = ask(bot, "a blue square", user)
+    [second] = ask(bot, "a blue square", user)
+    assert second.by_file_id == [True] * 5
+    assert second.call.files == {}  # nothing uploaded the second time
+    assert second.photo_file_ids == first.photo_file_ids
+    assert bot.album_labels(second) == bot.album_labels(first)
+
+
+def test_a_photo_finds_similar_photos(bot: RunningBot) -> None:
+    user = new_user()
+    bot.tg.inject_photo(jpeg("green", "square", (200, 150)), user_id=user)
+    [album] = bot.tg.wait_sent(user, timeout=60)
+    assert album.kind == "media_group"
+    assert bot.album_labels(album).count(("green", "square")) >= 4
+
+
+def test_an_image_sent_as_a_file_finds_similar_photos(bot: RunningBot) -> None:
+    user = new_user()
+    picture = Image.open(io.BytesIO(jpeg("yellow", "triangle")))
+    bot.tg.inject_document(png_bytes(picture), "scan.png", "image/png", user_id=user)
+    [album] = bot.tg.wait_sent(user, timeout=60)
+    assert bot.album_labels(album).count(("yellow", "triangle")) >= 4
+
+
+def test_start_help_and_stats(bot: RunningBot) -> None:
+    user = new_user()
+    [start] = ask(bot, "/start", user)
+    assert "send a few words" in start.text and "/help" in start.text
+    [help_] = ask(bot, "/help", user)
+    assert "similar photos" in help_.text
+    [stats] = ask(bot, "/stats", user)
+    assert "Pictures indexed: 72" in stats.text
+    assert "tiny_clip" in stats.text and "cpu" in stats.text and "Chroma" in stats.text
+
+
+@pytest.mark.parametrize(
+    ("inject", "expected"),
+    [
+        (lambda tg, u: tg.inject_text("   ", user_id=u), "Send me a few words"),
+        (lambda tg, u: tg.inject_sticker(user_id=u), "only search with words or pictures"),
+        (
+            lambda tg, u: tg.inject_message(
+                user_id=u, voice={"file_id": "v1", "file_unique_id": "v", "duration": 2}
+            ),
+            "only search",
+        ),
+        (
+            lambda tg, u: tg.inject_message(
+                user_id=u,
+                video={
+                    "file_id": "x1",
+                    "file_unique_id": "x",
+                    "width": 1,
+                    "height": 1,
+                    "duration": 2,
+                },
+            ),
+            "only search",
+        ),
+        (
+            lambda tg, u: tg.inject_message(
+                user_id=u, location={"latitude": 1.0, "longitude": 2.0}
+            ),
+            "only search",
+        ),
+        (
+            lambda tg, u: tg.inject_message(
+                user_id=u,
+                poll={
+                    "id": "p",
+                    "question": "?",
+                    "options": [
+                        {"text": "a", "voter_count": 0, "persistent_id": "0"},
+                        {"text": "b", "voter_count": 0, "persistent_id": "1"},
+                    ],
+                    "total_voter_count": 0,
+                    "is_closed": False,
+                    "is_anonymous": True,
+                    "type": "regular",
+                    "allows_multiple_answers": False,
+                    "allows_revoting": False,
+                    "members_only": False,
+                },
+            ),
+            "only search",
+        ),
+        (
+            lambda tg, u: tg.inject_photo(b"\xff\xd8\xff\xe0 definitely not a jpeg", user_id=u),
+            "couldn't read that picture",
+        ),
+        (
+            lambda tg, u: tg.inject_document(
+                b"%PDF-1.4 hello", "notes.pdf", "application/pdf", user_id=u
+            ),
+            "not a picture",
+        ),
+        (
+            lambda tg, u: tg.inject_document(
+                jpeg("red", "square"), "huge.jpg", "image/jpeg", file_size=25 * 2**20, user_id=u
+            ),
+            FILE_TOO_BIG,
+        ),
+        (lambda tg, u: tg.inject_text("/frobnicate", user_id=u), "don't know that command"),
+    ],
+    ids=[
+        "blank",
+        "sticker",
+        "voice",
+        "video",
+        "location",
+        "poll",
+        "corrupt-photo",
+        "pdf",
+        "file-too-big",
+        "unknown-command",
+    ],
+)
+def test_bad_input_gets_a_clear_answer(bot: RunningBot, inject, expected: str) -> None:
+    user = new_user()
+    inject(bot.tg, user)
+    [reply] = bot.tg.wait_sent(user, timeout=60)
+    assert reply.kind == "message"
+    assert expected.split("<")[0] in reply.text
+    [album] = ask(bot, "a green circle", user)  # and the bot carries on
+    assert album.kind == "media_group"
+
+
+def test_very_long_text_is_searched_by_its_beginning(bot: RunningBot) -> None:
+    [album] = ask(bot, "a yellow square " + "and more words " * 500, new_user())
+    assert bot.album_labels(album).count(("yellow", "square")) >= 4
+
+
+def test_a_hit_whose_file_is_gone_is_skipped(bot: RunningBot) -> None:
+    victim = next(i for i in bot.images if (i.color, i.shape) == ("blue", "triangle"))
+    data = victim.path.read_bytes()
+    victim.path.unlink()
+    try:
+        [album] = ask(bot, "a blue triangle", new_user())
+        assert len(album.messages) == 5
+        uploaded = [bot.tg.file_bytes(fid) for fid in album.photo_file_ids]
+        assert data not in uploaded
+        assert bot.album_labels(album).count(("blue", "triangle")) >= 4
+    finally:
+        victim.path.write_bytes(data)
+    assert "points to a missing file" in bot.log()
+
+
+def test_a_stranger_is_refused_politely(bot: RunningBot) -> None:
+    [reply] = ask(bot, "a red circle", STRANGER)
+    assert reply.kind == "message" and "private" in reply.text and str(STRANGER) in reply.text
+    assert all(s.kind == "message" for s in bot.tg.sent_to(STRANGER))
+    assert not [c for c in bot.tg.calls("sendChatAction") if c.params["chat_id"] == STRANGER]
+
+
+def test_a_user_over_the_rate_limit_is_told_when_to_retry(bot: RunningBot) -> None:
+    user = new_user()
+    for _ in range(RATE_LIMIT):
+        ask(bot, "a red square", user)
+    [reply] = ask(bot, "a red square", user)
+    assert reply.kind == "message"
+    match = re.search(r"Try again in (\d+) s", reply.text)
+    assert match and 1 <= int(match.group(1)) <= 60
+    other = new_user()
+    assert ask(bot, "a red square", other)[0].kind == "media_group"  # others are not affected
+
+
+def test_429_is_waited_out_and_retried(bot: RunningBot) -> None:
+    user = new_user()
+    bot.tg.fail("sendMediaGroup", 429, retry_after=1)
+    [album] = ask(bot, "a green triangle", user)
+    assert album.kind == "media_group"
+    attempts = [c for c in bot.tg.calls("sendMediaGroup") if c.params["chat_id"] == user]
+    assert [c.status for c in attempts] == [429, 200]
+    assert attempts[1].time - attempts[0].time >= 1.0
+
+
+def test_a_502_outage_is_survived_with_no_message_lost(bot: RunningBot) -> None:
+    users = [new_user() for _ in range(3)]
+    bot.tg.outage(3.0, status=502, methods=["sendMediaGroup", "sendMessage", "sendChatAction"])
+    for user in users:
+        bot.tg.inject_text("a blue circle", user_id=user)
+    for user in users:
+        [album] = bot.tg.wait_sent(user, timeout=90)
+        assert album.kind == "media_group"
+        assert bot.album_labels(album).count(("blue", "circle")) >= 4
+    failed = [c for c in bot.tg.calls("sendMediaGroup") if c.status == 502]
+    assert failed, "the outage was not hit"
+    assert "Application started" in bot.log() and bot.proc.poll() is None
+
+
+def test_an_unexpected_error_is_logged_and_the_user_told(bot: RunningBot) -> None:
+    user = new_user()
+    bot.tg.fail("sendMediaGroup", 400, description="Bad Request: something unexpected")
+    [reply] = ask(bot, "a yellow circle", user)
+    assert reply.text == GENERIC_ERROR
+    log = bot.log()
+    assert "error while handling update" in log and "something unexpected" in log.lower()
+    assert ask(bot, "a yellow circle", user)[0].kind == "media_group"
+
+
+def test_many_users_at_once_all_get_the_right_album(bot: RunningBot) -> None:
+    users = [new_user() for _ in range(20)]
+    wanted = {}
+    for round_ in range(3):
+        for n, user in enumerate(users):
+            color, shape = LABELS[(n + round_) % len(LABELS)]
+            wanted.setdefault(user, []).append((color, shape))
+            bot.tg.inject_text(caption(color, shape), user_id=user)
+    for user in users:
+        albums = bot.tg.wait_sent(user, 3, timeout=180)
+        assert [a.kind for a in albums] == ["media_group"] * 3
+        for album in albums:
+            top = album.captions[0].split(" · ")[-1]
+            assert top in [caption(*w) for w in wanted[user]]
+        got = sorted(album.captions[0].split(" · ")[-1] for album in albums)
+        assert got == sorted(caption(*w) for w in wanted[user])
+
+
+def test_one_slow_reply_does_not_hold_up_others(bot: RunningBot) -> None:
+    slow_user, fast_user = new_user(), new_user()
+    bot.tg.slow("sendMediaGroup", 6.0)
+    bot.tg.inject_text("a red triangle", user_id=slow_user)
+    bot.tg.wait_for(lambda c: c.method == "sendChatAction" and c.params["chat_id"] == slow_user)
+    [album] = ask(bot, "a green square", fast_user, timeout=5.5)
+    assert album.kind == "media_group"
+    assert bot.tg.sent_to(slow_user) == []  # still being sent, slowly
+    [slow_album] = bot.tg.wait_sent(slow_user, timeout=60)
+    assert slow_album.kind == "media_group"
