@@ -1,6 +1,10 @@
-"""`python -m core search ...`: the bot's search from a terminal, for operators and debugging.
+"""`python -m core ...`: the bot's search from a terminal, for operators and debugging.
 
-Exit codes: 0 found, 1 a runtime error (bad image, model or store unavailable),
+    python -m core search "a dog on a beach" [--k N] [--json]
+    python -m core search --image photo.jpg
+    python -m core status
+
+Exit codes: 0 done, 1 a runtime error (bad image, model or store unavailable),
 2 a usage error (empty query, bad setting) or an empty index.
 """
 
@@ -12,9 +16,10 @@ import logging
 import sys
 from dataclasses import asdict
 
-from core.config import load_settings
+from core.config import Settings, load_settings
 from core.errors import SearchBotError
 from core.search import Hit, SearchService, clean_query
+from core.store import Database
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--json", action="store_true", help="print a JSON list of {id, path, score, captions}"
     )
+    commands.add_parser(
+        "status",
+        help="say how many pictures the index holds (exit code 2 when it is empty)",
+        description="Print the collection's size, model and store without loading a model. "
+        "Exit code 0 when it holds pictures, 2 when it is missing or empty (scripts use this "
+        "to build the index only when needed).",
+    )
     return parser
+
+
+def _status(settings: Settings) -> int:
+    db = Database(settings)
+    info = db.info(settings.collection)
+    if info is None or info.count == 0:
+        print(f"collection {settings.collection!r} in {db.description}: empty")
+        return 2
+    print(
+        f"collection {info.name!r} in {db.description}: {info.count:,} pictures, "
+        f"model {info.model} ({info.dim}-d)"
+    )
+    return 0
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
+    k = args.k or settings.top_k
+    if args.query is not None:
+        clean_query(args.query)  # an empty query is refused before loading any model
+    service = SearchService.open(settings)
+    if args.image is not None:
+        return service.by_image_file(args.image, k)
+    return service.by_text(args.query, k)
 
 
 def _print_hits(hits: list[Hit], as_json: bool) -> None:
@@ -55,24 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if (args.query is None) == (args.image is None):
+    if args.command == "search" and (args.query is None) == (args.image is None):
         parser.error("give either a query text or --image FILE")
-    if args.k is not None and args.k < 1:
+    if args.command == "search" and args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
     try:
         settings = load_settings()
-        k = args.k or settings.top_k
-        if args.query is not None:
-            clean_query(args.query)  # an empty query is refused before loading any model
-        service = SearchService.open(settings)
-        if args.image is not None:
-            hits = service.by_image_file(args.image, k)
-        else:
-            hits = service.by_text(args.query, k)
+        if args.command == "status":
+            return _status(settings)
+        _print_hits(_search(settings, args), args.json)
     except SearchBotError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    _print_hits(hits, args.json)
     return 0
 
 

@@ -33,6 +33,16 @@ PAGE = 2000
 
 
 @dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection holds, read without loading any model."""
+
+    name: str
+    count: int
+    model: str | None
+    dim: int | None
+
+
+@dataclass(frozen=True)
 class Match(Generic[R]):
     """A query result: the stored record and its cosine similarity to the query."""
 
@@ -105,6 +115,18 @@ class Database:
             _check_space(name, collection.metadata or {}, model, dim)
             batch = int(self._client.get_max_batch_size())
         return VectorStore(collection, record_type, self.description, batch)
+
+    def info(self, name: str) -> CollectionInfo | None:
+        """Size and model of collection `name`, or None when there is none."""
+        with _reachable(self.description):
+            try:
+                collection = self._client.get_collection(name, embedding_function=None)
+            except NotFoundError:
+                return None
+            metadata = collection.metadata or {}
+            return CollectionInfo(
+                name, collection.count(), metadata.get("model"), metadata.get("dim")
+            )
 
     def drop(self, name: str) -> bool:
         """Delete collection `name`; False when there was none."""

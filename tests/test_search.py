@@ -216,3 +216,12 @@ def test_scores_are_cosine_similarities(service: SearchService) -> None:
     hit = service.by_text("a red square", 1)[0]
     stored = service.encoder.embed_images([load_image(hit.path)])[0]
     assert hit.score == pytest.approx(float(np.dot(vector, stored)), abs=1e-4)
+
+
+def test_cli_status(shape_index: ShapeIndex, tmp_path: Path, run_cli) -> None:
+    built = run_cli(shape_index.settings, "status")
+    assert built.returncode == 0
+    assert "'shapes'" in built.stdout and "60 pictures" in built.stdout
+    assert "tiny_clip (32-d)" in built.stdout
+    empty = run_cli(make_settings(tmp_path, collection="not_built"), "status")
+    assert empty.returncode == 2 and "empty" in empty.stdout
