@@ -14,8 +14,6 @@ from urllib.parse import urlsplit
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError
 
-from bot.app import build_application
-from bot.services import Services
 from core.config import Settings, load_settings
 from core.errors import SearchBotError
 
@@ -32,6 +30,11 @@ def configure_logging(level: str) -> None:
 
 
 def run(settings: Settings) -> None:
+    # Imported here, after the settings are checked: torch and transformers take seconds to
+    # import, and a missing token should be reported at once.
+    from bot.app import build_application
+    from bot.services import Services
+
     services = Services.start(settings)
     app = build_application(settings, services)
     if settings.webhook_url:
