@@ -34,6 +34,7 @@ COMMANDS = [
     BotCommand("help", "what I can do, with examples"),
     BotCommand("stats", "how many pictures are indexed, and with which model"),
 ]
+ASK_COMMAND = BotCommand("ask", "reply to a photo: answer a question about it, or describe it")
 CONCURRENT_UPDATES = 64
 NETWORK_RETRIES = 6
 RETRY_AFTER_RETRIES = 5
@@ -78,11 +79,14 @@ def build_application(settings: Settings, services: Services) -> Application:
         )
         data.limiter = UserRateLimiter(settings.rate_limit_per_minute)
         data.allowed_user_ids = settings.allowed_user_ids
-        await app.bot.set_my_commands(COMMANDS)
+        await app.bot.set_my_commands(
+            [*COMMANDS, ASK_COMMAND] if services.ask_enabled else COMMANDS
+        )
         log.info("bot @%s is ready", app.bot.username)
 
     async def post_shutdown(app: Application) -> None:
         app.bot_data.file_ids.close()
+        services.close()
 
     app = (
         ApplicationBuilder()
@@ -105,9 +109,12 @@ def build_application(settings: Settings, services: Services) -> Application:
     app.add_handler(CommandHandler("start", handlers.start))
     app.add_handler(CommandHandler("help", handlers.help_command))
     app.add_handler(CommandHandler("stats", handlers.stats))
+    app.add_handler(CommandHandler("ask", handlers.ask))
     app.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
     app.add_handler(MessageHandler(filters.TEXT, handlers.search_text))
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, handlers.search_photo))
+    pictures = filters.PHOTO | filters.Document.IMAGE
+    app.add_handler(MessageHandler(pictures & filters.CaptionRegex(handlers.ASK), handlers.ask))
+    app.add_handler(MessageHandler(pictures, handlers.search_photo))
     app.add_handler(MessageHandler(filters.Document.ALL, handlers.not_a_picture_file))
     app.add_handler(MessageHandler(filters.ALL, handlers.unsupported))
     app.add_error_handler(handlers.on_error)

@@ -7,9 +7,11 @@ with a clear message; anything unexpected is logged there with the update.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from telegram import Message, Update
+from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 
@@ -18,13 +20,15 @@ from bot.file_ids import FileIdCache
 from bot.limits import UserRateLimiter
 from bot.sending import chat_action, send_hits
 from bot.services import Services
-from core.errors import SearchBotError
+from core.errors import ModelUnavailable, SearchBotError
 from core.search import clean_query
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 """Telegram lets bots download files up to 20 MB."""
+ASK = re.compile(r"^/ask(?:@\w+)?(?:\s+(.*))?$", re.DOTALL | re.IGNORECASE)
+"""/ask, /ask@SomeBot, with or without a question after it."""
 
 
 @dataclass
@@ -35,7 +39,6 @@ class BotData:
     file_ids: FileIdCache = field(init=False)
     limiter: UserRateLimiter = field(init=False)
     allowed_user_ids: frozenset[int] = frozenset()
-    ask_enabled: bool = False
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]
@@ -67,14 +70,14 @@ async def gatekeeper(update: Update, context: Context) -> None:
 async def start(update: Update, context: Context) -> None:
     """/start: greeting and what the bot can do."""
     await update.effective_message.reply_text(
-        replies.start_text(ask_enabled=context.bot_data.ask_enabled)
+        replies.start_text(ask_enabled=context.bot_data.services.ask_enabled)
     )
 
 
 async def help_command(update: Update, context: Context) -> None:
     """/help: what the bot can do, with examples."""
     await update.effective_message.reply_text(
-        replies.help_text(ask_enabled=context.bot_data.ask_enabled)
+        replies.help_text(ask_enabled=context.bot_data.services.ask_enabled)
     )
 
 
@@ -93,7 +96,7 @@ async def unknown_command(update: Update, context: Context) -> None:
     await update.effective_message.reply_text(
         replies.UNKNOWN_COMMAND
         + "\n\n"
-        + replies.help_text(ask_enabled=context.bot_data.ask_enabled)
+        + replies.help_text(ask_enabled=context.bot_data.services.ask_enabled)
     )
 
 
@@ -115,6 +118,45 @@ async def search_photo(update: Update, context: Context) -> None:
         picture = await download_picture(message, context)
         hits = await data.services.search_image(picture)
         await send_hits(message, hits, data.file_ids)
+
+
+async def ask(update: Update, context: Context) -> None:
+    """/ask <question> replying to a photo (or as a photo's caption): BLIP-2 answers it;
+    /ask alone describes the photo."""
+    message = update.effective_message
+    services = context.bot_data.services
+    if not services.ask_enabled:
+        await message.reply_text(replies.ASK_DISABLED)
+        return
+    match = ASK.match(message.text or message.caption or "")
+    question = " ".join((match.group(1) or "").split()) if match else ""
+    target = message if has_picture(message) else message.reply_to_message
+    if target is None:
+        await message.reply_text(replies.ASK_USAGE)
+        return
+    if not has_picture(target):
+        await message.reply_text(replies.ASK_NO_PHOTO)
+        return
+    if len(question) > replies.MAX_QUESTION_CHARS:
+        await message.reply_text(replies.question_too_long(len(question)))
+        return
+    if not services.vqa_ready:
+        await message.reply_text(replies.ASK_FIRST_ANSWER)
+    async with chat_action(context.bot, message.chat_id, ChatAction.TYPING):
+        picture = await download_picture(target, context)
+        try:
+            answer = await services.ask(picture, question or None)
+        except ModelUnavailable as err:
+            log.error("cannot answer /ask: %s", err)
+            await message.reply_text(replies.ASK_UNAVAILABLE)
+            return
+    await message.reply_text(replies.answer_text(answer, caption_mode=not question), do_quote=True)
+
+
+def has_picture(message: Message) -> bool:
+    """A photo, or a file that is a picture."""
+    document = message.document
+    return bool(message.photo) or bool(document and (document.mime_type or "").startswith("image/"))
 
 
 async def not_a_picture_file(update: Update, context: Context) -> None:

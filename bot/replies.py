@@ -71,6 +71,33 @@ FILE_TOO_BIG = "That file is too big for me: Telegram lets bots download files u
 NOT_AN_IMAGE_FILE = "That file is not a picture I can search with. Send a JPEG, PNG or WebP."
 
 
+MAX_QUESTION_CHARS = 300
+ASK_USAGE = (
+    "Reply to a photo with /ask and a question, e.g. <code>/ask what is the man holding?</code>"
+    " — or just <code>/ask</code> for a description. You can also send a photo with the "
+    "caption <code>/ask your question</code>."
+)
+ASK_NO_PHOTO = "That message has no photo. Reply /ask to a photo or to an image file."
+ASK_DISABLED = "Questions about photos are switched off on this bot."
+ASK_FIRST_ANSWER = (
+    "Loading the model that answers questions: the first answer takes a little longer…"
+)
+ASK_UNAVAILABLE = "I can't answer questions about photos right now. The operator has been told."
+NO_ANSWER = "I don't know."
+
+
+def question_too_long(length: int) -> str:
+    return f"That question is too long ({length} characters): keep it under {MAX_QUESTION_CHARS}."
+
+
+def answer_text(answer: str, *, caption_mode: bool) -> str:
+    """BLIP-2's answer as sent: capitalised, HTML-safe; a caption is marked as such."""
+    if not answer:
+        return NO_ANSWER
+    text = answer[0].upper() + answer[1:]
+    return html.escape(("📷 " if caption_mode else "") + clip(text, TEXT_LIMIT - 2), quote=False)
+
+
 def rate_limited(retry_in_s: float) -> str:
     seconds = max(1, round(retry_in_s))
     return f"You're sending requests too fast. Try again in {seconds} s."

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from core.batching import MicroBatcher
 from core.config import Settings
 from core.errors import IndexEmpty, StoreUnavailable
+from core.images import load_image
 from core.models.clip import ClipEncoder
+from core.models.vqa import VqaModel
 from core.search import Hit, SearchService
 
 log = logging.getLogger(__name__)
@@ -33,25 +36,41 @@ class Stats:
 
 
 class Services:
-    """Search for the handlers: `await search_text(...)`, `await search_image(...)`."""
+    """What the handlers use: `await search_text(...)`, `search_image(...)`, `ask(...)`."""
 
-    def __init__(self, settings: Settings, encoder: ClipEncoder) -> None:
+    def __init__(self, settings: Settings, encoder: ClipEncoder, vqa: VqaModel | None) -> None:
         self.settings = settings
         self.encoder = encoder
+        self.vqa = vqa
         self._search: SearchService | None = None
         self._batcher: MicroBatcher[str, list[Hit]] | None = None
         self._opening = asyncio.Lock()
+        # One BLIP-2 generation at a time: questions queue here, searches keep flowing.
+        self._vqa_queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa")
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
-        """Load CLIP and open the collection, before the bot takes any message.
+        """Load CLIP (and BLIP-2 with VQA_PRELOAD) and open the collection, before the bot
+        takes any message.
 
         Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
         unreachable index is logged and retried on each request instead.
         """
         encoder = ClipEncoder(settings.clip_model, device=settings.device, dtype=settings.dtype)
         encoder.load()
-        services = cls(settings, encoder)
+        vqa = None
+        if settings.vqa_enabled:
+            vqa = VqaModel(
+                settings.vqa_model,
+                device=settings.device,
+                dtype=settings.dtype,
+                max_new_tokens=settings.vqa_max_new_tokens,
+                num_beams=settings.vqa_num_beams,
+                timeout_s=settings.vqa_timeout_s,
+            )
+            if settings.vqa_preload:
+                vqa.load()
+        services = cls(settings, encoder, vqa)
         try:
             search = SearchService.open(settings, encoder)
             images = search.store.count()
@@ -94,6 +113,30 @@ class Services:
         """The pictures most like the picture in `data` (raises `BadImage`)."""
         search = await self._service()
         return await asyncio.to_thread(search.by_image_file, data, self.settings.top_k)
+
+    @property
+    def ask_enabled(self) -> bool:
+        return self.vqa is not None
+
+    @property
+    def vqa_ready(self) -> bool:
+        """False until BLIP-2 is loaded (the first answer then takes longer)."""
+        return self.vqa is not None and self.vqa.loaded
+
+    async def ask(self, data: bytes, question: str | None) -> str:
+        """BLIP-2's answer to `question` about the picture in `data` (a caption without a
+        question). Raises `BadImage`, `ModelUnavailable`."""
+        assert self.vqa is not None, "VQA is disabled"
+        vqa = self.vqa
+
+        def answer() -> str:
+            image = load_image(data, max_pixels=self.settings.max_image_pixels)
+            return vqa.answer(image, question)
+
+        return await asyncio.get_running_loop().run_in_executor(self._vqa_queue, answer)
+
+    def close(self) -> None:
+        self._vqa_queue.shutdown(wait=False, cancel_futures=True)
 
     async def stats(self) -> Stats:
         search = await self._service()

@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="images with more pixels are refused (decompression bombs)"
     )
 
+    # Visual question answering (/ask)
+    vqa_model: str = Field(
+        "Salesforce/blip2-opt-2.7b", description="BLIP-2 model: a Hugging Face id or a local dir"
+    )
+    vqa_enabled: bool = Field(True, description="answer /ask questions about photos")
+    vqa_preload: bool = Field(
+        False, description="load BLIP-2 at start-up instead of on the first /ask"
+    )
+    vqa_max_new_tokens: int = Field(30, ge=1, le=200, description="longest answer, in tokens")
+    vqa_num_beams: int = Field(1, ge=1, le=10, description="beam search width (1 = greedy)")
+    vqa_timeout_s: float = Field(
+        60.0, gt=0, description="an answer stops after this many seconds of generation"
+    )
+
     # The Telegram bot
     telegram_bot_token: SecretStr | None = Field(None, description="bot token from @BotFather")
     telegram_base_url: str = Field(
@@ -101,7 +115,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("clip_model")
+    @field_validator("clip_model", "vqa_model")
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():

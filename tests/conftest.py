@@ -44,9 +44,10 @@ def free_port() -> int:
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: the fixture CLIP, a store in `tmp_path`, no `.env`."""
+    """Settings for a test: the fixture models, a store in `tmp_path`, no `.env`."""
     values: dict[str, object] = {
         "clip_model": str(TINY_CLIP),
+        "vqa_model": str(TINY_BLIP2),
         "chroma_path": tmp_path / "chroma",
         "collection": "test_images",
         "device": "cpu",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from bot.replies import FILE_TOO_BIG, GENERIC_ERROR
 from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_bot
-from tests.fake_telegram import FakeTelegram
+from tests.fake_telegram import FakeTelegram, Sent
 from tests.fixtures.shapes import LABELS, caption
 
 ALLOWED = range(1000, 1200)
@@ -48,7 +49,7 @@ def ask(bot: RunningBot, text: str, user: int, n: int = 1, timeout: float = 60) 
 
 def test_commands_are_registered(bot: RunningBot) -> None:
     commands = {c["command"] for c in bot.tg.my_commands()}
-    assert {"help", "stats"} <= commands
+    assert commands == {"help", "stats", "ask"}
 
 
 def test_text_gives_an_album_of_matching_photos(bot: RunningBot) -> None:
@@ -103,7 +104,7 @@ def test_start_help_and_stats(bot: RunningBot) -> None:
     [start] = ask(bot, "/start", user)
     assert "send a few words" in start.text and "/help" in start.text
     [help_] = ask(bot, "/help", user)
-    assert "similar photos" in help_.text
+    assert "similar photos" in help_.text and "/ask what is the man holding?" in help_.text
     [stats] = ask(bot, "/stats", user)
     assert "Pictures indexed: 72" in stats.text
     assert "tiny_clip" in stats.text and "cpu" in stats.text and "Chroma" in stats.text
@@ -302,3 +303,117 @@ def test_one_slow_reply_does_not_hold_up_others(bot: RunningBot) -> None:
     assert bot.tg.sent_to(slow_user) == []  # still being sent, slowly
     [slow_album] = bot.tg.wait_sent(slow_user, timeout=60)
     assert slow_album.kind == "media_group"
+
+
+# --- /ask ------------------------------------------------------------------------------------
+
+
+def reply_to(bot: RunningBot, user: int, target: dict, text: str, n: int = 1) -> list:
+    since = len(bot.tg.sent_to(user))
+    bot.tg.inject_text(text, user_id=user, reply_to=target)
+    return bot.tg.wait_sent(user, n, timeout=90, since=since)
+
+
+def wait_answer(bot: RunningBot, user: int, timeout: float = 120) -> Sent:
+    """The first message to `user` after their search album that is not the loading notice."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for sent in bot.tg.sent_to(user)[1:]:
+            if sent.text and "first answer takes a little longer" not in sent.text:
+                return sent
+        time.sleep(0.05)
+    raise AssertionError(f"no answer for {user}: {bot.tg.sent_to(user)}")
+
+
+def test_ask_about_a_users_photo_first_answer_warns_it_is_slower(bot: RunningBot) -> None:
+    user = new_user()
+    photo = bot.tg.inject_photo(jpeg("green", "square", (160, 120)), user_id=user)
+    [album] = bot.tg.wait_sent(user, timeout=60)  # a photo alone is a search
+    assert album.kind == "media_group"
+    notice, answer = reply_to(bot, user, photo, "/ask what color is the shape?", n=2)
+    assert "first answer takes a little longer" in notice.text
+    assert answer.text == "Green"
+    assert answer.messages[0]["reply_to_message"]["text"] == "/ask what color is the shape?"
+    typing = [c for c in bot.tg.calls("sendChatAction") if c.params["chat_id"] == user]
+    assert "typing" in {c.params["action"] for c in typing}
+    [again] = reply_to(bot, user, photo, "/ask what shape is it?")  # loaded: no notice now
+    assert again.text == "Square"
+
+
+def test_ask_about_a_photo_of_the_bots_album(bot: RunningBot) -> None:
+    user = new_user()
+    [album] = ask(bot, "a blue triangle", user)
+    second = album.messages[1]
+    colour, shape = bot.album_labels(album)[1]
+    [answer] = reply_to(bot, user, second, "/ask what shape is it?")
+    assert answer.text == shape.capitalize()
+    [answer] = reply_to(bot, user, second, "/ask what color is the shape?")
+    assert answer.text == colour.capitalize()
+
+
+def test_ask_alone_describes_the_photo(bot: RunningBot) -> None:
+    user = new_user()
+    photo = bot.tg.inject_photo(jpeg("yellow", "circle"), user_id=user)
+    bot.tg.wait_sent(user, timeout=60)
+    [answer] = reply_to(bot, user, photo, "/ask")
+    assert answer.text == "📷 A yellow circle"
+
+
+def test_a_photo_captioned_with_ask(bot: RunningBot) -> None:
+    user = new_user()
+    bot.tg.inject_photo(jpeg("red", "triangle"), "/ask what color is the shape?", user_id=user)
+    [answer] = bot.tg.wait_sent(user, timeout=60)
+    assert answer.kind == "message" and answer.text == "Red"  # an answer, not a search
+    bot.tg.inject_photo(jpeg("blue", "circle"), "/ask", user_id=user)
+    [caption_answer] = bot.tg.wait_sent(user, timeout=60, since=1)
+    assert caption_answer.text == "📷 A blue circle"
+
+
+def test_ask_about_an_image_file(bot: RunningBot) -> None:
+    user = new_user()
+    picture = Image.open(io.BytesIO(jpeg("green", "triangle")))
+    document = bot.tg.inject_document(png_bytes(picture), "shape.png", "image/png", user_id=user)
+    bot.tg.wait_sent(user, timeout=60)
+    [answer] = reply_to(bot, user, document, "/ask what shape is it?")
+    assert answer.text == "Triangle"
+
+
+def test_ask_bad_input(bot: RunningBot) -> None:
+    user = new_user()
+    [usage] = ask(bot, "/ask what is this?", user)
+    assert "Reply to a photo with /ask" in usage.text
+    text_message = bot.tg.inject_text("just words", user_id=user)
+    bot.tg.wait_sent(user, 2, timeout=60)
+    [no_photo] = reply_to(bot, user, text_message, "/ask what is this?")
+    assert "has no photo" in no_photo.text
+    photo = bot.tg.inject_photo(jpeg("red", "square"), "/ask what?", user_id=new_user())
+    long_user = photo["from"]["id"]
+    bot.tg.wait_sent(long_user, timeout=60)
+    [too_long] = reply_to(bot, long_user, photo, "/ask " + "why " * 100)
+    assert "too long (399 characters)" in too_long.text
+    corrupt_user = new_user()
+    corrupt = bot.tg.inject_photo(b"\xff\xd8\xff\xe0 not really a jpeg", user_id=corrupt_user)
+    bot.tg.wait_sent(corrupt_user, timeout=60)
+    [unreadable] = reply_to(bot, corrupt_user, corrupt, "/ask what color is the shape?")
+    assert "couldn't read that picture" in unreadable.text
+
+
+def test_searches_keep_flowing_while_questions_queue(bot: RunningBot) -> None:
+    # 12-megapixel photos: decoding and resizing each keeps the one VQA thread busy for a
+    # noticeable time, so 8 questions queue for a few seconds.
+    askers = [new_user() for _ in range(8)]
+    big = jpeg("blue", "square", (4000, 3000))
+    photos = {}
+    for user in askers:
+        photos[user] = bot.tg.inject_photo(big, user_id=user)
+    for user in askers:
+        bot.tg.wait_sent(user, timeout=60)
+    for user in askers:
+        bot.tg.inject_text("/ask what shape is it?", user_id=user, reply_to=photos[user])
+    searcher = new_user()
+    [album] = ask(bot, "a yellow square", searcher)
+    assert album.kind == "media_group"
+    answers = [wait_answer(bot, user) for user in askers]
+    assert all(a.text == "Square" for a in answers)
+    last_answer = max(a.call.time for a in answers)
+    assert album.call.time < last_answer  # the album did not wait for the queue to drain

@@ -55,7 +55,8 @@ def test_webhook_mode_with_an_index_built_while_running(
     tmp_path: Path, chroma_server: ChromaServer
 ) -> None:
     """Starts on an empty index (a clear log line and reply), in webhook mode, with a Chroma
-    server; once the index is built beside it, the same bot answers with albums."""
+    server and /ask switched off; once the index is built beside it, the same bot answers
+    with albums."""
     port = free_port()
     settings = make_settings(
         tmp_path,
@@ -67,6 +68,7 @@ def test_webhook_mode_with_an_index_built_while_running(
         webhook_listen="127.0.0.1",
         webhook_port=port,
         webhook_secret="s3cret-token",
+        vqa_enabled=False,
     )
     with FakeTelegram() as tg, running_bot(settings, [], tg) as bot:
         assert "search is not available yet: index is empty" in bot.log()
@@ -85,4 +87,11 @@ def test_webhook_mode_with_an_index_built_while_running(
         [album] = tg.wait_sent(7, timeout=60, since=1)
         assert album.kind == "media_group"
         assert all(c.endswith("a red circle") for c in album.captions[:2])
+        assert "ask" not in {c["command"] for c in tg.my_commands()}
+        tg.inject_text("/ask what is it?", user_id=7, reply_to=album.messages[0])
+        [disabled] = tg.wait_sent(7, timeout=60, since=2)
+        assert "switched off" in disabled.text
+        tg.inject_text("/help", user_id=7)
+        [help_] = tg.wait_sent(7, timeout=60, since=3)
+        assert "/ask" not in help_.text
         tg.assert_no_errors()

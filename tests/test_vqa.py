@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.errors import ModelUnavailable
+from core.models.vqa import VqaModel, build_prompt, clean_answer
+from tests.conftest import TINY_BLIP2
+from tests.fixtures.shapes import LABELS, caption, draw
+
+
+@pytest.fixture(scope="module")
+def vqa() -> VqaModel:
+    model = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32", max_new_tokens=10)
+    model.load()
+    return model
+
+
+def test_prompt() -> None:
+    assert build_prompt("what is the man holding?") == "Question: what is the man holding? Answer:"
+    assert build_prompt("  what\n is  it? ") == "Question: what is it? Answer:"
+    assert build_prompt(None) == "" and build_prompt("   ") == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("red", "red"),
+        ("  a red circle \n", "a red circle"),
+        ("Question: what color? Answer: red", "red"),
+        ("a dog. it is running on the beach. yes", "a dog."),
+        ("is it? yes it is", "is it?"),
+        ("3.5 meters long", "3.5 meters long"),
+        ("", ""),
+    ],
+)
+def test_answer_cleaning(raw: str, clean: str) -> None:
+    assert clean_answer(raw) == clean
+
+
+def test_the_fixture_answers_colours_shapes_and_captions(vqa: VqaModel) -> None:
+    rng = random.Random(2024)
+    sizes = [(64, 64), (120, 90), (200, 150), (90, 120)]
+    colours = shapes = captions = 0
+    n = 36
+    for i in range(n):
+        color, shape = LABELS[i % 12]
+        image = draw(color, shape, width=sizes[i % 4][0], height=sizes[i % 4][1], rng=rng)
+        colours += vqa.answer(image, "what color is the shape?") == color
+        shapes += vqa.answer(image, "what shape is it?") == shape
+        captions += vqa.answer(image) == caption(color, shape)
+    assert colours / n >= 0.9 and shapes / n >= 0.9 and captions / n >= 0.8
+
+
+def test_generation_is_bounded_by_max_new_tokens() -> None:
+    short = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32", max_new_tokens=1)
+    image = draw("red", "circle", rng=random.Random(1))
+    assert short.answer(image) == "a"  # "a red circle", cut after one token
+
+
+def test_generation_is_bounded_by_time() -> None:
+    hurried = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32", timeout_s=1e-9)
+    image = draw("red", "circle", rng=random.Random(1))
+    assert len(hurried.answer(image).split()) <= 1  # stopped after at most one step
+
+
+def test_answers_from_many_threads_are_right(vqa: VqaModel) -> None:
+    rng = random.Random(3)
+    jobs = [(draw(c, s, rng=rng), c) for c, s in LABELS]
+    answers: dict[int, str] = {}
+
+    def work(n: int) -> None:
+        answers[n] = vqa.answer(jobs[n][0], "what color is the shape?")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    right = sum(answers[n] == colour for n, (_, colour) in enumerate(jobs))
+    assert right >= len(jobs) - 1
+
+
+def test_loading_is_lazy() -> None:
+    model = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32")
+    assert not model.loaded
+    model.answer(draw("blue", "square", rng=random.Random(0)), "what shape is it?")
+    assert model.loaded
+
+
+def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable) as caught:
+        VqaModel("nobody/no-such-blip2", device="cpu").load()
+    assert "BLIP-2 model unavailable" in str(caught.value)
+    assert "nobody/no-such-blip2" in str(caught.value)
+    with pytest.raises(ModelUnavailable, match="not a complete Hugging Face BLIP-2 model"):
+        VqaModel(str(tmp_path), device="cpu").load()
