@@ -138,3 +138,20 @@ def load_settings(**overrides: Any) -> Settings:
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
             problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
         raise ConfigError("bad setting " + "; ".join(problems)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`settings` as environment variables, as an entry point started with them would read
+    them back (for running `python -m bot` or `index_builder.py` as a subprocess)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, (set, frozenset)):
+            value = ",".join(str(v) for v in sorted(value))
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name.upper()] = str(value)
+    return env

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
+from core.config import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -57,23 +57,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-def env_value(value: object) -> str:
-    """How a setting's value is written in the environment."""
-    if hasattr(value, "get_secret_value"):
-        return value.get_secret_value()
-    if isinstance(value, (set, frozenset)):
-        return ",".join(str(v) for v in sorted(value))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment for running an entry point as a subprocess with `settings`."""
     env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = env_value(value)
+    env.update(settings_env(settings))
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_settings
+from core.config import Settings, load_settings, settings_env
 from core.errors import ConfigError
 
 
@@ -66,3 +66,20 @@ def test_bad_value_is_one_clear_line(
     assert name in message
     assert "\n" not in message
     assert repr(value) in message
+
+
+def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    original = Settings(
+        _env_file=None,
+        allowed_user_ids="5,7",
+        telegram_bot_token="123:abc",
+        micro_batch=False,
+        chroma_path=tmp_path,
+        vqa_timeout_s=2.5,
+    )
+    env = settings_env(original)
+    assert env["ALLOWED_USER_IDS"] == "5,7" and env["TELEGRAM_BOT_TOKEN"] == "123:abc"
+    assert "CHROMA_HOST" not in env  # unset stays unset
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None) == original

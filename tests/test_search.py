@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from core.__main__ import main as cli_main
-from core.config import Settings
+from core.config import Settings, settings_env
 from core.errors import BadImage, EmptyQuery, IndexEmpty
 from core.images import load_image
 from core.models.clip import ClipEncoder
 from core.records import ImageRecord
 from core.search import MAX_QUERY_CHARS, SearchService, clean_query
 from core.store import Database
-from tests.conftest import ROOT, ShapeIndex, env_value, make_settings, subprocess_env
+from tests.conftest import ROOT, ShapeIndex, make_settings, subprocess_env
 from tests.fixtures.shapes import LABELS, caption
 
 
@@ -130,9 +130,8 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_
 
     def run(settings: Settings, *args: str) -> CliResult:
         monkeypatch.chdir(tmp_path)
-        for name, value in settings.model_dump().items():
-            if value is not None:
-                monkeypatch.setenv(name.upper(), env_value(value))
+        for name, value in settings_env(settings).items():
+            monkeypatch.setenv(name, value)
         capsys.readouterr()
         code = cli_main(list(args))
         out, err = capsys.readouterr()

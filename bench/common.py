@@ -1,0 +1,298 @@
+"""What every benchmark shares: the machine's description, timing statistics, COCO-like
+synthetic photos, clustered vectors, and full-size models with random weights.
+
+Model weights cannot be downloaded here, so the benchmarks use the real architectures
+with random weights: `CLIPModel(CLIPConfig())` has exactly the shapes and cost of
+openai/clip-vit-base-patch32. Saved once to a directory, it loads through the project's
+normal `CLIP_MODEL=<dir>` path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "bench" / ".cache"
+TINY_CLIP = ROOT / "tests" / "fixtures" / "tiny_clip"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """One line: CPU model, cores, RAM, torch version and build."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory_gb:.0f} GB RAM{gpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise_ms(samples_s: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples_s]
+    return {
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "n": len(ms),
+    }
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """A small Markdown table, printed and returned."""
+    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def timed(func: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    func()
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a running process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float, float]:
+    """Run a command; return (exit code, output, wall seconds, peak RSS in MB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, output, time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def coco_like_jpeg(rng: random.Random, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A 640×480 JPEG with the texture, detail and file size (≈100–200 kB at quality 90)
+    of a COCO photo: smooth colour regions, shapes, edges and sensor noise."""
+    nprng = np.random.default_rng(rng.randrange(2**32))
+    base = nprng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize(size, Image.BICUBIC)
+    pen = ImageDraw.Draw(image)
+    for _ in range(rng.randint(6, 14)):
+        x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
+        x1, y1 = x0 + rng.randrange(20, 240), y0 + rng.randrange(20, 200)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        if rng.random() < 0.5:
+            pen.ellipse((x0, y0, x1, y1), fill=colour)
+        else:
+            pen.rectangle((x0, y0, x1, y1), fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(1.2))
+    noise = nprng.normal(0, 9, (size[1], size[0], 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` COCO-like photos in `folder` (made once, reused by later runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for n in range(count):
+        path = folder / f"photo_{n:06d}.jpg"
+        data = coco_like_jpeg(rng)  # always drawn, so photo n is the same whatever the count
+        if not path.exists():
+            path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def clustered_vectors(
+    count: int, dim: int = 512, clusters: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Unit vectors in clusters, like CLIP embeddings (uniform random vectors are not):
+    neighbours within a cluster have cosine ≈ 0.75, across clusters ≈ 0.3."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=dim) / np.sqrt(dim)  # CLIP embeddings share a common direction
+    centres = rng.normal(size=(clusters, dim)) / np.sqrt(dim) + shared
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, clusters, count)
+    noise = rng.normal(size=(count, dim)) / np.sqrt(dim) * 0.58
+    vectors = centres[labels] + noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32)
+
+
+# --- models with the real architectures and random weights ------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipDir:
+    path: Path
+    tokenizer: str
+    """"real CLIP BPE" or "tiny fixture tokenizer (fallback)"."""
+
+
+def vit_b32_dir() -> ClipDir:
+    """openai/clip-vit-base-patch32's architecture with random weights, in HF format, with
+    CLIP's real tokenizer when it can be built (from open_clip's BPE file on PyPI)."""
+    path = CACHE / "clip-vit-base-patch32-random"
+    marker = path / "bench-tokenizer.txt"
+    if marker.exists():
+        return ClipDir(path, marker.read_text())
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer, kind = _clip_tokenizer()
+    config = CLIPConfig()
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(path)
+    marker.write_text(kind)
+    return ClipDir(path, kind)
+
+
+def _clip_tokenizer():
+    """CLIP's real BPE (49,408 tokens) from open_clip's wheel, or the fixture's tokenizer."""
+    from transformers import CLIPTokenizer
+
+    try:
+        vocab_dir = _real_clip_vocab()
+        return CLIPTokenizer(
+            vocab_file=str(vocab_dir / "vocab.json"),
+            merges_file=str(vocab_dir / "merges.txt"),
+            model_max_length=77,
+        ), "real CLIP BPE"
+    except (OSError, subprocess.CalledProcessError, KeyError) as err:
+        print(f"(real CLIP tokenizer unavailable: {err}; using the fixture's)", flush=True)
+        return CLIPTokenizer.from_pretrained(TINY_CLIP), "tiny fixture tokenizer (fallback)"
+
+
+def _real_clip_vocab() -> Path:
+    """vocab.json and merges.txt exactly as OpenAI's CLIP builds them from its BPE file."""
+    out = CACHE / "clip-bpe"
+    if (out / "vocab.json").exists():
+        return out
+    wheels = CACHE / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(wheels),
+            "open_clip_torch==3.3.0",
+        ],
+        check=True,
+    )
+    wheel = next(wheels.glob("open_clip_torch-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        bpe = gzip.decompress(archive.read("open_clip/bpe_simple_vocab_16e6.txt.gz")).decode()
+    merges = [tuple(line.split()) for line in bpe.split("\n")[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+    return out
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    codes += list(range(ord("®"), ord("ÿ") + 1))
+    chars = codes[:]
+    extra = 0
+    for b in range(256):
+        if b not in codes:
+            codes.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(codes, [chr(c) for c in chars], strict=True))
+
+
+def bench_settings(workdir: Path, clip: Path, **overrides: object):
+    """Settings for a benchmark run: a store in `workdir`, no `.env`."""
+    from core.config import Settings
+
+    values: dict[str, object] = {
+        "clip_model": str(clip),
+        "chroma_path": workdir / "chroma",
+        "collection": "bench",
+        "device": os.environ.get("BENCH_DEVICE", "auto"),
+        "dtype": "auto",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def subprocess_env(settings, **extra: str) -> dict[str, str]:
+    """The environment that hands `settings` to an entry point run as a subprocess."""
+    from core.config import Settings, settings_env
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = str(ROOT)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
