@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 from telegram import BotCommand, Update
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     CommandHandler,
@@ -24,7 +20,7 @@ from telegram.ext import (
 from bot import handlers
 from bot.file_ids import FileIdCache
 from bot.handlers import BotData
-from bot.limits import UserRateLimiter
+from bot.limits import RetryingRateLimiter, UserRateLimiter
 from bot.services import Services
 from core.config import Settings
 
@@ -36,34 +32,6 @@ COMMANDS = [
 ]
 ASK_COMMAND = BotCommand("ask", "reply to a photo: answer a question about it, or describe it")
 CONCURRENT_UPDATES = 64
-NETWORK_RETRIES = 6
-RETRY_AFTER_RETRIES = 5
-
-
-class RetryingRateLimiter(AIORateLimiter):
-    """Telegram's flood limits (30 messages/s overall, 20/min per group), waits out 429
-    RetryAfter, and retries 5xx and network errors with exponential backoff, so a Telegram
-    hiccup delays a reply instead of losing it."""
-
-    def __init__(self, network_retries: int = NETWORK_RETRIES) -> None:
-        super().__init__(max_retries=RETRY_AFTER_RETRIES)
-        self.network_retries = network_retries
-
-    async def process_request(self, *args: Any, **kwargs: Any) -> Any:
-        endpoint = kwargs.get("endpoint", "?")
-        delay = 0.5
-        for attempt in range(self.network_retries + 1):
-            try:
-                return await super().process_request(*args, **kwargs)
-            except (BadRequest, Forbidden, InvalidToken, Conflict):
-                raise  # our request is wrong: retrying cannot help
-            except NetworkError as err:
-                if attempt == self.network_retries:
-                    raise
-                log.warning("Telegram %s failed (%s): retry in %.1f s", endpoint, err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
 
 
 def build_application(settings: Settings, services: Services) -> Application:

@@ -1,12 +1,24 @@
-"""Who may use the bot, and how often."""
+"""How often: each user may ask the bot, and the bot may call Telegram."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError
+from telegram.ext import AIORateLimiter
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
+NETWORK_RETRIES = 6
+RETRY_AFTER_RETRIES = 5
+BEST_EFFORT = frozenset({"sendChatAction"})
+"""Calls that are neither throttled nor retried: a missed "typing…" harms no one."""
 
 
 class UserRateLimiter:
@@ -30,3 +42,40 @@ class UserRateLimiter:
             return WINDOW_S - (now - seen[0])
         seen.append(now)
         return None
+
+
+class RetryingRateLimiter(AIORateLimiter):
+    """Keeps to Telegram's flood limits (30 messages/s overall, 20/min per group), waits out
+    429 RetryAfter, and retries 5xx and network errors with exponential backoff, so a
+    Telegram hiccup delays a reply instead of losing it."""
+
+    def __init__(self, network_retries: int = NETWORK_RETRIES) -> None:
+        super().__init__(max_retries=RETRY_AFTER_RETRIES)
+        self.network_retries = network_retries
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, Any]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
+        if endpoint in BEST_EFFORT:
+            return await callback(*args, **kwargs)
+        delay = 0.5
+        for attempt in range(self.network_retries + 1):
+            try:
+                return await super().process_request(
+                    callback, args, kwargs, endpoint, data, rate_limit_args
+                )
+            except (BadRequest, Forbidden, InvalidToken, Conflict):
+                raise  # our request is wrong: retrying cannot help
+            except NetworkError as err:
+                if attempt == self.network_retries:
+                    raise
+                log.warning("Telegram %s failed (%s): retry in %.1f s", endpoint, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")

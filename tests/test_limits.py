@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from bot.limits import UserRateLimiter
+import pytest
+from telegram.error import BadRequest, NetworkError, TimedOut
+
+from bot.limits import RetryingRateLimiter, UserRateLimiter
 
 
 class Clock:
@@ -41,3 +44,63 @@ def test_refused_requests_do_not_extend_the_wait() -> None:
 def test_zero_means_unlimited() -> None:
     limiter = UserRateLimiter(0)
     assert all(limiter.check(1) is None for _ in range(1000))
+
+
+def _flaky(failures: list[Exception]):
+    calls: list[str] = []
+
+    async def callback(endpoint: str, data: dict) -> bool:
+        calls.append(endpoint)
+        if failures:
+            raise failures.pop(0)
+        return True
+
+    return callback, calls
+
+
+def _request(limiter: RetryingRateLimiter, callback, endpoint: str):
+    return limiter.process_request(
+        callback=callback,
+        args=(endpoint, {}),
+        kwargs={},
+        endpoint=endpoint,
+        data={"chat_id": 1},
+        rate_limit_args=None,
+    )
+
+
+def test_network_errors_and_5xx_are_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    monkeypatch.setattr("bot.limits.asyncio.sleep", no_sleep)
+    callback, calls = _flaky([NetworkError("Bad Gateway"), TimedOut(), NetworkError("x")])
+    assert asyncio.run(_request(RetryingRateLimiter(), callback, "sendMediaGroup")) is True
+    assert len(calls) == 4 and sleeps == [0.5, 1.0, 2.0]
+
+
+def test_bad_requests_are_not_retried() -> None:
+    callback, calls = _flaky([BadRequest("message is too long")])
+    with pytest.raises(BadRequest):
+        asyncio.run(_request(RetryingRateLimiter(), callback, "sendMessage"))
+    assert calls == ["sendMessage"]
+
+
+def test_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_sleep(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr("bot.limits.asyncio.sleep", no_sleep)
+    callback, calls = _flaky([NetworkError("down")] * 20)
+    with pytest.raises(NetworkError):
+        asyncio.run(_request(RetryingRateLimiter(network_retries=3), callback, "sendMessage"))
+    assert len(calls) == 4
+
+
+def test_chat_actions_are_best_effort() -> None:
+    callback, calls = _flaky([NetworkError("Bad Gateway")])
+    with pytest.raises(NetworkError):
+        asyncio.run(_request(RetryingRateLimiter(), callback, "sendChatAction"))
+    assert calls == ["sendChatAction"]  # not retried: the next one comes in 4.5 s anyway

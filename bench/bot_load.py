@@ -1,0 +1,177 @@
+"""The bot under load: `python -m bot` (ViT-B/32 architecture) against the fake Telegram
+server, 20 users × 5 text queries at once, with micro-batching off and on, side by side.
+Also the bot's peak memory with CLIP loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (
+    bench_settings,
+    make_photos,
+    peak_rss_mb,
+    percentile,
+    subprocess_env,
+    table,
+    vit_b32_dir,
+)
+from tests.fake_telegram import FakeTelegram
+
+TOP_K = 5
+SUBJECTS = [
+    "a dog",
+    "two cats",
+    "a red bus",
+    "a man",
+    "a child",
+    "a plate of food",
+    "a train",
+    "a horse",
+    "a kite",
+    "a bowl of fruit",
+]
+PLACES = [
+    "on a beach",
+    "in the rain",
+    "in a kitchen",
+    "at a station",
+    "in a park",
+    "on a table",
+    "in the snow",
+    "at night",
+    "in a city street",
+    "near a river",
+]
+
+
+def distinct_queries(n: int) -> list[str]:
+    """`n` different queries, so every user asks something of their own."""
+    return [f"{SUBJECTS[i % 10]} {PLACES[(i // 10 + i) % 10]}" for i in range(n)]
+
+
+def one_run(settings, users: int, per_user: int, micro_batch: bool, workdir: Path) -> dict:
+    log_path = workdir / f"bot-{'on' if micro_batch else 'off'}.log"
+    # Each run starts with no file_ids: the fake server forgets its files between runs.
+    for cache in settings.chroma_path.glob("*-telegram-file-ids.sqlite3*"):
+        cache.unlink()
+    with FakeTelegram() as tg, open(log_path, "w") as log:
+        env = subprocess_env(settings.model_copy(update={"micro_batch": micro_batch}), **tg.env())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while "Application started" not in log_path.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the bot did not start: {log_path.read_text()}")
+                time.sleep(0.2)
+            user_ids = list(range(5000, 5000 + users))
+            queries = iter(distinct_queries(users * per_user))
+            started = time.monotonic()
+            for _ in range(per_user):
+                for user in user_ids:
+                    tg.inject_text(next(queries), user_id=user)
+            latencies, right = [], 0
+            for user in user_ids:
+                sent = tg.wait_sent(user, per_user, timeout=600)
+                for album in sent:
+                    latencies.append(album.call.time - started)
+                    right += album.kind == "media_group" and len(album.messages) == TOP_K
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return {
+        "answered": len(latencies),
+        "right_album_size": right,
+        "p50_s": round(percentile(latencies, 50), 2),
+        "p95_s": round(percentile(latencies, 95), 2),
+        "last_s": round(max(latencies), 2),
+        "bot_rss_mb": round(rss),
+    }
+
+
+def encoder_only(clip: Path, queries: list[str]) -> dict[str, float]:
+    """Encoder milliseconds for these queries one by one vs in one batch (what micro-batching
+    saves on the model itself)."""
+    from core.models.clip import ClipEncoder
+
+    encoder = ClipEncoder(str(clip))
+    encoder.embed_texts(queries)  # warm-up (also loads)
+    started = time.perf_counter()
+    for query in queries:
+        encoder.embed_texts([query])
+    singles = time.perf_counter() - started
+    started = time.perf_counter()
+    encoder.embed_texts(queries)
+    batched = time.perf_counter() - started
+    return {"singles_ms": round(singles * 1000), "batched_ms": round(batched * 1000)}
+
+
+def run(quick: bool, workdir: Path) -> dict:
+    from core.datasets import FolderReader
+    from core.indexing import run as index
+
+    clip = vit_b32_dir().path
+    photos = make_photos(workdir.parent / "photos", 120 if quick else 500)
+    settings = bench_settings(
+        workdir,
+        clip,
+        collection="bot_load",
+        telegram_bot_token="123456:TEST",
+        top_k=TOP_K,
+        rate_limit_per_minute=0,
+        vqa_enabled=False,
+    )
+    index(settings, FolderReader(photos[0].parent), progress=False)
+    users, per_user = (10, 3) if quick else (20, 5)
+    off = one_run(settings, users, per_user, micro_batch=False, workdir=workdir)
+    on = one_run(settings, users, per_user, micro_batch=True, workdir=workdir)
+    total = users * per_user
+    encoder = encoder_only(clip, distinct_queries(min(total, 32)))
+    table(
+        f"Bot under load: {users} users × {per_user} text queries at once, ViT-B/32, "
+        "fake Telegram on 127.0.0.1",
+        ["micro-batching", "answered", "right album", "p50 s", "p95 s", "last s"],
+        [
+            [
+                label,
+                f"{r['answered']}/{total}",
+                f"{r['right_album_size']}/{total}",
+                r["p50_s"],
+                r["p95_s"],
+                r["last_s"],
+            ]
+            for label, r in (("off", off), ("on", on))
+        ],
+    )
+    table(
+        "Text encoder alone: the same queries one by one vs one micro-batch",
+        ["queries", "one by one ms", "one batch ms", "speed-up"],
+        [
+            [
+                min(total, 32),
+                encoder["singles_ms"],
+                encoder["batched_ms"],
+                f"{encoder['singles_ms'] / encoder['batched_ms']:.1f}×",
+            ]
+        ],
+    )
+    return {
+        "load_total": total,
+        "load_answered": on["answered"],
+        "load_right_album_size": on["right_album_size"],
+        "load_p50_s": on["p50_s"],
+        "load_p95_s": on["p95_s"],
+        "load_micro_batch_off": off,
+        "load_micro_batch_on": on,
+        "bot_rss_mb": on["bot_rss_mb"],
+        "text_encoder_batching": encoder,
+    }

@@ -1,0 +1,190 @@
+"""Index throughput over COCO-like 640×480 JPEGs, ViT-B/32 architecture, side by side:
+
+(a) naive: the original project's way, one image at a time through CLIPProcessor and fp32
+    get_image_features, one Chroma add per image;
+(b) ceiling: ready pixel tensors through the image tower, best dtype and batch size;
+(c) pipeline: `index_builder.py` end to end (decode → encode → store), as a process;
+plus what each optimisation of (c) gives (ablations, same photos, same run).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    ROOT,
+    bench_settings,
+    make_photos,
+    run_measured,
+    subprocess_env,
+    table,
+    vit_b32_dir,
+)
+
+
+def naive(photos: list[Path], clip: Path, workdir: Path) -> float:
+    """Images/s of the one-at-a-time fp32 baseline."""
+    import chromadb
+    import torch
+    from chromadb.config import Settings as ChromaSettings
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(clip).eval()
+    processor = CLIPProcessor.from_pretrained(clip)
+    client = chromadb.PersistentClient(
+        path=str(workdir / "naive-chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    collection = client.get_or_create_collection("naive", embedding_function=None)
+    started = time.perf_counter()
+    for n, path in enumerate(photos):
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            features = model.get_image_features(**processor(images=image, return_tensors="pt"))
+        vector = torch.nn.functional.normalize(features.pooler_output, dim=-1)[0].numpy()
+        collection.add(ids=[str(n)], embeddings=[vector], metadatas=[{"path": str(path)}])
+    return len(photos) / (time.perf_counter() - started)
+
+
+def ceiling(clip: Path, count: int) -> tuple[float, dict[int, float], str]:
+    """Best images/s of the image tower alone on ready pixels: (best, per batch size, dtype)."""
+    from core.models.clip import ClipEncoder
+
+    encoder = ClipEncoder(str(clip), device="auto", dtype="auto")
+    encoder.load()
+    pixels = np.random.default_rng(0).normal(size=(count, 3, 224, 224)).astype(np.float32)
+    encoder.embed_pixels(pixels[:8], batch_size=8)  # warm-up
+    rates = {}
+    for batch in (16, 32, 64):
+        started = time.perf_counter()
+        encoder.embed_pixels(pixels, batch_size=batch)
+        rates[batch] = count / (time.perf_counter() - started)
+    return max(rates.values()), rates, str(encoder.dtype).removeprefix("torch.")
+
+
+def pipeline(
+    folder: Path, clip: Path, workdir: Path, name: str, *args: str, **overrides: object
+) -> dict:
+    """Run index_builder.py on `folder` as a process: images/s of its decode → encode →
+    store loop (from its summary), wall time and peak memory."""
+    settings = bench_settings(workdir, clip, collection=name, **overrides)
+    code, output, wall, rss = run_measured(
+        [
+            sys.executable,
+            str(ROOT / "index_builder.py"),
+            "--folder",
+            str(folder),
+            "--no-progress",
+            *args,
+        ],
+        subprocess_env(settings),
+        workdir,
+    )
+    if code != 0:
+        raise RuntimeError(f"index_builder.py failed:\n{output}")
+    rate = re.search(r"\(([\d.]+) images/s\)", output)
+    indexed = re.search(r"indexed ([\d,]+)", output)
+    return {
+        "images_per_s": float(rate.group(1)) if rate else 0.0,
+        "indexed": int(indexed.group(1).replace(",", "")) if indexed else 0,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(rss),
+    }
+
+
+def decode_cost(photos: list[Path], clip: Path) -> dict[str, float]:
+    """Milliseconds per photo to decode and preprocess, with and without JPEG draft mode."""
+    from core.images import load_image
+    from core.models.clip import ClipEncoder
+
+    encoder = ClipEncoder(str(clip), device="cpu", dtype="float32")
+    data = [p.read_bytes() for p in photos[:60]]
+    costs = {}
+    for label, min_side in (("draft", encoder.input_size), ("full", None)):
+        started = time.perf_counter()
+        for blob in data:
+            encoder.preprocess([load_image(blob, min_side=min_side)])
+        costs[label] = (time.perf_counter() - started) / len(data) * 1000
+    return {f"{k}_ms": round(v, 2) for k, v in costs.items()}
+
+
+def run(quick: bool, workdir: Path) -> dict:
+    count = 120 if quick else 500
+    clip = vit_b32_dir().path
+    photos = make_photos(workdir.parent / "photos", count)
+    folder = workdir / "photos-subset"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in photos:
+        link = folder / path.name
+        if not link.exists():
+            link.symlink_to(path)
+
+    decoding = decode_cost(photos, clip)
+    naive_ips = naive(photos[: count // 2 if quick else count], clip, workdir)
+    ceiling_ips, by_batch, dtype = ceiling(clip, 64 if quick else 192)
+    best = pipeline(folder, clip, workdir, "pipeline")
+    ablations = {
+        "fp32 instead of bf16": pipeline(folder, clip, workdir, "abl_fp32", dtype="float32"),
+        "1 decode thread": pipeline(folder, clip, workdir, "abl_workers1", "--workers", "1"),
+        "batch 8": pipeline(folder, clip, workdir, "abl_batch8", "--batch-size", "8"),
+    }
+    result = {
+        "photos": count,
+        "index_naive_ips": round(naive_ips, 2),
+        "index_ceiling_ips": round(ceiling_ips, 2),
+        "index_ceiling_by_batch": {str(k): round(v, 2) for k, v in by_batch.items()},
+        "index_ceiling_dtype": dtype,
+        "index_pipeline_ips": best["images_per_s"],
+        "index_pipeline": best,
+        "pipeline_vs_naive": round(best["images_per_s"] / naive_ips, 2),
+        "pipeline_vs_ceiling": round(best["images_per_s"] / ceiling_ips, 3),
+        "ablations": ablations,
+        "decode_and_preprocess_ms": decoding,
+    }
+    table(
+        f"Index throughput, {count} COCO-like 640×480 JPEGs, ViT-B/32 (random weights)",
+        ["run", "images/s", "vs naive", "vs ceiling"],
+        [
+            [
+                "(a) naive: 1 at a time, fp32, 1 add each",
+                f"{naive_ips:.1f}",
+                "1.00×",
+                f"{naive_ips / ceiling_ips:.0%}",
+            ],
+            [
+                f"(b) ceiling: image tower alone, {dtype}, batch {max(by_batch, key=by_batch.get)}",
+                f"{ceiling_ips:.1f}",
+                f"{ceiling_ips / naive_ips:.2f}×",
+                "100%",
+            ],
+            [
+                "(c) index_builder.py end to end",
+                f"{best['images_per_s']:.1f}",
+                f"{result['pipeline_vs_naive']:.2f}×",
+                f"{result['pipeline_vs_ceiling']:.0%}",
+            ],
+        ]
+        + [
+            [
+                f"(c) with {name}",
+                f"{r['images_per_s']:.1f}",
+                f"{r['images_per_s'] / naive_ips:.2f}×",
+                f"{r['images_per_s'] / ceiling_ips:.0%}",
+            ]
+            for name, r in ablations.items()
+        ],
+    )
+    table(
+        "Decode + preprocess per 640×480 JPEG (one core)",
+        ["JPEG decoding", "ms per photo"],
+        [
+            ["draft mode (DCT scaled to ≥ 224 px)", decoding["draft_ms"]],
+            ["full size", decoding["full_ms"]],
+        ],
+    )
+    return result

@@ -1,0 +1,174 @@
+"""Query latency and ANN recall over an embedded collection of COCO2014's size (123,287
+vectors with metadata), in process, through the project's SearchService:
+
+- text: tokenise → encode → top-10 with metadata;
+- image: 640×480 JPEG decode → encode → top-10 with metadata;
+- recall@10 of Chroma's HNSW against exact search on the same CLIP-like vectors, for the
+  project's HNSW settings and for Chroma's defaults, side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    bench_settings,
+    clip_like_vectors,
+    make_photos,
+    summarise_ms,
+    table,
+    vit_b32_dir,
+)
+
+COCO_SIZE = 123_287
+QUERIES = [
+    "a dog running on a beach",
+    "two cats sleeping on a sofa",
+    "a red double decker bus in the rain",
+    "a man riding a horse in a field",
+    "a plate of food with broccoli and rice",
+    "a group of people flying kites in a park",
+    "a kitchen with a stove and a refrigerator",
+    "a train stopped at a station",
+    "a child holding an umbrella",
+    "a bowl of fruit on a wooden table",
+]
+CHROMA_DEFAULT_HNSW = {
+    "space": "cosine",
+    "ef_construction": 100,
+    "ef_search": 100,
+    "max_neighbors": 16,
+}
+
+
+def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
+    """A collection of `vectors` with COCO-like records; returns (store, inserts per second)."""
+    from core.records import ImageRecord
+    from core.store import Database
+
+    records = [
+        ImageRecord(
+            id=str(n),
+            path=str(photo),
+            split="train2014",
+            width=640,
+            height=480,
+            captions=tuple(f"{QUERIES[(n + i) % len(QUERIES)]} number {n}" for i in range(5)),
+            file_size=150_000,
+            mtime_ns=1_700_000_000_000_000_000 + n,
+        )
+        for n in range(len(vectors))
+    ]
+    store = Database(settings).open(
+        name, ImageRecord, model=settings.clip_model, dim=vectors.shape[1], create=True, hnsw=hnsw
+    )
+    started = time.perf_counter()
+    store.upsert(records, vectors)
+    return store, len(vectors) / (time.perf_counter() - started)
+
+
+def recall_at_10(store, base: np.ndarray, queries: np.ndarray) -> tuple[float, dict]:
+    exact = np.argsort(-(base @ queries.T), axis=0)[:10].T
+    found, latencies = [], []
+    for query in queries:
+        started = time.perf_counter()
+        [matches] = store.query(query[None, :], 10)
+        latencies.append(time.perf_counter() - started)
+        found.append({int(m.record.id) for m in matches})
+    recall = float(np.mean([len(f & set(e)) / 10 for f, e in zip(found, exact, strict=True)]))
+    return recall, summarise_ms(latencies)
+
+
+def run(quick: bool, workdir: Path) -> dict:
+    from core.models.clip import ClipEncoder
+    from core.search import SearchService
+
+    count = 20_000 if quick else COCO_SIZE
+    n_queries = 60 if quick else 200
+    clip = vit_b32_dir().path
+    photos = make_photos(workdir.parent / "photos", n_queries)
+    vectors = clip_like_vectors(count + 300)
+    base, held_out = vectors[:count], vectors[count:]
+    settings = bench_settings(workdir, clip, collection="latency")
+
+    store, insert_rate = build(settings, "latency", base, photos[0], _project_hnsw())
+    default_store, _ = build(settings, "chroma_defaults", base, photos[0], CHROMA_DEFAULT_HNSW)
+    recall, chroma_ms = recall_at_10(store, base, held_out)
+    default_recall, default_ms = recall_at_10(default_store, base, held_out)
+
+    encoder = ClipEncoder(settings.clip_model, device=settings.device, dtype=settings.dtype)
+    encoder.load()
+    service = SearchService(encoder, store, max_image_pixels=settings.max_image_pixels)
+    images = [p.read_bytes() for p in photos]
+    for n in range(5):  # warm-up
+        service.by_text(QUERIES[n], 10)
+        service.by_image_file(images[n], 10)
+    text_s, image_s = [], []
+    for n in range(n_queries):
+        started = time.perf_counter()
+        hits = service.by_text(QUERIES[n % len(QUERIES)], 10)
+        text_s.append(time.perf_counter() - started)
+        assert len(hits) == 10
+        started = time.perf_counter()
+        hits = service.by_image_file(images[n], 10)
+        image_s.append(time.perf_counter() - started)
+        assert len(hits) == 10
+    text, image = summarise_ms(text_s), summarise_ms(image_s)
+    result = {
+        "vectors": count,
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "insert_per_s": round(insert_rate),
+        "text_p50_ms": text["p50_ms"],
+        "text_p95_ms": text["p95_ms"],
+        "image_p50_ms": image["p50_ms"],
+        "image_p95_ms": image["p95_ms"],
+        "ann_recall_at_10": round(recall, 4),
+        "ann_query_ms": chroma_ms,
+        "hnsw": _project_hnsw(),
+        "chroma_default_recall_at_10": round(default_recall, 4),
+        "chroma_default_query_ms": default_ms,
+    }
+    table(
+        f"Query latency, {count:,} vectors with metadata, ViT-B/32 {result['dtype']}, "
+        f"{n_queries} queries each",
+        ["query", "p50 ms", "p95 ms", "target"],
+        [
+            [
+                "text: tokenise → encode → top-10",
+                text["p50_ms"],
+                text["p95_ms"],
+                "p50 ≤ 25, p95 ≤ 50",
+            ],
+            ["image: JPEG decode → encode → top-10", image["p50_ms"], image["p95_ms"], "p50 ≤ 80"],
+            ["Chroma top-10 alone (project HNSW)", chroma_ms["p50_ms"], chroma_ms["p95_ms"], ""],
+        ],
+    )
+    table(
+        f"ANN recall@10 vs exact search, {count:,} CLIP-like vectors",
+        ["HNSW settings", "recall@10", "query p50 ms"],
+        [
+            [f"project: {_describe(_project_hnsw())}", f"{recall:.3f}", chroma_ms["p50_ms"]],
+            [
+                f"Chroma defaults: {_describe(CHROMA_DEFAULT_HNSW)}",
+                f"{default_recall:.3f}",
+                default_ms["p50_ms"],
+            ],
+        ],
+    )
+    return result
+
+
+def _project_hnsw() -> dict:
+    from core.store import HNSW
+
+    return dict(HNSW)
+
+
+def _describe(hnsw: dict) -> str:
+    return (
+        f"M={hnsw['max_neighbors']}, ef_construction={hnsw['ef_construction']}, "
+        f"ef_search={hnsw['ef_search']}"
+    )

@@ -1,0 +1,121 @@
+"""/ask latency: the full-size BLIP-2 OPT-2.7b architecture (3.8 B parameters) with random
+weights, bfloat16, on this machine, through the project's VqaModel: seconds for a 10-token
+answer. Skipped when the machine has too little memory."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+from bench.common import CACHE, ROOT, coco_like_jpeg, table
+
+NEEDED_GB = 20  # bf16 weights 7.7 GB, written once to disk, then loaded (peak ≈ 2×)
+ANSWER_TOKENS = 10
+
+
+def blip2_opt_2_7b_dir() -> Path:
+    """Salesforce/blip2-opt-2.7b's architecture with random bf16 weights, in HF format."""
+    path = CACHE / "blip2-opt-2.7b-random"
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        GPT2Tokenizer,
+        OPTConfig,
+    )
+    from transformers.initialization import no_init_weights
+
+    tokenizer = GPT2Tokenizer.from_pretrained(ROOT / "tests" / "fixtures" / "tiny_blip2")
+    text = OPTConfig(
+        hidden_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        ffn_dim=10240,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=2560,
+        vocab_size=50272,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig().to_dict(),
+        qformer_config=Blip2QFormerConfig().to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=32,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with no_init_weights():
+            model = Blip2ForConditionalGeneration(config)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0, 0.02, generator=generator)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    del model
+    image_processor = BlipImageProcessor(size={"height": 224, "width": 224})
+    Blip2Processor(image_processor, tokenizer, num_query_tokens=32).save_pretrained(path)
+    return path
+
+
+def run(quick: bool, workdir: Path) -> dict:
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if memory_gb < NEEDED_GB:
+        print(f"\n(VQA latency skipped: {memory_gb:.0f} GB of RAM, {NEEDED_GB} GB needed)")
+        return {"vqa_skipped": f"{memory_gb:.0f} GB RAM < {NEEDED_GB} GB"}
+    from PIL import Image
+
+    from core.models.vqa import VqaModel
+
+    made = time.perf_counter()
+    path = blip2_opt_2_7b_dir()
+    made_s = time.perf_counter() - made
+    vqa = VqaModel(str(path), device="cpu", dtype="bfloat16", max_new_tokens=ANSWER_TOKENS)
+    started = time.perf_counter()
+    vqa.load()
+    load_s = time.perf_counter() - started
+    model, _ = vqa._model.get()
+    for config in (model.generation_config, model.language_model.generation_config):
+        config.min_new_tokens = ANSWER_TOKENS  # random weights: never stop early
+    import io
+
+    image = Image.open(io.BytesIO(coco_like_jpeg(random.Random(1)))).convert("RGB")
+    runs = 1 if quick else 3
+    vqa.answer(image, "what is in the picture?")  # warm-up
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        vqa.answer(image, "what is in the picture?")
+        times.append(time.perf_counter() - started)
+    seconds = sum(times) / len(times)
+    table(
+        "/ask latency: BLIP-2 OPT-2.7b architecture (random weights), bf16, CPU",
+        ["answer", "seconds per answer", "seconds per token", "model load s"],
+        [
+            [
+                f"{ANSWER_TOKENS} tokens, greedy",
+                round(seconds, 2),
+                round(seconds / ANSWER_TOKENS, 2),
+                round(load_s, 1),
+            ]
+        ],
+    )
+    return {
+        "vqa_seconds_per_answer": round(seconds, 2),
+        "vqa_answer_tokens": ANSWER_TOKENS,
+        "vqa_load_s": round(load_s, 1),
+        "vqa_model_build_s": round(made_s, 1),
+    }
