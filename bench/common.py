@@ -9,6 +9,7 @@ normal `CLIP_MODEL=<dir>` path.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -18,6 +19,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -108,13 +110,28 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float, float]:
-    """Run a command; return (exit code, output, wall seconds, peak RSS in MB)."""
+    """Run a command; return (exit code, output, wall seconds, peak RSS in MB).
+
+    The peak is the child's own VmHWM, polled while it runs: getrusage's ru_maxrss would
+    also count the parent's memory that the child held between fork and exec.
+    """
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, output, time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak = 0.0
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()))
+    reader.start()
+    while proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            peak = max(peak, peak_rss_mb(proc.pid))
+        time.sleep(0.1)
+    reader.join()
+    return (
+        proc.returncode,
+        b"".join(output).decode(errors="replace"),
+        time.perf_counter() - started,
+        peak,
+    )
 
 
 # --- data ------------------------------------------------------------------------------------

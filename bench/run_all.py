@@ -80,12 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         result["section_s"] = round(time.perf_counter() - started, 1)
         write_json(name, result)
         summary.update({k: v for k, v in result.items() if not isinstance(v, dict)})
-        summary[f"{name}_section"] = result
-    write_json("summary", summary)
-    (RESULTS / "summary.md").write_text(
-        f"Measured on {summary['machine']}, {summary['date']}"
-        f"{' (--quick)' if args.quick else ''}.\n{tables.getvalue()}\n"
-    )
+        write_json("summary", summary)  # after every section: a later failure loses nothing
+        (RESULTS / "summary.md").write_text(
+            f"Measured on {summary['machine']}, {summary['date']}"
+            f"{' (--quick)' if args.quick else ''}.\n{tables.getvalue()}\n"
+        )
     print(f"\nwrote {summary_path}")
     return 0
 

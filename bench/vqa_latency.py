@@ -4,6 +4,7 @@ answer. Skipped when the machine has too little memory."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import time
@@ -88,10 +89,10 @@ def run(quick: bool, workdir: Path) -> dict:
     vqa.load()
     load_s = time.perf_counter() - started
     model, _ = vqa._model.get()
-    for config in (model.generation_config, model.language_model.generation_config):
-        config.min_new_tokens = ANSWER_TOKENS  # random weights: never stop early
-    import io
-
+    language_model = getattr(model, "language_model", None)
+    for owner in (model, language_model):
+        if owner is not None and owner.generation_config is not None:
+            owner.generation_config.min_new_tokens = ANSWER_TOKENS  # random weights: no early stop
     image = Image.open(io.BytesIO(coco_like_jpeg(random.Random(1)))).convert("RGB")
     runs = 1 if quick else 3
     vqa.answer(image, "what is in the picture?")  # warm-up
