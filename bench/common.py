@@ -249,6 +249,8 @@ def _clip_tokenizer():
 
 def _real_clip_vocab() -> Path:
     """vocab.json and merges.txt exactly as OpenAI's CLIP builds them from its BPE file."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
     out = CACHE / "clip-bpe"
     if (out / "vocab.json").exists():
         return out
@@ -272,26 +274,13 @@ def _real_clip_vocab() -> Path:
     with zipfile.ZipFile(wheel) as archive:
         bpe = gzip.decompress(archive.read("open_clip/bpe_simple_vocab_16e6.txt.gz")).decode()
     merges = [tuple(line.split()) for line in bpe.split("\n")[1 : 49152 - 256 - 2 + 1]]
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
     return out
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    codes += list(range(ord("®"), ord("ÿ") + 1))
-    chars = codes[:]
-    extra = 0
-    for b in range(256):
-        if b not in codes:
-            codes.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(codes, [chr(c) for c in chars], strict=True))
 
 
 def bench_settings(workdir: Path, clip: Path, **overrides: object):
