@@ -16,7 +16,7 @@ from PIL import Image
 from core.config import Settings
 from core.datasets import CocoReader
 from core.indexing import run
-from tests.conftest import make_settings, subprocess_env
+from tests.conftest import make_settings, stop_process, subprocess_env
 from tests.fake_telegram import FakeTelegram, Sent
 from tests.fixtures.shapes import draw
 from tests.mini_coco import MiniImage, make_mini_coco
@@ -79,11 +79,7 @@ def running_bot(
             time.sleep(0.2)
         yield bot
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def jpeg(color: str, shape: str, size: tuple[int, int] = (120, 90), seed: int = 1) -> bytes:

@@ -43,6 +43,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     """Settings for a test: the fixture models, a store in `tmp_path`, no `.env`."""
     values: dict[str, object] = {
@@ -109,11 +119,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
     try:
         yield ChromaServer("127.0.0.1", port, path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=10)
         log.close()
 
 

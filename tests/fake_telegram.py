@@ -1278,6 +1278,13 @@ class FakeTelegram:
             self._files[s["file_id"]].sizes = sizes
         return sizes
 
+    def _add_caption(self, fields: dict[str, Any], caption: str | None) -> None:
+        """A caption, with its bot_command entity when it starts with "/"."""
+        if caption is not None:
+            fields["caption"] = caption
+            if ents := self._command_entities(caption):
+                fields["caption_entities"] = ents
+
     def inject_photo(
         self,
         data: bytes,
@@ -1295,10 +1302,7 @@ class FakeTelegram:
             extra: dict[str, Any] = {
                 "photo": self._photo_sizes(data, file_size=file_size, size=size)
             }
-            if caption is not None:
-                extra["caption"] = caption
-                if ents := self._command_entities(caption):
-                    extra["caption_entities"] = ents
+            self._add_caption(extra, caption)
             return self.inject_message(
                 user_id=user_id, chat_id=chat_id, reply_to=reply_to, **extra, **fields
             )
@@ -1339,10 +1343,7 @@ class FakeTelegram:
                     "file_size": t.file_size,
                 }
             extra: dict[str, Any] = {"document": doc}
-            if caption is not None:
-                extra["caption"] = caption
-                if ents := self._command_entities(caption):
-                    extra["caption_entities"] = ents
+            self._add_caption(extra, caption)
             return self.inject_message(
                 user_id=user_id, chat_id=chat_id, reply_to=reply_to, **extra, **fields
             )
