@@ -117,12 +117,22 @@ def run(quick: bool, workdir: Path) -> dict:
         image_s.append(time.perf_counter() - started)
         assert len(hits) == 10
     text, image = summarise_ms(text_s), summarise_ms(image_s)
+    fp32 = ClipEncoder(settings.clip_model, device=settings.device, dtype="float32")
+    fp32_service = SearchService(fp32, store, max_image_pixels=settings.max_image_pixels)
+    fp32_service.by_text(QUERIES[0], 10)  # warm-up (also loads)
+    fp32_s = []
+    for n in range(n_queries):
+        started = time.perf_counter()
+        fp32_service.by_text(QUERIES[n % len(QUERIES)], 10)
+        fp32_s.append(time.perf_counter() - started)
+    text_fp32 = summarise_ms(fp32_s)
     result = {
         "vectors": count,
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "insert_per_s": round(insert_rate),
         "text_p50_ms": text["p50_ms"],
         "text_p95_ms": text["p95_ms"],
+        "text_fp32_p50_ms": text_fp32["p50_ms"],
         "image_p50_ms": image["p50_ms"],
         "image_p95_ms": image["p95_ms"],
         "ann_recall_at_10": round(recall, 4),

@@ -68,22 +68,31 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
         }
     )
-    tables = io.StringIO()
     print(f"# Benchmarks on {summary['machine']}, {summary['date']}", flush=True)
     for name, module in SECTIONS.items():
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
         print(f"\n## {name}", flush=True)
+        tables = io.StringIO()
         with contextlib.redirect_stdout(Tee(sys.stdout, tables)):
             result = module.run(args.quick, workdir / name)
-        result["section_s"] = round(time.perf_counter() - started, 1)
-        write_json(name, result)
-        summary.update({k: v for k, v in result.items() if not isinstance(v, dict)})
-        write_json("summary", summary)  # after every section: a later failure loses nothing
-        (RESULTS / "summary.md").write_text(
+        (RESULTS / f"{name}.md").write_text(
             f"Measured on {summary['machine']}, {summary['date']}"
             f"{' (--quick)' if args.quick else ''}.\n{tables.getvalue()}\n"
+        )
+        result["section_s"] = round(time.perf_counter() - started, 1)
+        write_json(name, result)
+        summary.update(
+            {k: v for k, v in result.items() if k != "section_s" and not isinstance(v, dict)}
+        )
+        write_json("summary", summary)  # after every section: a later failure loses nothing
+        (RESULTS / "summary.md").write_text(
+            "\n".join(
+                (RESULTS / f"{section}.md").read_text()
+                for section in SECTIONS
+                if (RESULTS / f"{section}.md").exists()
+            )
         )
     print(f"\nwrote {summary_path}")
     return 0

@@ -722,6 +722,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     fake: FakeTelegram
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping its keep-alive connection (the bot stopping) is not an error."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
