@@ -136,7 +136,7 @@ def run(
 
     embed_started = time.perf_counter()
     try:
-        summary.indexed = _embed_images(
+        _embed_images(
             todo.embed,
             encoder,
             store,
@@ -176,8 +176,9 @@ def _embed_images(
     batch_size: int,
     workers: int,
     progress: bool,
-) -> int:
-    """Decode and preprocess in `workers` threads, embed in batches, store each batch."""
+) -> None:
+    """Decode and preprocess in `workers` threads, embed in batches, store each batch
+    (counted in `summary.indexed` as soon as it is stored, so an interruption reports it)."""
     input_size = encoder.input_size
 
     def prepare(record: ImageRecord) -> tuple[ImageRecord, np.ndarray]:
@@ -186,15 +187,13 @@ def _embed_images(
             record = replace(record, width=decoded.width, height=decoded.height)
         return record, encoder.preprocess([decoded.image])[0]
 
-    indexed = 0
     batch: list[tuple[ImageRecord, np.ndarray]] = []
 
     def flush() -> None:
-        nonlocal indexed
         if batch:
             vectors = encoder.embed_pixels(np.stack([pixels for _, pixels in batch]), batch_size)
             store.upsert([record for record, _ in batch], vectors)
-            indexed += len(batch)
+            summary.indexed += len(batch)
             batch.clear()
 
     with tqdm(
@@ -216,7 +215,6 @@ def _embed_images(
                     flush()
             bar.update(1)
         flush()
-    return indexed
 
 
 def _bounded_map(

@@ -358,31 +358,36 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
         assert flag in text
 
 
-def test_killed_mid_run_then_rerun_completes_exactly_once(
-    tmp_path: Path, encoder: ClipEncoder
-) -> None:
-    settings = coco_settings(tmp_path)
-    total = 400
-    make_mini_coco(settings.coco_root, {"train2014": 300, "val2014": 100}, size=(64, 48))
+def signal_mid_run(settings: Settings, sig: signal.Signals, total: int) -> subprocess.Popen:
+    """Start a build of `total` pictures and send it `sig` once 60 are embedded."""
     proc = builder(settings, "--batch-size", "4", "--workers", "1")
-    progress = re.compile(r"(\d+)/400")
-    seen: list[int] = []
+    progress = re.compile(rf"(\d+)/{total}")
 
     def watch() -> None:
         buffer = ""
         while (chunk := proc.stderr.read(1)) != "":
             buffer += chunk
             if chunk in "\r\n":
-                seen.extend(int(n) for n in progress.findall(buffer))
+                done = [int(n) for n in progress.findall(buffer)]
                 buffer = ""
-                if seen and seen[-1] >= 60:
-                    proc.send_signal(signal.SIGKILL)
+                if done and done[-1] >= 60:
+                    proc.send_signal(sig)
                     return
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     watcher.join(timeout=240)
     proc.wait(timeout=60)
+    return proc
+
+
+def test_killed_mid_run_then_rerun_completes_exactly_once(
+    tmp_path: Path, encoder: ClipEncoder
+) -> None:
+    settings = coco_settings(tmp_path)
+    total = 400
+    make_mini_coco(settings.coco_root, {"train2014": 300, "val2014": 100}, size=(64, 48))
+    proc = signal_mid_run(settings, signal.SIGKILL, total)
     assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
 
     store = images_store(settings, encoder)
@@ -403,3 +408,16 @@ def test_missing_annotations_in_process(tmp_path: Path, encoder: ClipEncoder) ->
     settings = coco_settings(tmp_path)
     with pytest.raises(DatasetError, match=r"annotations_trainval2014\.zip"):
         index(settings, encoder)
+
+
+def test_ctrl_c_stops_cleanly_and_reports_what_was_stored(
+    tmp_path: Path, encoder: ClipEncoder
+) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"train2014": 300, "val2014": 100}, size=(64, 48))
+    proc = signal_mid_run(settings, signal.SIGINT, 400)
+    assert proc.returncode == 130, "the build finished before it could be interrupted"
+    out = proc.stdout.read()
+    assert "interrupted: everything embedded so far is stored; rerun to continue" in out
+    indexed = int(re.search(r"indexed ([\d,]+)", out).group(1).replace(",", ""))
+    assert 0 < indexed == images_store(settings, encoder).count()
