@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also embed every COCO caption as text into the collection <COLLECTION>_captions",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image tower first: about 20%% faster after about 30 s of "
+        "compiling, worth it for big builds (needs a C++ compiler; falls back if it fails)",
+    )
+    parser.add_argument(
         "--collection", metavar="NAME", help="collection name (default: COLLECTION)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             rebuild=args.rebuild,
             with_captions=args.with_captions,
             progress=not args.no_progress,
+            compile_model=args.compile,
         )
     except SearchBotError as err:
         print(f"error: {err}", file=sys.stderr)

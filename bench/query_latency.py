@@ -152,6 +152,7 @@ def run(quick: bool, workdir: Path) -> dict:
                 text["p95_ms"],
                 "p50 ≤ 25, p95 ≤ 50",
             ],
+            ["text, float32 instead (comparison)", text_fp32["p50_ms"], text_fp32["p95_ms"], ""],
             ["image: JPEG decode → encode → top-10", image["p50_ms"], image["p95_ms"], "p50 ≤ 80"],
             ["Chroma top-10 alone (project HNSW)", chroma_ms["p50_ms"], chroma_ms["p95_ms"], ""],
         ],

@@ -12,7 +12,7 @@ from transformers import CLIPModel, CLIPProcessor
 from core.errors import ConfigError, ModelUnavailable
 from core.models.clip import ClipEncoder
 from core.models.runtime import LazyModel, cpu_has_native_bf16, resolve_device, resolve_dtype
-from tests.conftest import TINY_CLIP
+from tests.conftest import TINY_CLIP, in_hf_cache
 from tests.fixtures.shapes import LABELS, caption, draw
 
 TEXTS = ["a red circle", "a photo of a blue square", "yellow triangle", "a dog on a beach!!"]
@@ -196,15 +196,9 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
 
 
-def _in_hf_cache(model: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(model, "config.json"), str)
-
-
 @pytest.mark.real_models
 @pytest.mark.skipif(
-    not _in_hf_cache("openai/clip-vit-base-patch32"),
+    not in_hf_cache("openai/clip-vit-base-patch32"),
     reason="openai/clip-vit-base-patch32 not in the HF cache",
 )
 def test_real_default_model_matches_the_reference() -> None:
@@ -218,3 +212,26 @@ def test_real_default_model_matches_the_reference() -> None:
         )
     np.testing.assert_allclose(encoder.embed_images(images), expected, atol=1e-5)
     assert (encoder.dim, encoder.input_size) == (512, 224)
+
+
+def test_compiled_image_tower_gives_the_same_vectors(fp32: ClipEncoder) -> None:
+    compiled = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    compiled.compile(batch_size=4)
+    images = pictures(6)  # a full batch of 4, then 2 padded to 4
+    np.testing.assert_allclose(
+        compiled.embed_images(images, batch_size=4), fp32.embed_images(images), atol=1e-5
+    )
+
+
+def test_a_failing_compile_falls_back_to_eager(
+    fp32: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn: broken)
+    encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    encoder.compile(batch_size=4)
+    np.testing.assert_allclose(
+        encoder.embed_images(pictures(3)), fp32.embed_images(pictures(3)), atol=1e-5
+    )

@@ -96,6 +96,20 @@ def test_built_index_is_searchable(tmp_path: Path, encoder: ClipEncoder) -> None
     assert stored.id == str(image.id) and stored.score > 0.98
 
 
+def test_compiled_build_stores_the_same_vectors(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"val2014": 10})
+    compiled = ClipEncoder(
+        str(ROOT / "tests" / "fixtures" / "tiny_clip"), device="cpu", dtype="float32"
+    )
+    summary = index(settings, compiled, splits=("val2014",), compile_model=True, batch_size=4)
+    assert summary.indexed == 10
+    hit = SearchService(encoder, images_store(settings, encoder)).by_image(
+        load_image(made[0].path), 1
+    )[0]
+    assert hit.id == str(made[0].id) and hit.score > 0.98
+
+
 def test_rerun_with_nothing_changed_is_quick_and_says_so(
     tmp_path: Path, encoder: ClipEncoder
 ) -> None:
@@ -354,7 +368,7 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
     assert done.value.code == 0
     text = capsys.readouterr().out
     flags = ["--coco-root", "--split", "--folder", "--limit", "--batch-size", "--workers"]
-    for flag in [*flags, "--rebuild", "--with-captions"]:
+    for flag in [*flags, "--rebuild", "--with-captions", "--compile"]:
         assert flag in text
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import ModelUnavailable
 from core.models.vqa import VqaModel, build_prompt, clean_answer
-from tests.conftest import TINY_BLIP2
+from tests.conftest import TINY_BLIP2, in_hf_cache
 from tests.fixtures.shapes import LABELS, caption, draw
 
 
@@ -98,3 +98,15 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
     assert "nobody/no-such-blip2" in str(caught.value)
     with pytest.raises(ModelUnavailable, match="not a complete Hugging Face BLIP-2 model"):
         VqaModel(str(tmp_path), device="cpu").load()
+
+
+@pytest.mark.real_models
+@pytest.mark.skipif(
+    not in_hf_cache("Salesforce/blip2-opt-2.7b"),
+    reason="Salesforce/blip2-opt-2.7b not in the HF cache",
+)
+def test_real_default_model_answers() -> None:
+    vqa = VqaModel("Salesforce/blip2-opt-2.7b", device="auto", dtype="auto", max_new_tokens=10)
+    image = draw("red", "circle", width=224, height=224, rng=random.Random(0))
+    assert "red" in vqa.answer(image, "what color is the circle?").lower()
+    assert vqa.answer(image)  # a caption

