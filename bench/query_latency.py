@@ -99,7 +99,7 @@ def run(quick: bool, workdir: Path) -> dict:
     recall, chroma_ms = recall_at_10(store, base, held_out)
     default_recall, default_ms = recall_at_10(default_store, base, held_out)
 
-    encoder = ClipEncoder(settings.clip_model, device=settings.device, dtype=settings.dtype)
+    encoder = ClipEncoder.from_settings(settings)
     encoder.load()
     service = SearchService(encoder, store, max_image_pixels=settings.max_image_pixels)
     images = [p.read_bytes() for p in photos]

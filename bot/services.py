@@ -58,7 +58,7 @@ class Services:
         Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
         unreachable index is logged and retried on each request instead.
         """
-        encoder = ClipEncoder(settings.clip_model, device=settings.device, dtype=settings.dtype)
+        encoder = ClipEncoder.from_settings(settings)
         encoder.load()
         vqa = None
         if settings.vqa_enabled:

@@ -114,9 +114,7 @@ def run(
     scan = reader.scan()  # before loading any model: a broken dataset fails fast
     if scan.missing:
         log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
-    encoder = encoder or ClipEncoder(
-        settings.clip_model, device=settings.device, dtype=settings.dtype
-    )
+    encoder = encoder or ClipEncoder.from_settings(settings)
     encoder.load()
     db = Database(settings)
     captions_name = f"{settings.collection}_captions"

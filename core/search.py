@@ -58,9 +58,7 @@ class SearchService:
     def open(cls, settings: Settings, encoder: ClipEncoder | None = None) -> SearchService:
         """Load the encoder and open the configured collection (raises `IndexEmpty`,
         `ModelMismatch`, `ModelUnavailable`, `StoreUnavailable`)."""
-        encoder = encoder or ClipEncoder(
-            settings.clip_model, device=settings.device, dtype=settings.dtype
-        )
+        encoder = encoder or ClipEncoder.from_settings(settings)
         encoder.load()
         store = Database(settings).open(
             settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim

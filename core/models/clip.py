@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
+from core.config import Settings
 from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class ClipEncoder:
         self._model = LazyModel(self._load)
         self._infer_lock = threading.Lock()
         self._compiled_image_features: Callable[..., object] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClipEncoder:
+        """The encoder CLIP_MODEL, DEVICE and DTYPE describe."""
+        return cls(settings.clip_model, device=settings.device, dtype=settings.dtype)
 
     def _load(self) -> _Loaded:
         log.info("loading CLIP %s on %s as %s", self.model_name, self.device, self.dtype)
