@@ -9,7 +9,8 @@ one with another model is refused, because mixing embedding spaces silently ruin
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic
@@ -27,6 +28,8 @@ from core.records import R
 # defaults (16 neighbours, ef 100) gave recall@10 0.976; these give 0.994 at about 3 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
 PAGE = 2000
+ROOTS_KEY = "roots"
+"""Collection metadata key: JSON list of the real paths of the folders it was built from."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Database:
                     raise IndexEmpty(_empty_message(name)) from None
             _check_space(name, collection.metadata or {}, model, dim)
             batch = int(self._client.get_max_batch_size())
-        return VectorStore(collection, record_type, self.description, batch)
+        return VectorStore(collection, record_type, self.description, batch, self._client)
 
     def info(self, name: str) -> CollectionInfo | None:
         """Size and model of collection `name`, or None when there is none."""
@@ -165,9 +168,15 @@ class VectorStore(Generic[R]):
     """One collection of records of type `R` with their L2-normalised vectors."""
 
     def __init__(
-        self, collection: chromadb.Collection, record_type: type[R], where: str, max_batch: int
+        self,
+        collection: chromadb.Collection,
+        record_type: type[R],
+        where: str,
+        max_batch: int,
+        client: chromadb.api.ClientAPI,
     ) -> None:
         self._collection = collection
+        self._client = client
         self._type = record_type
         self.description = where
         """Where the collection lives, for people: "embedded Chroma in data/chroma"."""
@@ -180,6 +189,29 @@ class VectorStore(Generic[R]):
     def count(self) -> int:
         with _reachable(self.description):
             return self._collection.count()
+
+    def roots(self) -> tuple[str, ...]:
+        """The real paths of the folders this collection was built from, as recorded by
+        `add_roots` (read afresh from the store: a builder may have added one since)."""
+        with _reachable(self.description):
+            metadata = self._client.get_collection(self.name, embedding_function=None).metadata
+        try:
+            roots = json.loads((metadata or {}).get(ROOTS_KEY) or "[]")
+        except json.JSONDecodeError:
+            return ()
+        if not isinstance(roots, list):
+            return ()
+        return tuple(root for root in roots if isinstance(root, str) and root)
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Record folders this collection is built from (kept, merged, sorted)."""
+        with _reachable(self.description):
+            current = self._client.get_collection(self.name, embedding_function=None)
+            metadata = dict(current.metadata or {})
+            merged = sorted(set(self.roots()) | set(roots))
+            metadata[ROOTS_KEY] = json.dumps(merged)
+            # modify() replaces the whole metadata (model and dim included): pass it all.
+            current.modify(metadata=metadata)
 
     def upsert(self, records: Sequence[R], vectors: np.ndarray) -> None:
         """Insert or replace records with their vectors, in chunks Chroma accepts."""
