@@ -3,8 +3,13 @@ picture the encoder can take, or a `BadImage` error that says why not.
 
 - a pixel-count limit is checked from the header, before any pixel is decoded, so
   decompression bombs are refused cheaply;
+- only the formats a photo search needs are opened (JPEG, PNG, WebP, GIF, BMP, TIFF, and
+  HEIC/AVIF when a Pillow plugin for them is installed): every other decoder is attack
+  surface the bot does not need;
 - JPEGs are decoded in draft mode (the DCT scaled by 1/2, 1/4 or 1/8) to the smallest size
   that still covers what the model needs, which is several times faster on big photos;
+  other formats are reduced (box filter) to about that size right after decoding, before
+  any mode conversion, so a huge PNG costs one full-size buffer, not four;
 - EXIF orientation is applied; every mode (L, LA, P, RGBA, CMYK, I;16, ...) becomes RGB,
   transparency over white; animated images give their first frame;
 - truncated, empty and non-image files raise `BadImage`.
@@ -28,6 +33,19 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ImageSource = bytes | bytearray | str | os.PathLike | BinaryIO
 
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_REDUCIBLE_MODES = {"RGB", "RGBA", "L", "LA", "I", "F", "CMYK"}
+_STRIP_ROWS = 256
+"""Input rows reduced at a time (at least one block): a strip of a 40-megapixel picture costs
+a few MB."""
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
+"""HEIF (HEIC photos from phones) only when the pillow-heif plugin registered it. The JPEG
+opener also reads MPO, the JPEG variant many phones write."""
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """The allowed formats this Pillow can open (a plugin may register HEIF after import)."""
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with Image.open(source, formats=allowed_formats()) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise BadImage(
@@ -75,7 +93,8 @@ def decode_image(
                     im.draft("RGB" if im.mode == "RGB" else None, (min_side, min_side))
                 im.load()
                 orientation = im.getexif().get(0x0112, 1)
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
+                small = _reduced(im, min_side) if min_side else im
+                rgb = _to_rgb(ImageOps.exif_transpose(small))
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -96,6 +115,28 @@ def load_image(
 ) -> Image.Image:
     """`decode_image(...).image`: the RGB picture alone."""
     return decode_image(source, min_side=min_side, max_pixels=max_pixels).image
+
+
+def _reduced(im: Image.Image, min_side: int) -> Image.Image:
+    """`im` shrunk by a whole factor (box filter) that keeps both sides >= `min_side`; JPEGs
+    were already draft-decoded, and palette or 1-bit pictures are left as they are.
+
+    Reduced strip by strip: Pillow reduces RGBA through a premultiplied full-size copy, which
+    would double the memory a huge picture costs."""
+    factor = min(im.size) // min_side
+    if factor < 2 or im.mode not in _REDUCIBLE_MODES:
+        return im
+    width, height = im.size
+    reduced = Image.new(im.mode, (-(-width // factor), -(-height // factor)))
+    step = factor * max(1, _STRIP_ROWS // factor)
+    for top in range(0, height, step):
+        strip = im.crop((0, top, width, min(top + step, height)))
+        reduced.paste(strip.reduce(factor), (0, top // factor))
+    reduced.info = im.info
+    exif = im.getexif()
+    if exif:
+        reduced.getexif().update(exif)
+    return reduced
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -130,26 +171,23 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 UPLOAD_MAX_BYTES = 10 * 1024 * 1024
 UPLOAD_MAX_SIDES_SUM = 10_000
 UPLOAD_MAX_RATIO = 20
+UPLOAD_SIDE = 2560
+"""Longest side of a picture re-encoded for upload."""
 
 
-def photo_for_upload(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The bytes to upload as a Telegram photo for the picture at `path`.
+def photo_for_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes to upload as a Telegram photo for the picture file whose bytes are `data`.
 
     Most files go as they are. One over Telegram's photo limits (10 MB, width + height
     10,000) is sent as a smaller JPEG instead; a panorama beyond the 1:20 aspect ratio is
-    padded. Raises `BadImage` when the file cannot be read or decoded.
+    padded. Raises `BadImage` when the bytes are not a picture in an allowed format.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        raise BadImage(f"{_describe(path)} cannot be read: {err.strerror or err}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=allowed_formats()) as probe:
             width, height = probe.size
-            fits = probe.format in ("JPEG", "PNG", "WEBP")
+            fits = probe.format in ("JPEG", "MPO", "PNG", "WEBP")
     except (UnidentifiedImageError, OSError) as err:
-        raise BadImage(f"{_describe(path)} is not an image ({err})") from None
+        raise BadImage(f"the file is not a picture in a format we send ({err})") from None
     ratio = max(width, height) / max(1, min(width, height))
     within_limits = (
         len(data) <= UPLOAD_MAX_BYTES
@@ -157,8 +195,10 @@ def photo_for_upload(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_P
         and ratio <= UPLOAD_MAX_RATIO
     )
     if fits and within_limits:
+        # Even a file sent as it is must decode: a valid header over garbage is refused.
+        load_image(data, min_side=64, max_pixels=max_pixels)
         return data
-    image = load_image(data, max_pixels=max_pixels)
+    image = load_image(data, min_side=UPLOAD_SIDE, max_pixels=max_pixels)
     if ratio > UPLOAD_MAX_RATIO:
         side = max(image.size) // UPLOAD_MAX_RATIO + 1
         canvas = Image.new("RGB", (max(image.width, side), max(image.height, side)), "white")
@@ -166,7 +206,7 @@ def photo_for_upload(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_P
             image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2)
         )
         image = canvas
-    image.thumbnail((2560, 2560))
+    image.thumbnail((UPLOAD_SIDE, UPLOAD_SIDE))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()

@@ -167,17 +167,46 @@ def test_photo_for_upload_keeps_ordinary_files(tmp_path: Path) -> None:
     path = tmp_path / "ok.jpg"
     data = encode(half_red_half_blue(640, 480))
     path.write_bytes(data)
-    assert photo_for_upload(path) == data
+    assert photo_for_upload(data) == data
 
 
 def test_photo_for_upload_shrinks_what_telegram_would_refuse(tmp_path: Path) -> None:
     big = tmp_path / "big.png"
     half_red_half_blue(9000, 2000).save(big)  # width + height over 10,000
-    shrunk = Image.open(io.BytesIO(photo_for_upload(big)))
+    shrunk = Image.open(io.BytesIO(photo_for_upload(big.read_bytes())))
     assert shrunk.format == "JPEG" and shrunk.width + shrunk.height <= 10_000
     panorama = tmp_path / "pano.jpg"
     half_red_half_blue(4200, 100).save(panorama)  # 42:1
-    padded = Image.open(io.BytesIO(photo_for_upload(panorama)))
+    padded = Image.open(io.BytesIO(photo_for_upload(panorama.read_bytes())))
     assert max(padded.size) / min(padded.size) <= 20
     with pytest.raises(BadImage):
-        photo_for_upload(tmp_path / "missing.jpg")
+        photo_for_upload(b"")
+
+
+def test_photo_for_upload_refuses_a_valid_header_over_garbage() -> None:
+    data = encode(half_red_half_blue(640, 480))
+    with pytest.raises(BadImage):
+        photo_for_upload(data[:200] + b"\0" * 5000)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "TGA", "PPM", "PCX", "SGI"])
+def test_formats_the_bot_does_not_need_are_refused(fmt: str) -> None:
+    buffer = io.BytesIO()
+    half_red_half_blue(64, 64).save(buffer, fmt)
+    with pytest.raises(BadImage, match="not an image"):
+        load_image(buffer.getvalue())
+    with pytest.raises(BadImage):
+        photo_for_upload(buffer.getvalue())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+def test_big_pngs_are_reduced_before_conversion_and_keep_their_look(mode: str) -> None:
+    picture = half_red_half_blue(2000, 1200).convert(mode)
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    decoded = decode_image(buffer.getvalue(), min_side=224)
+    assert (decoded.width, decoded.height) == (2000, 1200)
+    assert min(decoded.image.size) >= 224 and min(decoded.image.size) < 2 * 224
+    full = load_image(buffer.getvalue()).resize(decoded.image.size, Image.Resampling.BOX)
+    difference = np.abs(np.asarray(full, np.int16) - np.asarray(decoded.image, np.int16))
+    assert difference.mean() < 2.0
