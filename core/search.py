@@ -4,7 +4,6 @@ the terminal CLI and the benchmarks all run the very same code."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from PIL import Image
 from core.config import Settings
 from core.errors import EmptyQuery
 from core.images import ImageSource, load_image
+from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
 from core.records import ImageRecord
 from core.store import Database, Match, VectorStore
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
 """Far more than CLIP's 77 tokens; longer text is cut before tokenising, not refused."""
 MISSING_FILE_SLACK = 5
-"""Extra neighbours fetched so hits whose file vanished can be skipped without a short list."""
+"""Extra neighbours fetched so hits whose file vanished (or is refused) can be skipped without
+a short list."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class Hit:
     score: float
     """Cosine similarity, 1 - cosine distance."""
     captions: tuple[str, ...]
+    file_size: int = 0
+    mtime_ns: int = 0
+    """Size and modification time of the file when indexed: with the id, they name this
+    version of the picture (a changed file is a new picture to Telegram's file_id cache)."""
+
+    @property
+    def version(self) -> str:
+        """This version of the picture: "<id>:<size>:<mtime_ns>" (a changed file gets a new
+        one, so nothing cached for the old file is reused)."""
+        return f"{self.id}:{self.file_size}:{self.mtime_ns}"
 
     @property
     def caption(self) -> str:
@@ -49,10 +60,14 @@ class SearchService:
         store: VectorStore[ImageRecord],
         *,
         max_image_pixels: int = 40_000_000,
+        files: IndexedFiles | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
         self.max_image_pixels = max_image_pixels
+        self.files = files or IndexedFiles(store.roots)
+        """Hits whose file may not be read (outside the indexed folders, not a regular file,
+        too big, gone) are never returned."""
 
     @classmethod
     def open(cls, settings: Settings, encoder: ClipEncoder | None = None) -> SearchService:
@@ -89,7 +104,24 @@ class SearchService:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         results = self.store.query(vectors, k + MISSING_FILE_SLACK)
-        return [_present(matches)[:k] for matches in results]
+        return [self._present(matches)[:k] for matches in results]
+
+    def _present(self, matches: list[Match[ImageRecord]]) -> list[Hit]:
+        hits = []
+        for match in matches:
+            record = match.record
+            if self.files.allowed(record.id, record.path):
+                hits.append(
+                    Hit(
+                        record.id,
+                        record.path,
+                        match.score,
+                        record.captions,
+                        record.file_size,
+                        record.mtime_ns,
+                    )
+                )
+        return hits
 
 
 def clean_query(query: str) -> str:
@@ -98,16 +130,3 @@ def clean_query(query: str) -> str:
     if not text:
         raise EmptyQuery("nothing to search for: describe a picture in a few words")
     return text[:MAX_QUERY_CHARS]
-
-
-def _present(matches: list[Match[ImageRecord]]) -> list[Hit]:
-    hits = []
-    for match in matches:
-        record = match.record
-        if not os.path.exists(record.path):
-            log.warning(
-                "index entry %s points to a missing file %s: skipped", record.id, record.path
-            )
-            continue
-        hits.append(Hit(record.id, record.path, match.score, record.captions))
-    return hits

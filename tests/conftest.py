@@ -164,4 +164,5 @@ def shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
         settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )
     store.upsert(records, vectors)
+    store.add_roots(sorted({str(image.path.parent.resolve()) for image in images}))
     return ShapeIndex(settings, images)

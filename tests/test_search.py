@@ -96,6 +96,7 @@ def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: Shape
     )
     vectors = encoder.embed_images([load_image(c) for _, c in copies])
     store.upsert([ImageRecord(id=str(i.id), path=str(c)) for i, c in copies], vectors)
+    store.add_roots([str(tmp_path)])
     service = SearchService(encoder, store)
     target_image, target_copy = copies[0]
     assert service.by_image(load_image(target_copy), 5)[0].id == str(target_image.id)
@@ -169,7 +170,7 @@ def test_cli_json_output_by_image(shape_index: ShapeIndex, run_cli) -> None:
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
     assert len(hits) == 5  # TOP_K's default
-    assert set(hits[0]) == {"id", "path", "score", "captions"}
+    assert set(hits[0]) == {"id", "path", "score", "captions", "file_size", "mtime_ns"}
     assert hits[0]["id"] == str(image.id) and hits[0]["score"] >= 0.99
     assert hits[0]["captions"][0] == f"a {image.color} {image.shape}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from telegram import Bot, Message
@@ -10,9 +11,16 @@ from telegram import Bot, Message
 from bot.file_ids import FileIdCache
 from bot.replies import NO_RESULTS
 from bot.sending import chat_action, send_hits
+from core.indexed_files import IndexedFiles
 from core.search import Hit
 from tests.bot_harness import jpeg
 from tests.fake_telegram import FakeTelegram
+
+
+def make_hit(path: Path, i: int) -> Hit:
+    """A hit as search returns it: with the file's size and mtime when indexed."""
+    stat = path.stat()
+    return Hit(str(i), str(path), 0.9 - i / 100, (f"caption {i}",), stat.st_size, stat.st_mtime_ns)
 
 
 def make_hits(tmp_path: Path, n: int) -> list[Hit]:
@@ -20,7 +28,7 @@ def make_hits(tmp_path: Path, n: int) -> list[Hit]:
     for i in range(n):
         path = tmp_path / f"{i}.jpg"
         path.write_bytes(jpeg("red", "circle", seed=i))
-        hits.append(Hit(str(i), str(path), 0.9 - i / 100, (f"caption {i}",)))
+        hits.append(make_hit(path, i))
     return hits
 
 
@@ -28,18 +36,20 @@ def send(tg: FakeTelegram, hits: list[Hit], cache: FileIdCache, user: int) -> No
     async def main() -> None:
         async with Bot(tg.token, base_url=tg.base_url, base_file_url=tg.base_file_url) as bot:
             message = Message.de_json(tg.inject_text("query", user_id=user), bot)
-            await send_hits(message, hits, cache)
+            roots = tuple({str(Path(hit.path).parent) for hit in hits})
+            await send_hits(message, hits, cache, IndexedFiles(lambda: roots))
 
     asyncio.run(main())
 
 
 def test_one_hit_is_a_single_photo(tmp_path: Path) -> None:
     cache = FileIdCache(tmp_path / "ids.sqlite3", bot_id=1)
+    [hit] = make_hits(tmp_path, 1)
     with FakeTelegram() as tg:
-        send(tg, make_hits(tmp_path, 1), cache, user=1)
+        send(tg, [hit], cache, user=1)
         [sent] = tg.sent_to(1)
         assert sent.kind == "photo" and sent.caption == "#1 · 0.90 · caption 0"
-        assert cache.get_many(["0"]) == {"0": sent.photo_file_ids[0]}
+        assert cache.get_many([hit.version]) == {hit.version: sent.photo_file_ids[0]}
 
 
 def test_no_hits_is_a_message(tmp_path: Path) -> None:
@@ -67,12 +77,53 @@ def test_mixed_cached_and_new_and_stale_file_ids(tmp_path: Path) -> None:
         send(tg, hits, cache, user=1)  # two by file_id, one uploaded
         album = tg.sent_to(1)[-1]
         assert album.by_file_id == [True, True, False]
-        assert set(cache.get_many(["0", "1", "2"])) == {"0", "1", "2"}
-        cache.put_many({"0": "STALE-ID-FROM-ANOTHER-BOT"})
+        versions = [hit.version for hit in hits]
+        assert set(cache.get_many(versions)) == set(versions)
+        cache.put_many({versions[0]: "STALE-ID-FROM-ANOTHER-BOT"})
         send(tg, hits, cache, user=2)  # Telegram refuses the stale id: all uploaded afresh
         album = tg.sent_to(2)[-1]
         assert album.kind == "media_group" and album.by_file_id == [False] * 3
-        assert cache.get_many(["0"])["0"] != "STALE-ID-FROM-ANOTHER-BOT"
+        assert cache.get_many([versions[0]])[versions[0]] != "STALE-ID-FROM-ANOTHER-BOT"
+
+
+def test_a_changed_picture_is_uploaded_fresh_not_by_its_old_file_id(tmp_path: Path) -> None:
+    hits = make_hits(tmp_path, 2)
+    cache = FileIdCache(tmp_path / "ids.sqlite3", bot_id=1)
+    with FakeTelegram() as tg:
+        send(tg, hits, cache, user=1)
+        old = tg.sent_to(1)[-1]
+        changed = Path(hits[0].path)
+        changed.write_bytes(jpeg("blue", "square", (90, 60), seed=7))  # re-embedded as new
+        os.utime(changed, ns=(hits[0].mtime_ns + 10**9, hits[0].mtime_ns + 10**9))
+        send(tg, [make_hit(changed, 0), hits[1]], cache, user=1)
+        new = tg.sent_to(1)[-1]
+        assert new.by_file_id == [False, True]
+        assert tg.file_bytes(new.photo_file_ids[0]) == changed.read_bytes()
+        assert new.photo_file_ids[0] != old.photo_file_ids[0]
+
+
+def test_records_outside_the_roots_are_never_sent(tmp_path: Path) -> None:
+    indexed, elsewhere = tmp_path / "indexed", tmp_path / "elsewhere"
+    indexed.mkdir()
+    elsewhere.mkdir()
+    good = indexed / "good.jpg"
+    good.write_bytes(jpeg("red", "circle"))
+    secret = elsewhere / "secret.jpg"
+    secret.write_bytes(jpeg("green", "square"))
+    hits = [make_hit(secret, 0), make_hit(good, 1)]
+    with FakeTelegram() as tg:
+
+        async def main() -> None:
+            async with Bot(tg.token, base_url=tg.base_url) as bot:
+                message = Message.de_json(tg.inject_text("query", user_id=3), bot)
+                files = IndexedFiles(lambda: (str(indexed),))
+                cache = FileIdCache(tmp_path / "ids.sqlite3", bot_id=1)
+                await send_hits(message, hits, cache, files)
+
+        asyncio.run(main())
+        [sent] = tg.sent_to(3)
+        assert sent.kind == "photo"
+        assert tg.file_bytes(sent.photo_file_ids[0]) == good.read_bytes()
 
 
 def test_chat_action_repeats_while_working(tmp_path: Path, monkeypatch) -> None:
