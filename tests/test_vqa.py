@@ -110,3 +110,53 @@ def test_real_default_model_answers() -> None:
     image = draw("red", "circle", width=224, height=224, rng=random.Random(0))
     assert "red" in vqa.answer(image, "what color is the circle?").lower()
     assert vqa.answer(image)  # a caption
+
+
+# --- failures: out of memory, and no retry storm ------------------------------------------------
+
+
+class OutOfMemoryOnce:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.calls += 1
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")],
+    ids=["cpu", "cuda"],
+)
+def test_out_of_memory_while_loading_is_clear_and_backs_off(
+    monkeypatch: pytest.MonkeyPatch, exc: BaseException
+) -> None:
+    import core.models.vqa as vqa_module
+
+    failing = OutOfMemoryOnce(exc)
+    monkeypatch.setattr(vqa_module.Blip2ForConditionalGeneration, "from_pretrained", failing)
+    model = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32")
+    now = [1000.0]
+    model._model._clock = lambda: now[0]
+    with pytest.raises(ModelUnavailable, match="does not fit in memory"):
+        model.answer(draw("red", "circle"), "what color is the shape?")
+    for _ in range(3):  # asked again at once: no new load, the same clear reason
+        with pytest.raises(ModelUnavailable, match="not retried for another"):
+            model.answer(draw("red", "circle"), "what color is the shape?")
+    assert failing.calls == 1
+    now[0] += vqa_module.LOAD_RETRY_S + 1
+    monkeypatch.undo()
+    assert model.answer(draw("red", "circle"), "what color is the shape?") == "red"
+
+
+def test_out_of_memory_while_generating_is_a_clear_error(
+    vqa: VqaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = vqa._model.get()
+    monkeypatch.setattr(model, "generate", OutOfMemoryOnce(MemoryError()))
+    with pytest.raises(ModelUnavailable, match="ran out of memory"):
+        vqa.answer(draw("blue", "square"), "what shape is it?")
+    monkeypatch.undo()
+    assert vqa.answer(draw("blue", "square"), "what shape is it?") == "square"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -89,13 +90,25 @@ class LazyModel(Generic[T]):
     """Loads a model once, on first use, from any thread (immich's load()/predict() shape).
 
     `get()` returns the loaded object; concurrent first callers wait for one load. A failed
-    load is not cached: the next call tries again (the operator may have fixed the path).
+    load is not cached: the next call tries again (the operator may have fixed the path), but
+    not before `retry_after_s` (a load that ran out of memory must not be retried, and fail
+    again, on every request): until then `get()` raises `ModelUnavailable` at once.
     """
 
-    def __init__(self, load: Callable[[], T]) -> None:
+    def __init__(
+        self,
+        load: Callable[[], T],
+        *,
+        retry_after_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
         self._value: T | None = None
         self._lock = threading.Lock()
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._failure: tuple[float, str] | None = None
+        """(when, why) of the last failed load."""
 
     @property
     def loaded(self) -> bool:
@@ -107,5 +120,32 @@ class LazyModel(Generic[T]):
             return value
         with self._lock:
             if self._value is None:
-                self._value = self._load()
+                self._check_backoff()
+                try:
+                    self._value = self._load()
+                except Exception as err:
+                    self._failure = (self._clock(), str(err) or type(err).__name__)
+                    raise
+                self._failure = None
             return self._value
+
+    def _check_backoff(self) -> None:
+        if self._failure is None:
+            return
+        failed_at, why = self._failure
+        wait = failed_at + self._retry_after_s - self._clock()
+        if wait > 0:
+            raise ModelUnavailable(f"{why} (not retried for another {wait:.0f} s)")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an out-of-memory failure of the CPU or an accelerator."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def release_accelerator_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after a failure (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -16,10 +16,21 @@ import torch
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
+from core.errors import ModelUnavailable
+from core.models.runtime import (
+    LazyModel,
+    is_out_of_memory,
+    load_pretrained,
+    release_accelerator_memory,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
+LOAD_RETRY_S = 600.0
+"""After a failed load (weights missing, out of memory), /ask fails at once for 10 minutes
+instead of retrying a multi-GB load on every question."""
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
@@ -56,11 +67,24 @@ class VqaModel:
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.timeout_s = timeout_s
-        self._model = LazyModel(self._load)
+        self._model = LazyModel(self._load, retry_after_s=LOAD_RETRY_S)
         self._generate_lock = threading.Lock()
 
     def _load(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         log.info("loading BLIP-2 %s on %s as %s", self.model_name, self.device, self.dtype)
+        try:
+            return self._load_weights()
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            release_accelerator_memory(self.device)
+            raise ModelUnavailable(
+                f"BLIP-2 {self.model_name} does not fit in memory on {self.device} as "
+                f"{self.dtype} ({type(err).__name__}: {err}); free memory, use a smaller "
+                "VQA_MODEL or DTYPE, or set VQA_ENABLED=false"
+            ) from err
+
+    def _load_weights(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         model = load_pretrained(
             "BLIP-2",
             self.model_name,
@@ -92,13 +116,22 @@ class VqaModel:
         }
         prompt_tokens = inputs["input_ids"].shape[1]
         with self._generate_lock, torch.inference_mode():
-            output = model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                num_beams=self.num_beams,
-                do_sample=False,
-                max_time=self.timeout_s,
-            )
+            try:
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=self.max_new_tokens,
+                    num_beams=self.num_beams,
+                    do_sample=False,
+                    max_time=self.timeout_s,
+                )
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                release_accelerator_memory(self.device)
+                raise ModelUnavailable(
+                    f"BLIP-2 ran out of memory answering a question on {self.device} "
+                    f"({type(err).__name__}: {err})"
+                ) from err
         if model.config.use_decoder_only_language_model:
             # OPT: generate returns the prompt (image tokens, BOS, question), then the answer.
             # Flan-T5 variants return the decoder's answer alone.
