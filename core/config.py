@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     chroma_path: Path = Field(Path("data/chroma"), description="embedded Chroma directory")
     chroma_host: str | None = Field(None, description="Chroma server host; unset = embedded")
     chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port")
+    chroma_ssl: bool = Field(False, description="talk to the Chroma server over HTTPS")
+    chroma_auth_token: SecretStr | None = Field(
+        None, description="token sent to the Chroma server (or the proxy in front of it)"
+    )
+    chroma_auth_header: str = Field(
+        "Authorization",
+        description="header carrying CHROMA_AUTH_TOKEN; Authorization sends 'Bearer <token>'",
+    )
     collection: str = Field("coco2014", description="Chroma collection name")
     coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
     device: Device = Field("auto", description="torch device: auto picks cuda when present")
@@ -60,6 +68,9 @@ class Settings(BaseSettings):
     vqa_num_beams: int = Field(1, ge=1, le=10, description="beam search width (1 = greedy)")
     vqa_timeout_s: float = Field(
         60.0, gt=0, description="an answer stops after this many seconds of generation"
+    )
+    ask_queue_size: int = Field(
+        8, ge=1, le=1000, description="questions waiting for BLIP-2 at most (one per user)"
     )
 
     # The Telegram bot
@@ -89,7 +100,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "chroma_host", "telegram_bot_token", "webhook_url", "webhook_secret", mode="before"
+        "chroma_host",
+        "chroma_auth_token",
+        "telegram_bot_token",
+        "webhook_url",
+        "webhook_secret",
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
@@ -113,6 +129,13 @@ class Settings(BaseSettings):
                 "must be 3-512 characters of letters, digits, '.', '_' or '-', "
                 "starting and ending with a letter or digit"
             )
+        return value
+
+    @field_validator("chroma_auth_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError("must be an HTTP header name (letters, digits and '-')")
         return value
 
     @field_validator("clip_model", "vqa_model")

@@ -31,6 +31,15 @@ class IndexEmpty(SearchBotError):
     exit_code = 2
 
 
+class IndexGone(IndexEmpty):
+    """The open collection was dropped or replaced (e.g. `index_builder.py --rebuild`): open
+    it again."""
+
+
+class IndexRebuilding(IndexEmpty):
+    """The collection that was searched a moment ago is missing or empty: being rebuilt."""
+
+
 class BadImage(SearchBotError):
     """An image that cannot or must not be decoded (corrupt, truncated, too large, not an image)."""
 

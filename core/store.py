@@ -21,7 +21,7 @@ from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
 from core.config import Settings
-from core.errors import IndexEmpty, ModelMismatch, StoreUnavailable
+from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import R
 
 # HNSW parameters of new collections, tuned on 123k CLIP-like 512-d vectors (bench/): Chroma's
@@ -61,13 +61,42 @@ def _is_unreachable(err: BaseException) -> bool:
 
 @contextmanager
 def _reachable(where: str) -> Iterator[None]:
-    """Turn connection failures into `StoreUnavailable` naming the store."""
+    """Turn connection failures into `StoreUnavailable` naming the store, and a collection
+    that vanished under an open handle into `IndexGone`."""
     try:
         yield
+    except NotFoundError as err:
+        raise IndexGone(
+            f"the collection was dropped or replaced in {where} (is the index being rebuilt?)"
+        ) from err
     except Exception as err:
         if not _is_unreachable(err):
             raise
         raise StoreUnavailable(f"the vector store ({where}) is unreachable: {err}") from err
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The header that carries CHROMA_AUTH_TOKEN: `Authorization: Bearer <token>` by default
+    (what a reverse proxy in front of the open-source server checks), else the bare token."""
+    if settings.chroma_auth_token is None:
+        return {}
+    token = settings.chroma_auth_token.get_secret_value()
+    header = settings.chroma_auth_header
+    return {header: f"Bearer {token}" if header.lower() == "authorization" else token}
+
+
+@contextmanager
+def _authorised(where: str) -> Iterator[None]:
+    """A server (or its proxy) that refuses our credentials: one clear `StoreUnavailable`."""
+    try:
+        yield
+    except Exception as err:
+        text = str(err).lower()
+        if not any(word in text for word in ("401", "403", "unauthorized", "forbidden")):
+            raise
+        raise StoreUnavailable(
+            f"{where} refused the request ({err}): check CHROMA_AUTH_TOKEN and CHROMA_AUTH_HEADER"
+        ) from err
 
 
 class Database:
@@ -76,10 +105,17 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
         if settings.chroma_host:
-            self.description = f"Chroma server {settings.chroma_host}:{settings.chroma_port}"
-            with _reachable(self.description):
+            scheme = "https" if settings.chroma_ssl else "http"
+            self.description = (
+                f"Chroma server {scheme}://{settings.chroma_host}:{settings.chroma_port}"
+            )
+            with _reachable(self.description), _authorised(self.description):
                 self._client = chromadb.HttpClient(
-                    host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings
+                    host=settings.chroma_host,
+                    port=settings.chroma_port,
+                    ssl=settings.chroma_ssl,
+                    headers=auth_headers(settings),
+                    settings=chroma_settings,
                 )
         else:
             self.description = f"embedded Chroma in {settings.chroma_path}"

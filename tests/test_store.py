@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import IndexEmpty, ModelMismatch, StoreUnavailable
+from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import CaptionRecord, ImageRecord
 from core.store import Database
+from tests.auth_proxy import AuthProxy
 from tests.conftest import ChromaServer, free_port, make_settings
 
 
@@ -133,5 +134,59 @@ def test_missing_or_empty_collection_is_index_empty(tmp_path: Path) -> None:
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, chroma_host="127.0.0.1", chroma_port=free_port())
-    with pytest.raises(StoreUnavailable, match=r"Chroma server 127\.0\.0\.1:\d+"):
+    with pytest.raises(StoreUnavailable, match=r"Chroma server http://127\.0\.0\.1:\d+"):
         Database(settings)
+
+
+@pytest.mark.parametrize(
+    ("header", "sent"),
+    [("Authorization", "Bearer t0ken-for-tests"), ("X-Chroma-Token", "t0ken-for-tests")],
+)
+def test_a_server_behind_a_token_checking_proxy(
+    tmp_path: Path, chroma_server: ChromaServer, header: str, sent: str
+) -> None:
+    with AuthProxy(chroma_server.port, header, sent) as proxy:
+        settings = make_settings(
+            tmp_path,
+            chroma_host="127.0.0.1",
+            chroma_port=proxy.port,
+            chroma_auth_token="t0ken-for-tests",
+            chroma_auth_header=header,
+        )
+        exercise_round_trip(Database(settings), f"behind_proxy_{header.lower()}")
+        assert proxy.requests > 0 and proxy.refused == 0
+        for token in (None, "wrong"):
+            refused = make_settings(
+                tmp_path, chroma_host="127.0.0.1", chroma_port=proxy.port, chroma_auth_token=token
+            )
+            with pytest.raises(StoreUnavailable, match="check CHROMA_AUTH_TOKEN"):
+                Database(refused).info("anything")
+
+
+def test_ssl_and_headers_reach_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+    monkeypatch.setattr("chromadb.HttpClient", lambda **kwargs: seen.update(kwargs))
+    settings = make_settings(
+        tmp_path, chroma_host="chroma.internal", chroma_ssl=True, chroma_auth_token="abc"
+    )
+    db = Database(settings)
+    assert seen["ssl"] is True and seen["headers"] == {"Authorization": "Bearer abc"}
+    assert db.description == "Chroma server https://chroma.internal:8000"
+    assert "abc" not in db.description
+
+
+def test_a_collection_dropped_under_an_open_handle_is_index_gone(
+    tmp_path: Path, chroma_server: ChromaServer
+) -> None:
+    settings = make_settings(
+        tmp_path, chroma_host=chroma_server.host, chroma_port=chroma_server.port
+    )
+    db = Database(settings)
+    store = db.open("dropped_later", ImageRecord, model="m", dim=8, create=True)
+    store.upsert(records(3), unit_vectors(3))
+    db.drop("dropped_later")
+    with pytest.raises(IndexGone, match="dropped or replaced"):
+        store.query(unit_vectors(1), k=2)
+    db.open("dropped_later", ImageRecord, model="m", dim=8, create=True)  # replaced
+    with pytest.raises(IndexGone):
+        store.query(unit_vectors(1), k=2)  # the old handle still names the dropped one
