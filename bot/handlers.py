@@ -107,7 +107,7 @@ async def search_text(update: Update, context: Context) -> None:
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
         hits = await data.services.search_text(query)
-        await send_hits(message, hits, data.file_ids)
+        await send_hits(message, hits, data.file_ids, data.services.files)
 
 
 async def search_photo(update: Update, context: Context) -> None:
@@ -117,7 +117,7 @@ async def search_photo(update: Update, context: Context) -> None:
     async with chat_action(context.bot, message.chat_id):
         picture = await download_picture(message, context)
         hits = await data.services.search_image(picture)
-        await send_hits(message, hits, data.file_ids)
+        await send_hits(message, hits, data.file_ids, data.services.files)
 
 
 async def ask(update: Update, context: Context) -> None:
@@ -140,17 +140,36 @@ async def ask(update: Update, context: Context) -> None:
     if len(question) > replies.MAX_QUESTION_CHARS:
         await message.reply_text(replies.question_too_long(len(question)))
         return
+    user_id = update.effective_user.id
+    slot = services.ask_slots.claim(user_id)
+    if slot != "ok":
+        log.info("/ask of user %s refused: %s", user_id, slot)
+        await message.reply_text(replies.ASK_PENDING if slot == "pending" else replies.ASK_BUSY)
+        return
+    try:
+        answer = await _answer(message, target, question, context)
+    finally:
+        services.ask_slots.release(user_id)
+    if answer is not None:
+        await message.reply_text(
+            replies.answer_text(answer, caption_mode=not question), do_quote=True
+        )
+
+
+async def _answer(message: Message, target: Message, question: str, context: Context) -> str | None:
+    """Download the picture and wait for BLIP-2's answer (None when it is unavailable, after
+    telling the user)."""
+    services = context.bot_data.services
     if not services.vqa_ready:
         await message.reply_text(replies.ASK_FIRST_ANSWER)
     async with chat_action(context.bot, message.chat_id, ChatAction.TYPING):
         picture = await download_picture(target, context)
         try:
-            answer = await services.ask(picture, question or None)
+            return await services.ask(picture, question or None)
         except ModelUnavailable as err:
             log.error("cannot answer /ask: %s", err)
             await message.reply_text(replies.ASK_UNAVAILABLE)
-            return
-    await message.reply_text(replies.answer_text(answer, caption_mode=not question), do_quote=True)
+            return None
 
 
 def has_picture(message: Message) -> bool:

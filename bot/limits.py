@@ -7,7 +7,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError
 from telegram.ext import AIORateLimiter
@@ -22,12 +22,21 @@ BEST_EFFORT = frozenset({"sendChatAction"})
 
 
 class UserRateLimiter:
-    """At most `per_minute` requests per user in any sliding 60-second window (0 = no limit)."""
+    """At most `per_minute` requests per user in any sliding 60-second window (0 = no limit).
+
+    Users idle for a whole window are forgotten (swept once per window), so the state holds
+    only the users of the last minute, however many came before."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self._clock = clock
         self._seen: dict[int, deque[float]] = defaultdict(deque)
+        self._swept_at = clock()
+
+    @property
+    def tracked(self) -> int:
+        """How many users the limiter holds state for."""
+        return len(self._seen)
 
     def check(self, user_id: int) -> float | None:
         """Count a request of `user_id`: None when allowed, else seconds until the next
@@ -35,6 +44,8 @@ class UserRateLimiter:
         if self.per_minute <= 0:
             return None
         now = self._clock()
+        if now - self._swept_at >= WINDOW_S:
+            self._sweep(now)
         seen = self._seen[user_id]
         while seen and now - seen[0] >= WINDOW_S:
             seen.popleft()
@@ -42,6 +53,36 @@ class UserRateLimiter:
             return WINDOW_S - (now - seen[0])
         seen.append(now)
         return None
+
+    def _sweep(self, now: float) -> None:
+        idle = [user for user, seen in self._seen.items() if not seen or now - seen[-1] >= WINDOW_S]
+        for user in idle:
+            del self._seen[user]
+        self._swept_at = now
+
+
+class AskSlots:
+    """Who may queue a question for BLIP-2: one pending question per user and at most
+    `capacity` in the whole bot (answers take seconds each, one at a time). Beyond that a
+    question is refused at once instead of queueing, so /ask can never hold every update
+    slot and starve searches."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._pending: set[int] = set()
+
+    def claim(self, user_id: int) -> Literal["ok", "pending", "busy"]:
+        """Take a slot for `user_id`: "ok" (call `release` when answered), "pending" (this
+        user already has a question queued) or "busy" (the queue is full)."""
+        if user_id in self._pending:
+            return "pending"
+        if len(self._pending) >= self.capacity:
+            return "busy"
+        self._pending.add(user_id)
+        return "ok"
+
+    def release(self, user_id: int) -> None:
+        self._pending.discard(user_id)
 
 
 class RetryingRateLimiter(AIORateLimiter):

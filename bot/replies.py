@@ -8,6 +8,7 @@ from core.errors import (
     BadImage,
     EmptyQuery,
     IndexEmpty,
+    IndexRebuilding,
     ModelMismatch,
     ModelUnavailable,
     SearchBotError,
@@ -82,7 +83,11 @@ ASK_DISABLED = "Questions about photos are switched off on this bot."
 ASK_FIRST_ANSWER = (
     "Loading the model that answers questions: the first answer takes a little longer…"
 )
-ASK_UNAVAILABLE = "I can't answer questions about photos right now. The operator has been told."
+ASK_UNAVAILABLE = (
+    "Questions about photos are unavailable right now. The operator has been told; try again later."
+)
+ASK_BUSY = "I'm busy answering other questions: try again in a minute."
+ASK_PENDING = "I'm still answering your previous question: one at a time, please."
 NO_ANSWER = "I don't know."
 
 
@@ -116,6 +121,8 @@ def error_reply(err: SearchBotError) -> str:
         return "Send me a few words describing a picture, e.g. <i>a red bus in the rain</i>."
     if isinstance(err, BadImage):
         return "I couldn't read that picture (it may be corrupt, or too large). Try another one."
+    if isinstance(err, IndexRebuilding):
+        return "The picture index is being rebuilt right now. Try again in a few minutes."
     if isinstance(err, IndexEmpty):
         return (
             "The picture index is empty, so there is nothing to search yet. "

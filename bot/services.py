@@ -3,20 +3,32 @@
 Text searches go through a micro-batcher (concurrent queries share one encoder call);
 image searches run in worker threads. When the index is missing or the store unreachable
 at start-up the bot still starts: each request then retries opening it, so an operator can
-build the index while the bot runs.
+build the index while the bot runs. When the collection is dropped or replaced under the
+running bot (`index_builder.py --rebuild` on a Chroma server), it is opened again; while it
+is missing or empty, users are told the index is being rebuilt.
+
+Memory: at most `decode_slots` pictures from users are decoded at once (each may cost a
+full-size buffer of MAX_IMAGE_PIXELS × 4 bytes before it is reduced).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
+from PIL import Image
+
+from bot.limits import AskSlots
 from core.batching import MicroBatcher
 from core.config import Settings
-from core.errors import IndexEmpty, StoreUnavailable
+from core.errors import IndexEmpty, IndexGone, IndexRebuilding, StoreUnavailable
 from core.images import load_image
+from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
 from core.models.vqa import VqaModel
 from core.search import Hit, SearchService
@@ -26,6 +38,15 @@ log = logging.getLogger(__name__)
 MAX_TEXT_BATCH = 8
 """Measured (bench/bot_load.py): batches of 8 keep albums flowing out under a burst and beat
 no batching on p50 and p95; batches of 32 made everyone wait for the whole batch."""
+DECODE_MEMORY_BUDGET = 512 * 1024 * 1024
+"""Bytes the bot may spend at once on full-size buffers of pictures users send."""
+VQA_DECODE_SIDE = 448
+"""BLIP-2 looks at 224×224: pictures for /ask are decoded to twice that, not full size."""
+REBUILDING = (
+    "the collection {name!r} was dropped or replaced and is missing or empty now: "
+    "the index is being rebuilt"
+)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,13 @@ class Services:
         self._search: SearchService | None = None
         self._batcher: MicroBatcher[str, list[Hit]] | None = None
         self._opening = asyncio.Lock()
+        self._served = False
+        """True once a search succeeded: a missing index afterwards means a rebuild."""
         # One BLIP-2 generation at a time: questions queue here, searches keep flowing.
         self._vqa_queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa")
+        self.decode_slots = max(1, DECODE_MEMORY_BUDGET // (settings.max_image_pixels * 4))
+        self._decodes = threading.BoundedSemaphore(self.decode_slots)
+        self.ask_slots = AskSlots(settings.ask_queue_size)
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
@@ -80,6 +106,7 @@ class Services:
             log.error("search is not available yet: %s", err)
             return services
         services._use(search)
+        services._served = images > 0
         if images:
             log.info("index %r holds %d pictures", settings.collection, images)
         else:
@@ -97,24 +124,70 @@ class Services:
         if self._search is None:
             async with self._opening:
                 if self._search is None:
-                    search = await asyncio.to_thread(
-                        SearchService.open, self.settings, self.encoder
-                    )
+                    try:
+                        search = await asyncio.to_thread(
+                            SearchService.open, self.settings, self.encoder
+                        )
+                    except IndexEmpty as err:
+                        if self._served:
+                            raise IndexRebuilding(
+                                REBUILDING.format(name=self.settings.collection)
+                            ) from err
+                        raise
                     self._use(search)
                     log.info("search is available now")
         assert self._search is not None
         return self._search
 
+    async def _searching(self, call: Callable[[SearchService], Awaitable[T]]) -> T:
+        """`call` with the open search service; when its collection was dropped or replaced,
+        open the collection again once and retry."""
+        search = await self._service()
+        try:
+            result = await call(search)
+        except IndexGone:
+            log.warning("collection %r was dropped or replaced: reopening it", search.store.name)
+            self._search = self._batcher = None
+            try:
+                result = await call(await self._service())
+            except IndexGone as err:
+                self._search = self._batcher = None
+                raise IndexRebuilding(REBUILDING.format(name=self.settings.collection)) from err
+        except IndexEmpty as err:
+            if self._served:
+                raise IndexRebuilding(REBUILDING.format(name=self.settings.collection)) from err
+            raise
+        self._served = True
+        return result
+
     async def search_text(self, query: str) -> list[Hit]:
         """The best pictures for `query` (already cleaned), micro-batched with others."""
-        await self._service()
-        assert self._batcher is not None
-        return await self._batcher.submit(query)
+
+        async def call(search: SearchService) -> list[Hit]:
+            assert self._batcher is not None
+            return await self._batcher.submit(query)
+
+        return await self._searching(call)
 
     async def search_image(self, data: bytes) -> list[Hit]:
         """The pictures most like the picture in `data` (raises `BadImage`)."""
-        search = await self._service()
-        return await asyncio.to_thread(search.by_image_file, data, self.settings.top_k)
+        image = await asyncio.to_thread(self._decode, data, self.encoder.input_size)
+
+        async def call(search: SearchService) -> list[Hit]:
+            return await asyncio.to_thread(search.by_image, image, self.settings.top_k)
+
+        return await self._searching(call)
+
+    @property
+    def files(self) -> IndexedFiles:
+        """The guard every picture read to be sent goes through (only indexed files)."""
+        assert self._search is not None, "no search has run yet"
+        return self._search.files
+
+    def _decode(self, data: bytes, min_side: int) -> Image.Image:
+        """Decode a user's picture, at most `decode_slots` at a time (bounded memory)."""
+        with self._decodes:
+            return load_image(data, min_side=min_side, max_pixels=self.settings.max_image_pixels)
 
     @property
     def ask_enabled(self) -> bool:
@@ -132,8 +205,7 @@ class Services:
         vqa = self.vqa
 
         def answer() -> str:
-            image = load_image(data, max_pixels=self.settings.max_image_pixels)
-            return vqa.answer(image, question)
+            return vqa.answer(self._decode(data, VQA_DECODE_SIDE), question)
 
         return await asyncio.get_running_loop().run_in_executor(self._vqa_queue, answer)
 
@@ -141,8 +213,8 @@ class Services:
         self._vqa_queue.shutdown(wait=False, cancel_futures=True)
 
     async def stats(self) -> Stats:
+        images = await self._searching(lambda search: asyncio.to_thread(search.store.count))
         search = await self._service()
-        images = await asyncio.to_thread(search.store.count)
         return Stats(
             images=images,
             model=self.settings.clip_model,

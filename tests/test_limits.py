@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from telegram.error import BadRequest, NetworkError, TimedOut
 
-from bot.limits import RetryingRateLimiter, UserRateLimiter
+from bot.limits import AskSlots, RetryingRateLimiter, UserRateLimiter
 
 
 class Clock:
@@ -28,6 +28,35 @@ def test_sliding_window_per_user() -> None:
     assert limiter.check(1) is None  # the first request left the window
     assert limiter.check(1) is None and limiter.check(1) is None
     assert limiter.check(1) is not None
+
+
+def test_idle_users_are_forgotten() -> None:
+    clock = Clock()
+    limiter = UserRateLimiter(3, clock=clock)
+    for user in range(10_000):
+        limiter.check(user)
+    assert limiter.tracked == 10_000
+    clock.now += 30
+    limiter.check(1)
+    assert limiter.tracked == 10_000  # all still inside the window
+    clock.now += 31
+    limiter.check(5)  # user 1 asked 31 s ago: kept; the 9,998 idle ones are gone
+    assert limiter.tracked == 2
+    assert [limiter.check(1), limiter.check(1)] == [None, None]
+    assert limiter.check(1) is not None  # user 1's window survived the sweep
+
+
+def test_ask_slots_one_per_user_and_bounded() -> None:
+    slots = AskSlots(2)
+    assert slots.claim(1) == "ok"
+    assert slots.claim(1) == "pending"
+    assert slots.claim(2) == "ok"
+    assert slots.claim(3) == "busy"
+    slots.release(1)
+    assert slots.claim(3) == "ok"
+    slots.release(2)
+    slots.release(2)  # releasing twice is harmless
+    assert slots.claim(1) == "ok"
 
 
 def test_refused_requests_do_not_extend_the_wait() -> None:

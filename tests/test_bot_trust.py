@@ -1,0 +1,200 @@
+"""End to end, the bot under attack: poisoned index records, a memory-hungry PNG, a full /ask
+queue, and a collection rebuilt under the running bot."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.datasets import CocoReader
+from core.images import load_image
+from core.indexing import run
+from core.models.clip import ClipEncoder
+from core.records import ImageRecord
+from core.store import Database
+from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_bot
+from tests.conftest import ChromaServer, make_settings
+from tests.fake_telegram import FakeTelegram, Sent
+from tests.mini_coco import make_mini_coco
+
+ASK_QUEUE = 2
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def poison(settings, images, root: Path) -> dict[str, Path | str]:
+    """Records that rank first for "a red circle" (a red circle's own vector) but point where
+    the bot must never read: outside the roots, a symlink out, a device, a FIFO, a huge file."""
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(jpeg("red", "circle", seed=99))
+    images_dir = settings.coco_root / "val2014"
+    link = images_dir / "innocent-link.jpg"
+    link.symlink_to(outside / "secret.jpg")
+    fifo = images_dir / "pipe.jpg"
+    os.mkfifo(fifo)
+    huge = images_dir / "huge.jpg"
+    with open(huge, "wb") as handle:
+        handle.truncate(1536 * 1024 * 1024)  # 1.5 GB of zeros, sparse
+    paths: dict[str, Path | str] = {
+        "p-outside": outside / "secret.jpg",
+        "p-symlink": link,
+        "p-zero": "/dev/zero",
+        "p-fifo": fifo,
+        "p-huge": huge,
+    }
+    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    red = next(i for i in images if (i.color, i.shape) == ("red", "circle"))
+    vector = encoder.embed_images([load_image(red.path)])
+    store = Database(settings).open(
+        settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim
+    )
+    store.add_roots([str(images_dir.resolve())])  # what the builder records (harmless twice)
+    records = [
+        ImageRecord(id=id_, path=str(path), split="val2014", captions=("a red circle",))
+        for id_, path in paths.items()
+    ]
+    store.upsert(records, vector.repeat(len(records), axis=0))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
+    root = tmp_path_factory.mktemp("trust")
+    settings, images = build_index(
+        root, {"val2014": 48}, rate_limit_per_minute=0, ask_queue_size=ASK_QUEUE
+    )
+    poison(settings, images, root)
+    with FakeTelegram() as tg, running_bot(settings, images, tg) as running:
+        yield running
+        tg.assert_no_errors()
+
+
+def test_poisoned_records_are_never_read_or_sent(bot: RunningBot) -> None:
+    secret = (bot.settings.chroma_path.parent / "outside" / "secret.jpg").read_bytes()
+    for user in (2001, 2002):
+        bot.tg.inject_text("a red circle", user_id=user)
+        [album] = bot.tg.wait_sent(user, timeout=60)
+        assert album.kind == "media_group" and len(album.messages) == 5
+        uploads = [bot.tg.file_bytes(fid) for fid in album.photo_file_ids]
+        assert secret not in uploads
+        assert bot.album_labels(album).count(("red", "circle")) >= 4  # indexed pictures only
+    log = bot.log()
+    for record in ("p-outside", "p-symlink", "p-zero", "p-fifo", "p-huge"):
+        lines = [line for line in log.splitlines() if f"index entry {record} " in line]
+        assert len(lines) == 1, (record, lines)  # refused, and logged once
+        assert "never sent" in lines[0]
+    assert bot.proc.poll() is None
+
+
+def test_a_huge_png_costs_bounded_memory(bot: RunningBot) -> None:
+    user = 2101
+    bot.tg.inject_photo(jpeg("blue", "square", (200, 150)), user_id=user)  # warm up
+    bot.tg.wait_sent(user, timeout=60)
+    big = Image.new("RGBA", (6320, 6320), (0, 128, 0, 255))
+    big.paste((255, 0, 0, 128), (1000, 1000, 5000, 5000))
+    data = png_bytes(big)
+    assert len(data) < 1024 * 1024  # small on the wire, 40 megapixels inside
+    before = peak_rss_mb(bot.proc.pid)
+    bot.tg.inject_document(data, "big.png", "image/png", user_id=user)
+    [album] = bot.tg.wait_sent(user, timeout=120, since=1)
+    assert album.kind == "media_group"
+    growth = peak_rss_mb(bot.proc.pid) - before
+    assert growth < 300, f"peak RSS grew by {growth:.0f} MB"
+
+
+def wait_text(bot: RunningBot, user: int, wanted: str, timeout: float = 120) -> Sent:
+    """The first message sent to `user` whose text contains `wanted`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for sent in bot.tg.sent_to(user):
+            if sent.text and wanted in sent.text:
+                return sent
+        time.sleep(0.05)
+    raise AssertionError(f"no {wanted!r} for {user}: {[s.text for s in bot.tg.sent_to(user)]}")
+
+
+def test_a_full_ask_queue_refuses_at_once_and_searches_keep_flowing(bot: RunningBot) -> None:
+    askers, late, searcher = [2201, 2202], 2203, 2204
+    photo = jpeg("green", "square", (160, 120))
+    photos = {}
+    for user in [*askers, late]:
+        photos[user] = bot.tg.inject_photo(photo, user_id=user)
+        bot.tg.wait_sent(user, timeout=60)
+    mark = bot.tg.mark()
+    bot.tg.slow("getFile", 8.0, times=len(askers))  # the two questions hold their slots
+    for user in askers:
+        bot.tg.inject_text("/ask what shape is it?", user_id=user, reply_to=photos[user])
+    for user in askers:  # "typing…" shows once a question holds its slot and downloads
+        bot.tg.wait_for(
+            lambda c, u=user: (
+                c.method == "sendChatAction"
+                and c.params["chat_id"] == u
+                and c.params["action"] == "typing"
+            ),
+            since=mark,
+            timeout=30,
+        )
+
+    bot.tg.inject_text("/ask what color is the shape?", user_id=late, reply_to=photos[late])
+    busy = wait_text(bot, late, "busy", timeout=10)
+    assert "try again in a minute" in busy.text
+    bot.tg.inject_text("/ask and now?", user_id=askers[0], reply_to=photos[askers[0]])
+    wait_text(bot, askers[0], "still answering your previous question", timeout=10)
+    bot.tg.inject_text("a yellow square", user_id=searcher)
+    [album] = bot.tg.wait_sent(searcher, timeout=10)
+    assert album.kind == "media_group"  # the queue is full, searches still flow
+
+    for user in askers:
+        answer = wait_text(bot, user, "Square")
+        assert answer.text == "Square"
+        assert album.call.time < answer.call.time  # the album did not wait for the queue
+    bot.tg.inject_text("/ask what color is the shape?", user_id=late, reply_to=photos[late])
+    assert wait_text(bot, late, "Green").text == "Green"  # the slots were released
+
+
+def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaServer) -> None:
+    settings = make_settings(
+        tmp_path,
+        coco_root=tmp_path / "coco",
+        collection="rebuilt_live",
+        chroma_host=chroma_server.host,
+        chroma_port=chroma_server.port,
+        vqa_enabled=False,
+    )
+    images = make_mini_coco(settings.coco_root, {"val2014": 24})
+    reader = CocoReader(settings.coco_root, ["val2014"])
+    run(settings, reader, progress=False)
+    Database(settings).open(
+        settings.collection, ImageRecord, model=settings.clip_model, dim=32
+    ).add_roots([str((settings.coco_root / "val2014").resolve())])
+    with FakeTelegram() as tg, running_bot(settings, images, tg) as bot:
+        tg.inject_text("a red circle", user_id=7)
+        [first] = tg.wait_sent(7, timeout=60)
+        assert first.kind == "media_group"
+
+        Database(settings).drop(settings.collection)  # --rebuild's first step
+        tg.inject_text("a red circle", user_id=7)
+        [rebuilding] = tg.wait_sent(7, timeout=60, since=1)
+        assert "being rebuilt" in rebuilding.text
+
+        run(settings, reader, rebuild=True, progress=False)
+        Database(settings).open(
+            settings.collection, ImageRecord, model=settings.clip_model, dim=32
+        ).add_roots([str((settings.coco_root / "val2014").resolve())])
+        tg.inject_text("a red circle", user_id=7)
+        [again] = tg.wait_sent(7, timeout=60, since=2)
+        assert again.kind == "media_group"
+        assert all(c.endswith("a red circle") for c in again.captions[:2])
+        assert "reopening it" in bot.log() or "search is available now" in bot.log()
+        tg.assert_no_errors()
