@@ -6,7 +6,11 @@
 
 Safe to stop at any moment (Ctrl-C, kill, power loss) and to rerun: it continues where it
 stopped and, later, refreshes (adds new pictures, re-embeds changed ones, removes gone ones).
-Exit codes: 0 done, 1 runtime error, 2 bad arguments or settings, 130 interrupted.
+A refresh that would remove more than 10% of a source's entries (an empty or unmounted
+folder?) changes nothing unless --prune confirms it. One builder at a time per embedded
+store: a second one stops at once, or waits with --wait.
+Exit codes: 0 done, 1 runtime error (another builder running included), 2 bad arguments or
+settings or a removal that needs --prune, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -91,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also embed every COCO caption as text into the collection <COLLECTION>_captions",
     )
     parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="confirm removing the entries whose files are gone when they are more than "
+        "10%% of this source's entries (without it such a refresh stops and changes nothing: "
+        "an empty or unmounted folder never wipes the index); also confirms --rebuild of a "
+        "source that holds no pictures",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another index_builder is writing to the same embedded store (CHROMA_PATH), "
+        "wait for it to finish instead of stopping at once (no lock for a Chroma server)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the image tower first: about 20%% faster after about 30 s of "
@@ -135,8 +153,34 @@ def describe(summary: IndexSummary) -> str:
     if summary.report:
         lines.append(f"bad and missing pictures are listed in {summary.report}")
     if summary.interrupted:
-        lines.append("interrupted: everything embedded so far is stored; rerun to continue")
+        lines.append(interruption(summary))
     return "\n".join(lines)
+
+
+def interruption(summary: IndexSummary) -> str:
+    """What an interrupted run did, exactly, and how to go on."""
+    where = f"interrupted while {summary.stage or 'starting'}"
+    if not summary.changed:
+        return f"{where}: nothing was changed in the index"
+    done = []
+    if summary.dropped:
+        names = ", ".join(repr(name) for name in summary.dropped)
+        done.append(f"dropped collection{'s' if len(summary.dropped) > 1 else ''} {names}")
+    for count, what in [
+        (summary.removed, "removed {:,} entries whose files are gone"),
+        (summary.captions_removed, "removed {:,} captions"),
+        (summary.indexed, "stored {:,} pictures"),
+        (summary.captions_indexed, "stored {:,} captions"),
+    ]:
+        if count:
+            done.append(what.format(count))
+    unfinished_drop = summary.stage.startswith("dropping")
+    advice = (
+        "rerun with --rebuild to finish the rebuild" if unfinished_drop else "rerun to continue"
+    )
+    if summary.indexed or summary.captions_indexed:
+        advice = f"everything embedded so far is stored; {advice}"
+    return f"{where}: {', '.join(done)}; {advice}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             rebuild=args.rebuild,
             with_captions=args.with_captions,
+            prune=args.prune,
+            wait=args.wait,
             progress=not args.no_progress,
             compile_model=args.compile,
         )

@@ -2,8 +2,12 @@
 
 - `CocoReader`: COCO2014 as distributed, `<root>/annotations/captions_<split>.json` and
   `<root>/<split>/COCO_<split>_<12-digit id>.jpg`. The id of a record is the COCO image id.
-- `FolderReader`: any folder of pictures, recursively; the id is derived from the path
-  relative to the folder, so it survives moving the folder.
+- `FolderReader`: any folder of pictures, recursively; the id is derived from the folder's
+  real path and the picture's path relative to it, so two folders never share an id.
+
+Every reader names its `roots`: the real paths (symlinks followed) of the folders its
+pictures lie in. The builder records them in the collection, and the bot sends only files
+under one of them.
 
 A reader scans metadata only (JSON and file stats, never pixels). Files listed but missing
 on disk are collected in `missing`, not fatal; a missing or malformed annotation file is a
@@ -46,6 +50,11 @@ class Reader(Protocol):
 
     description: str
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Real paths of the folders the pictures lie in (what the bot may send from)."""
+        ...
+
     def scan(self) -> Scan: ...
 
     def owns(self, split: str) -> bool: ...
@@ -82,6 +91,11 @@ class CocoReader:
         if unknown:
             raise DatasetError(f"unknown COCO split(s) {sorted(unknown)}: use {COCO_SPLITS}")
         self.description = f"COCO2014 {'+'.join(self.splits)} in {self.root}"
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """`<root>/<split>` of each split, resolved: not the whole root, not annotations/."""
+        return tuple(str((self.root / split).resolve()) for split in self.splits)
 
     def owns(self, split: str) -> bool:
         return split in self.splits
@@ -171,6 +185,10 @@ class FolderReader:
         self.split = FOLDER_SPLIT_PREFIX + str(self.root)
         self.description = f"folder {self.root}"
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return (str(self.root),)
+
     def owns(self, split: str) -> bool:
         return split == self.split
 
@@ -185,12 +203,16 @@ class FolderReader:
                     continue
                 path = Path(directory) / name
                 relative = path.relative_to(self.root).as_posix()
-                record = ImageRecord(id=folder_image_id(relative), path=str(path), split=self.split)
+                record = ImageRecord(
+                    id=folder_image_id(str(self.root), relative), path=str(path), split=self.split
+                )
                 _stamped(record, scan)
         return scan
 
 
-def folder_image_id(relative_path: str) -> str:
-    """A stable id for a picture of a folder: "f" + 16 hex digits of its relative path's hash
-    (COCO ids are plain numbers, so the two never collide)."""
-    return "f" + hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:16]
+def folder_image_id(root: str, relative_path: str) -> str:
+    """A stable id for a picture of a folder: "f" + 16 hex digits of the hash of the folder's
+    real path and the picture's path relative to it. Unique across folders (a/x.jpg of one
+    folder is not a/x.jpg of another); COCO ids are plain numbers, so the two never collide."""
+    key = f"{root}\0{relative_path}".encode("utf-8", "surrogateescape")
+    return "f" + hashlib.sha1(key).hexdigest()[:16]

@@ -58,3 +58,14 @@ class StoreUnavailable(SearchBotError):
 
 class DatasetError(SearchBotError):
     """A dataset on disk is missing or malformed (annotation file, image folder)."""
+
+
+class UnsafeRemoval(SearchBotError):
+    """A refresh would remove a large part of the index (an empty or unmounted data folder?);
+    nothing was changed. The operator confirms a real removal with `--prune`."""
+
+    exit_code = 2
+
+
+class StoreBusy(SearchBotError):
+    """Another index builder is writing to the same embedded store."""

@@ -1,9 +1,18 @@
 """Build or refresh an index: reader → decode (worker threads) → encode (batches) → store.
 
+Used by index_builder.py (the CLI) and by the tests and benchmarks that build an index.
+
 - Resumable: every batch is written as soon as it is embedded, under stable ids, so a run
   killed at any moment loses at most the batch in flight; the rerun skips what is stored.
 - Incremental: a stored picture is re-embedded only when its path, size or mtime changed;
-  entries of this source whose file is gone are removed; new files are added.
+  entries of this source whose file is gone are removed (with their captions); new files
+  are added.
+- Safe: a refresh that would remove more than a tenth of this source's entries (an empty or
+  unmounted folder) stops before changing anything unless `prune` confirms it; one builder
+  at a time writes to an embedded store (a lock file next to it); the folders the index is
+  built from are recorded in the collection before the first picture is stored.
+- Honest: an interruption (Ctrl-C) after the scan is caught, and the summary says exactly
+  what was dropped, removed and stored until then.
 - Fast: decoding, JPEG draft scaling and preprocessing run in worker threads while the
   model embeds the previous batch; the window of pictures in flight is bounded, so memory
   stays flat however large the dataset.
@@ -13,20 +22,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from core.config import Settings
 from core.datasets import Reader, Scan
-from core.errors import BadImage
+from core.errors import BadImage, StoreBusy, StoreUnavailable, UnsafeRemoval
 from core.images import decode_image
 from core.models.clip import ClipEncoder
 from core.records import CaptionRecord, ImageRecord
@@ -37,6 +49,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = 2
 CAPTION_BATCH_SIZE = 256
+REMOVE_BATCH_SIZE = 1000
+MAX_UNCONFIRMED_REMOVAL = 0.10
+"""A refresh may remove at most this share of a source's stored entries without `prune`."""
+LOCK_NAME = "index_builder.lock"
+"""The lock file in CHROMA_PATH that keeps a second builder off an embedded store."""
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -57,22 +74,38 @@ class IndexSummary:
     """(path, reason) of every picture that could not be indexed."""
     captions_indexed: int = 0
     captions_removed: int = 0
+    dropped: list[str] = field(default_factory=list)
+    """Collections dropped by `rebuild`, as they were dropped."""
     total: int = 0
     """Vectors in the image collection after the run."""
     elapsed_s: float = 0.0
     embed_s: float = 0.0
     """Time spent in the decode → encode → store loop."""
     report: Path | None = None
+    stage: str = ""
+    """The step the run was in last ("removing entries whose files are gone", ...)."""
     interrupted: bool = False
+    """Stopped by Ctrl-C during `stage`; the counts say what was done until then."""
 
     @property
     def images_per_s(self) -> float:
         return self.indexed / self.embed_s if self.embed_s > 0 else 0.0
 
     @property
+    def changed(self) -> bool:
+        """True when the run changed the store (dropped, removed or stored anything)."""
+        return bool(
+            self.dropped
+            or self.indexed
+            or self.removed
+            or self.captions_indexed
+            or self.captions_removed
+        )
+
+    @property
     def up_to_date(self) -> bool:
         """True when the run found nothing to add, change or remove."""
-        return not (self.indexed or self.removed or self.captions_indexed or self.captions_removed)
+        return not self.changed
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,35 @@ def plan(scan: Scan, stored: dict[str, tuple[str, int, int]], limit: int | None)
     return _Plan(embed, remove, len(selection) - len(embed), len(scan.records) - len(selection))
 
 
+@dataclass(frozen=True)
+class _Options:
+    limit: int | None
+    batch_size: int
+    workers: int
+    rebuild: bool
+    with_captions: bool
+    prune: bool
+    progress: bool
+    compile_model: bool
+
+
+@dataclass
+class _Job:
+    """One run's inputs and its summary, handed from step to step."""
+
+    settings: Settings
+    reader: Reader
+    scan: Scan
+    encoder: ClipEncoder
+    db: Database
+    options: _Options
+    summary: IndexSummary
+
+    @property
+    def captions_name(self) -> str:
+        return f"{self.settings.collection}_captions"
+
+
 def run(
     settings: Settings,
     reader: Reader,
@@ -101,74 +163,182 @@ def run(
     workers: int = DEFAULT_WORKERS,
     rebuild: bool = False,
     with_captions: bool = False,
+    prune: bool = False,
+    wait: bool = False,
     progress: bool = True,
     compile_model: bool = False,
     encoder: ClipEncoder | None = None,
 ) -> IndexSummary:
     """Bring the collection `settings.collection` up to date with `reader`'s pictures.
 
-    `compile_model`: torch.compile the image tower first (faster big builds, see ClipEncoder).
+    `prune`: confirm a removal of more than `MAX_UNCONFIRMED_REMOVAL` of this source's
+    entries (else `UnsafeRemoval`, nothing changed). `wait`: wait for another builder on
+    the same embedded store instead of raising `StoreBusy`. `compile_model`: torch.compile
+    the image tower first (faster big builds, see ClipEncoder). A Ctrl-C after the scan is
+    caught: the summary is `interrupted` and says what was done.
     """
     started = time.perf_counter()
-    log.info("scanning %s", reader.description)
-    scan = reader.scan()  # before loading any model: a broken dataset fails fast
-    if scan.missing:
-        log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
-    encoder = encoder or ClipEncoder.from_settings(settings)
-    encoder.load()
-    db = Database(settings)
-    captions_name = f"{settings.collection}_captions"
-    if rebuild:
-        for name in (settings.collection, captions_name):
-            if db.drop(name):
-                log.info("dropped collection %s", name)
-    store = db.open(
-        settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
+    options = _Options(
+        limit, batch_size, workers, rebuild, with_captions, prune, progress, compile_model
     )
-    summary = IndexSummary(
-        source=reader.description, collection=settings.collection, missing=scan.missing
-    )
-    stored = {r.id: (r.path, r.file_size, r.mtime_ns) for r in store if reader.owns(r.split)}
-    todo = plan(scan, stored, limit)
-    summary.unchanged, summary.beyond_limit = todo.unchanged, todo.beyond_limit
-    if todo.remove:
-        store.delete(todo.remove)
-        summary.removed = len(todo.remove)
-        log.info("removed %d entries whose files are gone", summary.removed)
-
-    if compile_model and todo.embed:
-        log.info("compiling the image tower (about 30 s)")
-        encoder.compile(batch_size)
-    embed_started = time.perf_counter()
-    try:
-        _embed_images(
-            todo.embed,
-            encoder,
-            store,
-            summary,
-            settings.max_image_pixels,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-        )
-        summary.embed_s = time.perf_counter() - embed_started
-        if with_captions:
-            captions = db.open(
-                captions_name,
-                CaptionRecord,
-                model=settings.clip_model,
-                dim=encoder.dim,
-                create=True,
+    with builder_lock(settings, wait=wait):
+        log.info("scanning %s", reader.description)
+        scan = reader.scan()  # before loading any model: a broken dataset fails fast
+        if scan.missing:
+            log.warning(
+                "%d pictures listed but missing on disk (see the report)", len(scan.missing)
             )
-            _sync_captions(scan, limit, reader, encoder, captions, summary, progress)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        summary.embed_s = summary.embed_s or time.perf_counter() - embed_started
-        log.warning("interrupted: what was embedded so far is stored; rerun to continue")
-    summary.total = store.count()
-    summary.report = _write_report(settings, summary)
+        encoder = encoder or ClipEncoder.from_settings(settings)
+        encoder.load()
+        summary = IndexSummary(
+            source=reader.description, collection=settings.collection, missing=scan.missing
+        )
+        job = _Job(settings, reader, scan, encoder, Database(settings), options, summary)
+        try:
+            _update(job)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            log.warning("interrupted while %s", summary.stage)
+        info = job.db.info(settings.collection)
+        summary.total = info.count if info else 0
+        summary.report = _write_report(settings, summary)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _update(job: _Job) -> None:
+    """The steps that change the store, in order; `job.summary.stage` names the current one."""
+    summary, options = job.summary, job.options
+    if options.rebuild:
+        _drop(job)
+    summary.stage = "reading the index"
+    store = job.db.open(
+        job.settings.collection,
+        ImageRecord,
+        model=job.settings.clip_model,
+        dim=job.encoder.dim,
+        create=True,
+    )
+    stored = {r.id: r for r in store if job.reader.owns(r.split)}
+    todo = plan(
+        job.scan, {i: (r.path, r.file_size, r.mtime_ns) for i, r in stored.items()}, options.limit
+    )
+    summary.unchanged, summary.beyond_limit = todo.unchanged, todo.beyond_limit
+    _check_removal(job, todo.remove, stored)  # before anything changes
+    summary.stage = "recording the indexed folders"
+    store.add_roots(job.reader.roots)  # before the first upsert: a killed run has them too
+    _remove(job, store, todo.remove)
+    _embed(job, store, todo.embed)
+    if options.with_captions:
+        summary.stage = "embedding captions"
+        captions = job.db.open(
+            job.captions_name,
+            CaptionRecord,
+            model=job.settings.clip_model,
+            dim=job.encoder.dim,
+            create=True,
+        )
+        _sync_captions(
+            job.scan, options.limit, job.reader, job.encoder, captions, summary, options.progress
+        )
+    summary.stage = "finishing"
+
+
+def _drop(job: _Job) -> None:
+    """`rebuild`: drop the image and caption collections, refusing to empty an index for a
+    source that holds nothing (an unmounted folder) unless `prune` confirms it."""
+    info = job.db.info(job.settings.collection)
+    if info and info.count and not job.scan.records and not job.options.prune:
+        raise UnsafeRemoval(
+            f"{job.reader.description} holds no pictures, and --rebuild would drop collection "
+            f"{info.name!r} with its {info.count:,} entries: is the folder mounted? Nothing was "
+            "changed; rerun with --prune to confirm"
+        )
+    job.summary.stage = "dropping collections (--rebuild)"
+    names = (job.settings.collection, job.captions_name)
+    for name in [name for name in names if job.db.info(name) is not None]:
+        try:
+            job.db.drop(name)
+        finally:  # also when Ctrl-C lands mid-drop: the summary must say what is gone
+            if job.db.info(name) is None:
+                job.summary.dropped.append(name)
+                log.info("dropped collection %s", name)
+
+
+def _check_removal(job: _Job, remove: Sequence[str], stored: dict[str, ImageRecord]) -> None:
+    """Raise `UnsafeRemoval` when removing `remove` needs the operator's `prune`."""
+    n, of = len(remove), len(stored)
+    if not n or job.options.prune or (n < of and n <= of * MAX_UNCONFIRMED_REMOVAL):
+        return
+    on_disk = {r.path for r in job.scan.records}
+    rekeyed = sum(1 for id_ in remove if stored[id_].path in on_disk)
+    source = job.reader.description
+    if rekeyed == n:
+        raise UnsafeRemoval(
+            f"{n:,} of the {of:,} stored entries of {source} were indexed by an older version, "
+            "under ids that can clash with another folder's; refreshing re-embeds them under "
+            "new ids. Nothing was changed; rerun with --prune to confirm (or with --rebuild)"
+        )
+    also = f" ({rekeyed:,} of them are on disk and will be re-embedded)" if rekeyed else ""
+    raise UnsafeRemoval(
+        f"refusing to remove {n:,} of the {of:,} stored entries of {source}: their files are "
+        f"gone{also}. Is the folder mounted? Nothing was changed; rerun with --prune to confirm "
+        "the removal"
+    )
+
+
+def _remove(job: _Job, store: VectorStore[ImageRecord], ids: Sequence[str]) -> None:
+    """Remove entries whose files are gone, their captions first (never left as orphans)."""
+    if not ids:
+        return
+    job.summary.stage = "removing entries whose files are gone"
+    _remove_captions_of(job, set(ids))
+
+    def removed(n: int) -> None:
+        job.summary.removed += n
+
+    _delete(store, ids, removed)
+    log.info("removed %d entries whose files are gone", job.summary.removed)
+
+
+def _remove_captions_of(job: _Job, image_ids: set[str]) -> None:
+    """Remove the captions of `image_ids` from the captions collection, if there is one
+    (whether or not this run embeds captions)."""
+    if job.db.info(job.captions_name) is None:
+        return
+    captions = job.db.open(
+        job.captions_name, CaptionRecord, model=job.settings.clip_model, dim=job.encoder.dim
+    )
+    ids = [c.id for c in captions if c.image_id in image_ids and job.reader.owns(c.split)]
+
+    def removed(n: int) -> None:
+        job.summary.captions_removed += n
+
+    _delete(captions, ids, removed)
+
+
+def _embed(job: _Job, store: VectorStore[ImageRecord], records: list[ImageRecord]) -> None:
+    """Compile the model if asked (and there is work), then embed and store `records`."""
+    options, summary = job.options, job.summary
+    if options.compile_model and records:
+        summary.stage = "compiling the image tower"
+        log.info("compiling the image tower (about 30 s)")
+        job.encoder.compile(options.batch_size)
+    summary.stage = "embedding images"
+    started = time.perf_counter()
+    try:
+        _embed_images(
+            records,
+            job.encoder,
+            store,
+            summary,
+            job.settings.max_image_pixels,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            progress=options.progress,
+        )
+    finally:
+        summary.embed_s = time.perf_counter() - started
 
 
 def _embed_images(
@@ -274,7 +444,7 @@ def _sync_captions(
     stale = [id_ for id_ in stored if id_ not in present]
     if stale:
         store.delete(stale)
-        summary.captions_removed = len(stale)
+        summary.captions_removed += len(stale)
     with tqdm(
         total=len(todo), unit="caption", desc="embedding captions", disable=not progress
     ) as bar:
@@ -283,6 +453,19 @@ def _sync_captions(
             store.upsert(chunk, encoder.embed_texts([c.caption for c in chunk]))
             summary.captions_indexed += len(chunk)
             bar.update(len(chunk))
+
+
+def _delete(store: VectorStore, ids: Sequence[str], deleted: Callable[[int], None]) -> None:
+    """Delete `ids` in batches, telling `deleted` how many went. A Ctrl-C mid-batch may
+    leave part of it deleted: that part is counted too, so the summary stays exact."""
+    for start in range(0, len(ids), REMOVE_BATCH_SIZE):
+        chunk = ids[start : start + REMOVE_BATCH_SIZE]
+        try:
+            store.delete(chunk)
+        except KeyboardInterrupt:
+            deleted(len(chunk) - len(store.get(chunk)))
+            raise
+        deleted(len(chunk))
 
 
 def report_path(settings: Settings) -> Path:
@@ -302,3 +485,54 @@ def _write_report(settings: Settings, summary: IndexSummary) -> Path | None:
         for file, reason in rows:
             handle.write(f"{file}\t{' '.join(reason.split())}\n")
     return path
+
+
+@contextmanager
+def builder_lock(settings: Settings, *, wait: bool = False) -> Iterator[None]:
+    """Hold the builder lock of an embedded store (`LOCK_NAME` in CHROMA_PATH, one per
+    path: Chroma's embedded sqlite is per path) while the block runs.
+
+    Another holder raises `StoreBusy` at once, or with `wait` is waited for. A Chroma
+    server (CHROMA_HOST) takes no lock: its operator keeps builders apart.
+    """
+    if settings.chroma_host:
+        yield
+        return
+    path = settings.chroma_path / LOCK_NAME
+    pid_file = path.with_name(LOCK_NAME + ".pid")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        _acquire(lock, settings.chroma_path, pid_file, wait)
+    except OSError as err:
+        raise StoreUnavailable(f"cannot lock {path}: {err}") from err
+    try:
+        pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        yield
+    finally:
+        pid_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def _acquire(lock: FileLock, where: Path, pid_file: Path, wait: bool) -> None:
+    try:
+        lock.acquire(timeout=0)
+        return
+    except Timeout:
+        holder = _holder(pid_file)
+    if not wait:
+        raise StoreBusy(
+            f"another index_builder{holder} is running on {where}; wait for it or rerun with --wait"
+        )
+    log.warning("another index_builder%s is running on %s; waiting for it to finish", holder, where)
+    lock.acquire()
+    log.info("the other index_builder finished; going on")
+
+
+def _holder(pid_file: Path) -> str:
+    """ " (pid N)" of the lock's holder when it wrote one, else ""."""
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return ""
+    return f" (pid {pid})"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 from pathlib import Path
 
 import pytest
@@ -117,16 +117,33 @@ def test_folder_reader(tmp_path: Path) -> None:
     assert all(r.split == reader.split and reader.owns(r.split) for r in records)
     assert not reader.owns("val2014")
     ids = {Path(r.path).relative_to(tmp_path).as_posix(): r.id for r in records}
-    assert ids["trip/a.JPG"] == folder_image_id("trip/a.JPG")
+    assert ids["trip/a.JPG"] == folder_image_id(str(tmp_path.resolve()), "trip/a.JPG")
     assert len(set(ids.values())) == 3
 
 
-def test_folder_ids_survive_moving_the_folder(tmp_path: Path) -> None:
-    (tmp_path / "one").mkdir()
-    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "a.png")
-    before = FolderReader(tmp_path / "one").scan().records[0].id
-    os.rename(tmp_path / "one", tmp_path / "two")
-    assert FolderReader(tmp_path / "two").scan().records[0].id == before
+def test_folder_ids_are_stable_and_unique_across_folders(tmp_path: Path) -> None:
+    for folder in ("one", "two"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "sub" / "a.png")
+    one = FolderReader(tmp_path / "one").scan().records[0].id
+    two = FolderReader(tmp_path / "two").scan().records[0].id
+    assert one != two  # the same relative name in two folders is two pictures
+    assert one == FolderReader(tmp_path / "one").scan().records[0].id
+    assert re.fullmatch(r"f[0-9a-f]{16}", one) and re.fullmatch(r"f[0-9a-f]{16}", two)
+
+
+def test_readers_name_their_real_image_folders(tmp_path: Path) -> None:
+    make_mini_coco(tmp_path / "coco", {"train2014": 1, "val2014": 1})
+    (tmp_path / "coco" / "val2014").rename(tmp_path / "elsewhere")
+    (tmp_path / "coco" / "val2014").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "link").symlink_to(tmp_path / "coco")
+    real = tmp_path.resolve()
+    assert CocoReader(tmp_path / "link").roots == (
+        str(real / "coco" / "train2014"),
+        str(real / "elsewhere"),
+    )
+    assert CocoReader(tmp_path / "link", ["val2014"]).roots == (str(real / "elsewhere"),)
+    assert FolderReader(tmp_path / "link" / "val2014").roots == (str(real / "elsewhere"),)
 
 
 def test_missing_folder(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,9 +19,9 @@ from PIL import Image
 import index_builder
 from core.config import Settings
 from core.datasets import CocoReader, FolderReader
-from core.errors import DatasetError, ModelMismatch
+from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
-from core.indexing import IndexSummary, report_path, run
+from core.indexing import IndexSummary, builder_lock, report_path, run
 from core.models.clip import ClipEncoder
 from core.records import CaptionRecord, ImageRecord
 from core.search import SearchService
@@ -137,11 +138,11 @@ def test_incremental_refresh_adds_removes_and_reembeds(
     tmp_path: Path, encoder: ClipEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
-    made = make_mini_coco(settings.coco_root, {"train2014": 12, "val2014": 6})
+    made = make_mini_coco(settings.coco_root, {"train2014": 14, "val2014": 6})
     index(settings, encoder)
     store = images_store(settings, encoder)
 
-    gone = [made[0], made[13]]
+    gone = [made[0], made[13]]  # 2 of 20: a removal of up to 10% needs no --prune
     for image in gone:
         image.path.unlink()
     changed = made[5]
@@ -160,7 +161,7 @@ def test_incremental_refresh_adds_removes_and_reembeds(
     annotations.write_text(json.dumps(document))
 
     summary = index(settings, encoder)
-    assert (summary.indexed, summary.removed, summary.unchanged) == (3, 2, 15)
+    assert (summary.indexed, summary.removed, summary.unchanged) == (3, 2, 17)
     assert sorted(summary.missing) == sorted(str(g.path.resolve()) for g in gone)
     ids = {r.id for r in store}
     assert ids == {str(m.id) for m in made if m not in gone} | {str(i) for i in new_ids}
@@ -234,7 +235,7 @@ def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: ClipEncoder) -
     assert (first.indexed, first.total) == (2, 2)
     (folder / "b.png").unlink()
     draw("green", "triangle", width=80, height=80).save(folder / "c.webp")
-    second = index(settings, encoder, reader=FolderReader(folder))
+    second = index(settings, encoder, reader=FolderReader(folder), prune=True)  # 1 of 2: confirm
     assert (second.indexed, second.removed, second.total) == (1, 1, 2)
     hit = SearchService(encoder, images_store(settings, encoder)).by_text("a green triangle", 1)[0]
     assert hit.path.endswith("c.webp") and hit.captions == ()
@@ -368,7 +369,7 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
     assert done.value.code == 0
     text = capsys.readouterr().out
     flags = ["--coco-root", "--split", "--folder", "--limit", "--batch-size", "--workers"]
-    for flag in [*flags, "--rebuild", "--with-captions", "--compile"]:
+    for flag in [*flags, "--rebuild", "--with-captions", "--compile", "--prune", "--wait"]:
         assert flag in text
 
 
@@ -432,6 +433,291 @@ def test_ctrl_c_stops_cleanly_and_reports_what_was_stored(
     proc = signal_mid_run(settings, signal.SIGINT, 400)
     assert proc.returncode == 130, "the build finished before it could be interrupted"
     out = proc.stdout.read()
-    assert "interrupted: everything embedded so far is stored; rerun to continue" in out
+    assert "interrupted while embedding images: stored " in out
+    assert "everything embedded so far is stored; rerun to continue" in out
     indexed = int(re.search(r"indexed ([\d,]+)", out).group(1).replace(",", ""))
     assert 0 < indexed == images_store(settings, encoder).count()
+
+
+# --- roots, removal safety, one builder at a time, folder ids, captions, Ctrl-C ---------------
+
+
+def test_build_records_the_real_image_folders(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"train2014": 3, "val2014": 3})
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (settings.coco_root / "val2014").rename(disk / "val2014")
+    (settings.coco_root / "val2014").symlink_to(disk / "val2014")  # val2014 on another disk
+    index(settings, encoder)
+    expected = {str((settings.coco_root / "train2014").resolve()), str(disk.resolve() / "val2014")}
+    assert set(images_store(settings, encoder).roots()) == expected  # not annotations/
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    draw("red", "circle", width=64, height=64).save(photos / "a.jpg")
+    link = tmp_path / "link"
+    link.symlink_to(photos)
+    index(settings, encoder, reader=FolderReader(link))
+    assert set(images_store(settings, encoder).roots()) == expected | {str(photos.resolve())}
+
+
+def test_roots_are_recorded_before_the_first_picture(
+    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    draw("red", "circle", width=64, height=64).save(folder / "a.jpg")
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VectorStore, "upsert", killed)
+    summary = index(settings, encoder, reader=FolderReader(folder))
+    assert summary.interrupted and summary.indexed == 0
+    assert images_store(settings, encoder).roots() == (str(folder.resolve()),)
+
+
+def folder_of(folder: Path, n: int, *, color: str = "red") -> list[Path]:
+    """`n` pictures in `folder` (p0.jpg, sub/p1.jpg, p2.jpg, ...)."""
+    paths = []
+    for i in range(n):
+        path = folder / ("sub" if i % 2 else "") / f"p{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw(color, "circle" if i % 3 else "square", width=64, height=64).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_an_emptied_folder_never_wipes_the_index(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = make_settings(tmp_path)
+    folder = tmp_path / "mnt"
+    paths = folder_of(folder, 4)
+    index(settings, encoder, reader=FolderReader(folder))
+    for path in paths:  # an unmounted mount point: the folder is there, empty
+        path.unlink()
+    with pytest.raises(UnsafeRemoval, match=r"holds no pictures.*mounted.*--prune"):
+        index(settings, encoder, reader=FolderReader(folder), rebuild=True)
+    draw("blue", "square", width=64, height=64).save(folder / "new.jpg")
+    with pytest.raises(UnsafeRemoval) as refused:
+        index(settings, encoder, reader=FolderReader(folder))
+    message = str(refused.value)
+    assert "4 of the 4 stored entries" in message and "mounted" in message
+    assert "--prune" in message and "\n" not in message
+    store = images_store(settings, encoder)
+    assert store.count() == 4  # nothing removed, and the new picture not embedded either
+    assert {Path(r.path).name for r in store} == {p.name for p in paths}
+
+    pruned = index(settings, encoder, reader=FolderReader(folder), prune=True)
+    assert (pruned.removed, pruned.indexed, pruned.total) == (4, 1, 1)
+
+
+def test_an_emptied_coco_split_never_wipes_the_index(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"train2014": 4, "val2014": 6})
+    index(settings, encoder)
+    for image in made:
+        if image.split == "val2014":
+            image.path.unlink()  # every file of the split "missing", the folder still there
+    with pytest.raises(UnsafeRemoval, match=r"refusing to remove 6 of the 6 stored entries"):
+        index(settings, encoder, splits=("val2014",))
+    with pytest.raises(UnsafeRemoval, match=r"6 of the 10"):
+        index(settings, encoder)
+    assert images_store(settings, encoder).count() == 10
+    summary = index(settings, encoder, prune=True)
+    assert (summary.removed, summary.total) == (6, 4)
+
+
+def test_cli_refuses_a_large_removal_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    folder = tmp_path / "photos"
+    paths = folder_of(folder, 3)
+    monkeypatch.setenv("CLIP_MODEL", settings.clip_model)
+    monkeypatch.setenv("CHROMA_PATH", str(settings.chroma_path))
+    argv = ["--folder", str(folder), "--no-progress"]
+    assert index_builder.main(argv) == 0
+    for path in paths:
+        path.unlink()
+    capsys.readouterr()
+    assert index_builder.main(argv) == UnsafeRemoval.exit_code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: refusing to remove 3 of the 3 stored entries")
+    assert "rerun with --prune" in err[-1]
+    assert index_builder.main([*argv, "--prune"]) == 0
+    assert "removed 3" in capsys.readouterr().out
+
+
+def test_a_second_builder_is_refused_while_one_runs(
+    tmp_path: Path,
+    encoder: ClipEncoder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"val2014": 4})
+    index(settings, encoder, splits=("val2014",))
+    made[0].path.unlink()
+    with builder_lock(settings):  # the other builder
+        with pytest.raises(StoreBusy) as refused:
+            index(settings, encoder, splits=("val2014",), prune=True)
+        monkeypatch.setenv("CLIP_MODEL", settings.clip_model)
+        monkeypatch.setenv("CHROMA_PATH", str(settings.chroma_path))
+        argv = ["--coco-root", str(settings.coco_root), "--split", "val2014", "--prune"]
+        assert index_builder.main(argv) == StoreBusy.exit_code != 0
+    message = str(refused.value)
+    assert message == (
+        f"another index_builder (pid {os.getpid()}) is running on {settings.chroma_path}; "
+        "wait for it or rerun with --wait"
+    )
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert images_store(settings, encoder).count() == 4  # untouched
+    assert index(settings, encoder, splits=("val2014",), prune=True).removed == 1  # free again
+
+
+def test_wait_proceeds_once_the_other_builder_is_done(tmp_path: Path) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"val2014": 4})
+    with builder_lock(settings):
+        proc = builder(settings, "--split", "val2014", "--no-progress", "--wait")
+        seen = ""
+        while "waiting" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"the builder did not wait: {seen}"
+            seen += line
+        assert proc.poll() is None
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "indexed 4" in out
+
+
+def test_a_chroma_server_takes_no_lock(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, chroma_host="127.0.0.1", chroma_port=9)
+    with builder_lock(settings), builder_lock(settings):
+        pass
+    assert not settings.chroma_path.exists()
+
+
+def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = make_settings(tmp_path)
+    one = folder_of(tmp_path / "one", 3, color="red")
+    two = folder_of(tmp_path / "two", 3, color="blue")
+    index(settings, encoder, reader=FolderReader(tmp_path / "one"))
+    summary = index(settings, encoder, reader=FolderReader(tmp_path / "two"))
+    assert (summary.indexed, summary.removed, summary.total) == (3, 0, 6)
+    stored = {r.path: r.id for r in images_store(settings, encoder)}
+    assert set(stored) == {str(p) for p in one + two}
+    hits = SearchService(encoder, images_store(settings, encoder)).by_text("a circle", 6)
+    assert len({h.id for h in hits}) == 6
+
+
+def test_an_index_with_old_folder_ids_asks_before_reembedding(
+    tmp_path: Path, encoder: ClipEncoder
+) -> None:
+    settings = make_settings(tmp_path)
+    folder = tmp_path / "photos"
+    paths = folder_of(folder, 3)
+    reader = FolderReader(folder)
+    store = Database(settings).open(
+        settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
+    )
+    old = [  # what the previous version stored: ids from the relative path only
+        ImageRecord(
+            "f" + hashlib.sha1(p.relative_to(folder).as_posix().encode()).hexdigest()[:16],
+            str(p),
+            reader.split,
+        )
+        for p in paths
+    ]
+    store.upsert(old, encoder.embed_images([load_image(p) for p in paths]))
+    with pytest.raises(UnsafeRemoval, match=r"3 of the 3 .* older version.*--prune"):
+        index(settings, encoder, reader=reader)
+    assert {r.id for r in store} == {r.id for r in old}
+    summary = index(settings, encoder, reader=reader, prune=True)
+    assert (summary.removed, summary.indexed, summary.total) == (3, 3, 3)
+
+
+def test_removed_pictures_take_their_captions_along(tmp_path: Path, encoder: ClipEncoder) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"val2014": 12})
+    index(settings, encoder, with_captions=True, splits=("val2014",))
+    gone = made[4]
+    gone.path.unlink()
+    summary = index(settings, encoder, splits=("val2014",))  # without --with-captions
+    assert (summary.removed, summary.captions_removed) == (1, len(CAPTION_TEMPLATES))
+    captions = Database(settings).open(
+        f"{settings.collection}_captions", CaptionRecord, model=settings.clip_model, dim=encoder.dim
+    )
+    assert captions.count() == 11 * len(CAPTION_TEMPLATES)
+    assert all(c.image_id != str(gone.id) for c in captions)
+    assert "captions: indexed 0 · removed 5" in index_builder.describe(summary)
+
+
+def test_ctrl_c_during_the_rebuilds_drop_says_what_was_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"val2014": 4})
+    monkeypatch.setenv("CLIP_MODEL", settings.clip_model)
+    monkeypatch.setenv("CHROMA_PATH", str(settings.chroma_path))
+    monkeypatch.setenv("COLLECTION", settings.collection)
+    argv = ["--coco-root", str(settings.coco_root), "--split", "val2014", "--no-progress"]
+    assert index_builder.main([*argv, "--with-captions"]) == 0
+    drop = Database.drop
+
+    def drop_then_ctrl_c(self: Database, name: str) -> bool:
+        drop(self, name)
+        raise KeyboardInterrupt  # lands after Chroma deleted it, before drop() returned
+
+    monkeypatch.setattr(Database, "drop", drop_then_ctrl_c)
+    capsys.readouterr()
+    assert index_builder.main([*argv, "--rebuild"]) == 130
+    out, err = capsys.readouterr()
+    assert "nothing was changed" not in out + err
+    assert (
+        "interrupted while dropping collections (--rebuild): dropped collection 'test_images'; "
+        "rerun with --rebuild to finish the rebuild"
+    ) in out
+    assert Database(settings).info(settings.collection) is None
+    assert Database(settings).info(f"{settings.collection}_captions") is not None
+
+
+def test_ctrl_c_while_compiling_says_what_was_removed(
+    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"val2014": 12})
+    index(settings, encoder, splits=("val2014",))
+    made[0].path.unlink()
+    os.utime(made[1].path, ns=(time.time_ns(), time.time_ns() + 10**9))  # to re-embed
+
+    def ctrl_c(batch_size: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encoder, "compile", ctrl_c)
+    summary = index(settings, encoder, splits=("val2014",), compile_model=True)
+    assert summary.interrupted and summary.stage == "compiling the image tower"
+    assert (summary.removed, summary.indexed, summary.total) == (1, 0, 11)
+    assert index_builder.interruption(summary) == (
+        "interrupted while compiling the image tower: removed 1 entries whose files are gone; "
+        "rerun to continue"
+    )
+
+
+def test_ctrl_c_before_anything_changed_says_so(
+    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"val2014": 3})
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VectorStore, "add_roots", ctrl_c)
+    summary = index(settings, encoder, splits=("val2014",))
+    assert summary.interrupted and not summary.changed
+    assert index_builder.interruption(summary) == (
+        "interrupted while recording the indexed folders: nothing was changed in the index"
+    )
