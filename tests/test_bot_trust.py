@@ -59,7 +59,6 @@ def poison(settings, images, root: Path) -> dict[str, Path | str]:
     store = Database(settings).open(
         settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim
     )
-    store.add_roots([str(images_dir.resolve())])  # what the builder records (harmless twice)
     records = [
         ImageRecord(id=id_, path=str(path), split="val2014", captions=("a red circle",))
         for id_, path in paths.items()
@@ -175,9 +174,6 @@ def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaSe
     images = make_mini_coco(settings.coco_root, {"val2014": 24})
     reader = CocoReader(settings.coco_root, ["val2014"])
     run(settings, reader, progress=False)
-    Database(settings).open(
-        settings.collection, ImageRecord, model=settings.clip_model, dim=32
-    ).add_roots([str((settings.coco_root / "val2014").resolve())])
     with FakeTelegram() as tg, running_bot(settings, images, tg) as bot:
         tg.inject_text("a red circle", user_id=7)
         [first] = tg.wait_sent(7, timeout=60)
@@ -189,9 +185,6 @@ def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaSe
         assert "being rebuilt" in rebuilding.text
 
         run(settings, reader, rebuild=True, progress=False)
-        Database(settings).open(
-            settings.collection, ImageRecord, model=settings.clip_model, dim=32
-        ).add_roots([str((settings.coco_root / "val2014").resolve())])
         tg.inject_text("a red circle", user_id=7)
         [again] = tg.wait_sent(7, timeout=60, since=2)
         assert again.kind == "media_group"
