@@ -7,7 +7,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -145,7 +146,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
-def release_accelerator_memory(device: torch.device) -> None:
-    """Give cached accelerator memory back after a failure (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+@contextmanager
+def out_of_memory_is_unavailable(
+    device: torch.device, what: str, advice: str = ""
+) -> Iterator[None]:
+    """Turn running out of memory (CPU or accelerator) inside the block into one clear
+    `ModelUnavailable` ("<what> ran out of memory on <device> (...)<advice>"), after giving
+    cached accelerator memory back."""
+    try:
+        yield
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ModelUnavailable(
+            f"{what} ran out of memory on {device} ({type(err).__name__}: {err}){advice}"
+        ) from err

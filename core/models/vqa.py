@@ -16,12 +16,10 @@ import torch
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from core.errors import ModelUnavailable
 from core.models.runtime import (
     LazyModel,
-    is_out_of_memory,
     load_pretrained,
-    release_accelerator_memory,
+    out_of_memory_is_unavailable,
     resolve_device,
     resolve_dtype,
 )
@@ -72,17 +70,12 @@ class VqaModel:
 
     def _load(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         log.info("loading BLIP-2 %s on %s as %s", self.model_name, self.device, self.dtype)
-        try:
+        with out_of_memory_is_unavailable(
+            self.device,
+            f"loading BLIP-2 {self.model_name} as {self.dtype}",
+            "; free memory, use a smaller VQA_MODEL or DTYPE, or set VQA_ENABLED=false",
+        ):
             return self._load_weights()
-        except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            release_accelerator_memory(self.device)
-            raise ModelUnavailable(
-                f"BLIP-2 {self.model_name} does not fit in memory on {self.device} as "
-                f"{self.dtype} ({type(err).__name__}: {err}); free memory, use a smaller "
-                "VQA_MODEL or DTYPE, or set VQA_ENABLED=false"
-            ) from err
 
     def _load_weights(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         model = load_pretrained(
@@ -115,23 +108,18 @@ class VqaModel:
             for k, v in inputs.items()
         }
         prompt_tokens = inputs["input_ids"].shape[1]
-        with self._generate_lock, torch.inference_mode():
-            try:
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=self.max_new_tokens,
-                    num_beams=self.num_beams,
-                    do_sample=False,
-                    max_time=self.timeout_s,
-                )
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                release_accelerator_memory(self.device)
-                raise ModelUnavailable(
-                    f"BLIP-2 ran out of memory answering a question on {self.device} "
-                    f"({type(err).__name__}: {err})"
-                ) from err
+        with (
+            self._generate_lock,
+            torch.inference_mode(),
+            out_of_memory_is_unavailable(self.device, "BLIP-2 answering a question"),
+        ):
+            output = model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                num_beams=self.num_beams,
+                do_sample=False,
+                max_time=self.timeout_s,
+            )
         if model.config.use_decoder_only_language_model:
             # OPT: generate returns the prompt (image tokens, BOS, question), then the answer.
             # Flan-T5 variants return the decoder's answer alone.
