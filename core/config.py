@@ -93,8 +93,7 @@ class Settings(BaseSettings):
     webhook_port: int = Field(8443, ge=1, le=65535, description="webhook server port")
     webhook_secret: SecretStr | None = Field(
         None,
-        description="secret Telegram sends with each webhook call; unset = a random one "
-        "per start",
+        description="secret Telegram sends with each webhook call; unset = a random one per start",
     )
     log_level: LogLevel = Field("INFO", description="DEBUG also logs whole updates (user text)")
 
