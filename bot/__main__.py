@@ -7,53 +7,94 @@ a load balancer). Every setting comes from the environment or .env (see .env.exa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from telegram import Update
-from telegram.error import InvalidToken, NetworkError
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 
+from bot.startup import (
+    TOKEN_REFUSED,
+    RedactSecrets,
+    TelegramUnreachable,
+    check_token,
+    stop_on_sigterm,
+    webhook_secret,
+)
 from core.config import Settings, load_settings
 from core.errors import SearchBotError
 
 log = logging.getLogger("bot")
 
 
-def configure_logging(level: str) -> None:
+class _NoTracebacks(logging.Filter):
+    """python-telegram-bot's retry loop logs a traceback when it gives up; the error then
+    reaches `main`, which says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+
+def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
+    """Log to stderr at `level` (LOG_LEVEL); `secrets` never appear in any line."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # One line per Telegram request is noise at INFO; keep their warnings.
+    redact = RedactSecrets(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
+    # One line per Telegram request is noise, even at DEBUG; keep their warnings.
     for noisy in ("httpx", "httpcore", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if level.upper() != "DEBUG":
+        # The logger of PTB's network retry loop only (its records, not its children's).
+        logging.getLogger("telegram.ext").addFilter(_NoTracebacks())
 
 
-def run(settings: Settings) -> None:
-    # Imported here, after the settings are checked: torch and transformers take seconds to
-    # import, and a missing token should be reported at once.
+def run(settings: Settings, secret: str | None) -> None:
+    """Check the token, load the models, then answer Telegram until stopped."""
+    me = asyncio.run(check_token(settings))
+    log.info("Telegram accepted the token of @%s", me.username)
+    # Imported here, after the token is checked: torch and transformers take seconds to
+    # import, and a bad token should be reported at once.
     from bot.app import build_application
     from bot.services import Services
 
     services = Services.start(settings)
     app = build_application(settings, services)
+    # No bootstrap retries: the rate limiter already retries network errors with a backoff,
+    # and a refusal (a bad WEBHOOK_URL) must end start-up, not loop.
     if settings.webhook_url:
         path = urlsplit(settings.webhook_url).path.lstrip("/")
         log.info("webhook mode: listening on %s:%s", settings.webhook_listen, settings.webhook_port)
-        app.run_webhook(
-            listen=settings.webhook_listen,
-            port=settings.webhook_port,
-            url_path=path,
-            webhook_url=settings.webhook_url,
-            secret_token=(
-                settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-            ),
-            allowed_updates=[Update.MESSAGE],
-            bootstrap_retries=-1,
-        )
+        if settings.webhook_secret is None:
+            log.info("no WEBHOOK_SECRET set: a random one is registered for this run")
+        try:
+            app.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                url_path=path,
+                webhook_url=settings.webhook_url,
+                secret_token=secret,
+                allowed_updates=[Update.MESSAGE],
+                bootstrap_retries=0,
+            )
+        except BadRequest as err:
+            raise WebhookRefused(
+                f"Telegram refused WEBHOOK_URL={settings.webhook_url}: {err}"
+            ) from None
     else:
         log.info("long polling %s", settings.telegram_base_url)
-        app.run_polling(allowed_updates=[Update.MESSAGE], bootstrap_retries=-1)
+        app.run_polling(allowed_updates=[Update.MESSAGE], bootstrap_retries=0)
+
+
+class WebhookRefused(SearchBotError):
+    """setWebhook was refused (a URL Telegram cannot use)."""
+
+    exit_code = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     except SearchBotError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    configure_logging("INFO")
     if settings.telegram_bot_token is None:
         print(
             "error: TELEGRAM_BOT_TOKEN is not set: get a token from @BotFather and put it in "
@@ -76,16 +116,32 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    secret = webhook_secret(settings) if settings.webhook_url else None
+    configure_logging(settings.log_level, [settings.telegram_bot_token.get_secret_value(), secret])
+    stop_on_sigterm()
+    return start(settings, secret)
+
+
+def start(settings: Settings, secret: str | None) -> int:
+    """`run`, with every way start-up can fail turned into one log line and an exit code."""
     try:
-        run(settings)
+        run(settings, secret)
+    except KeyboardInterrupt:
+        log.info("stopped")
     except SearchBotError as err:
         log.error("cannot start: %s", err)
         return err.exit_code
     except InvalidToken:
-        log.error("Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather")
+        log.error(TOKEN_REFUSED)
         return 2
+    except TelegramUnreachable as err:
+        log.error("%s", err)
+        return 1
     except NetworkError as err:
         log.error("cannot reach Telegram at %s: %s", settings.telegram_base_url, err)
+        return 1
+    except TelegramError as err:
+        log.error("Telegram refused a start-up call: %s", err)
         return 1
     return 0
 

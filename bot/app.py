@@ -47,13 +47,17 @@ def build_application(settings: Settings, services: Services) -> Application:
         )
         data.limiter = UserRateLimiter(settings.rate_limit_per_minute)
         data.allowed_user_ids = settings.allowed_user_ids
+        data.admin_user_ids = settings.admin_user_ids
         await app.bot.set_my_commands(
             [*COMMANDS, ASK_COMMAND] if services.ask_enabled else COMMANDS
         )
         log.info("bot @%s is ready", app.bot.username)
 
     async def post_shutdown(app: Application) -> None:
-        app.bot_data.file_ids.close()
+        # Runs even when start-up stopped before post_init (a signal, a refused token).
+        file_ids = vars(app.bot_data).get("file_ids")
+        if file_ids is not None:
+            file_ids.close()
         services.close()
 
     app = (

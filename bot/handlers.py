@@ -14,10 +14,11 @@ from telegram import Message, Update
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
+from telegram.helpers import effective_message_type
 
-from bot import replies
+from bot import groups, replies
 from bot.file_ids import FileIdCache
-from bot.limits import UserRateLimiter
+from bot.limits import OncePerWindow, UserRateLimiter
 from bot.sending import chat_action, send_hits
 from bot.services import Services
 from core.errors import ModelUnavailable, SearchBotError
@@ -39,6 +40,8 @@ class BotData:
     file_ids: FileIdCache = field(init=False)
     limiter: UserRateLimiter = field(init=False)
     allowed_user_ids: frozenset[int] = frozenset()
+    admin_user_ids: frozenset[int] = frozenset()
+    refusals: OncePerWindow = field(default_factory=OncePerWindow)
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]
@@ -49,22 +52,37 @@ class FileTooBig(SearchBotError):
 
 
 async def gatekeeper(update: Update, context: Context) -> None:
-    """Runs before every handler: refuses users not allowed, and users over the rate limit."""
+    """Runs before every handler and fails closed: drops updates with no user and group
+    messages not meant for the bot (silently), refuses users not allowed and users over the
+    rate limit. A refused update is stopped even when the refusal cannot be sent."""
     user, message = update.effective_user, update.effective_message
     if user is None:
-        return
+        log.debug("dropped update %s: it has no user", update.update_id)
+        raise ApplicationHandlerStop
+    if message is not None and not groups.is_for_bot(message, context.bot.username, context.bot.id):
+        raise ApplicationHandlerStop
     data = context.bot_data
     if data.allowed_user_ids and user.id not in data.allowed_user_ids:
         log.info("refused user %s (not in ALLOWED_USER_IDS)", user.id)
-        if message:
-            await message.reply_text(replies.NOT_ALLOWED.format(user_id=user.id))
+        await refuse(update, data, replies.NOT_ALLOWED.format(user_id=user.id))
         raise ApplicationHandlerStop
     retry_in = data.limiter.check(user.id)
     if retry_in is not None:
         log.info("user %s is over the rate limit", user.id)
-        if message:
-            await message.reply_text(replies.rate_limited(retry_in))
+        await refuse(update, data, replies.rate_limited(retry_in))
         raise ApplicationHandlerStop
+
+
+async def refuse(update: Update, data: BotData, text: str) -> None:
+    """Tell the user why they get nothing, at most once a minute each; never raises (the
+    caller stops the update whatever happens here)."""
+    message, user = update.effective_message, update.effective_user
+    if message is None or user is None or not data.refusals.allow(user.id):
+        return
+    try:
+        await message.reply_text(text)
+    except Exception as err:  # whatever failed, the update stays stopped
+        log.warning("could not send a refusal to user %s: %s", user.id, err)
 
 
 async def start(update: Update, context: Context) -> None:
@@ -82,11 +100,18 @@ async def help_command(update: Update, context: Context) -> None:
 
 
 async def stats(update: Update, context: Context) -> None:
-    """/stats: pictures indexed, model, device, dtype and store."""
+    """/stats: pictures indexed, model, device and dtype; the store's address only for
+    ADMIN_USER_IDS (it tells where the data lives)."""
     s = await context.bot_data.services.stats()
+    user = update.effective_user
+    admin = user is not None and user.id in context.bot_data.admin_user_ids
     await update.effective_message.reply_text(
         replies.stats_text(
-            images=s.images, model=s.model, device=s.device, dtype=s.dtype, store=s.store
+            images=s.images,
+            model=s.model if admin else replies.public_model_name(s.model),
+            device=s.device,
+            dtype=s.dtype,
+            store=s.store if admin else None,
         )
     )
 
@@ -103,7 +128,7 @@ async def unknown_command(update: Update, context: Context) -> None:
 async def search_text(update: Update, context: Context) -> None:
     """Any text that is not a command: the best matching pictures, as an album."""
     message = update.effective_message
-    query = clean_query(message.text or "")
+    query = clean_query(groups.without_mention(message, context.bot.username))
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
         hits = await data.services.search_text(query)
@@ -218,7 +243,8 @@ async def on_error(update: object, context: Context) -> None:
         log.info("request failed: %s", err)
         text = str(err) if isinstance(err, FileTooBig) else replies.error_reply(err)
     else:
-        log.error("error while handling update %s", update, exc_info=err)
+        log.error("error while handling %s", describe_update(update), exc_info=err)
+        log.debug("the update: %s", update)  # users' words and names: only at DEBUG
         text = replies.GENERIC_ERROR
     message = update.effective_message if isinstance(update, Update) else None
     if message is not None:
@@ -226,3 +252,22 @@ async def on_error(update: object, context: Context) -> None:
             await message.reply_text(text)
         except TelegramError as reply_err:
             log.warning("could not tell the user about the error: %s", reply_err)
+
+
+def describe_update(update: object) -> str:
+    """An update for the logs by its ids and kind, without what the user wrote or their name:
+    "update 100012 (message, text) chat 1005 user 1005 message 3"."""
+    if not isinstance(update, Update):
+        return f"update of type {type(update).__name__}"
+    message, chat, user = update.effective_message, update.effective_chat, update.effective_user
+    kind = next((k for k in update.to_dict() if k != "update_id"), "unknown")
+    if message is not None:
+        kind += f", {effective_message_type(message) or 'other'}"
+    parts = [f"update {update.update_id} ({kind})"]
+    if chat is not None:
+        parts.append(f"chat {chat.id}")
+    if user is not None:
+        parts.append(f"user {user.id}")
+    if message is not None:
+        parts.append(f"message {message.message_id}")
+    return " ".join(parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
@@ -83,6 +83,38 @@ class AskSlots:
 
     def release(self, user_id: int) -> None:
         self._pending.discard(user_id)
+
+
+class OncePerWindow:
+    """Whether a user may be told something again: at most once per `window_s` per user (a
+    refusal, not a flood of them). Remembers at most `max_users` users, forgetting the
+    longest-unseen first, so a crowd of strangers cannot grow it without bound."""
+
+    def __init__(
+        self,
+        window_s: float = WINDOW_S,
+        max_users: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self.max_users = max_users
+        self._clock = clock
+        self._last: OrderedDict[int, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def allow(self, user_id: int) -> bool:
+        """True (and remembered) when `user_id` was not told anything in the last window."""
+        now = self._clock()
+        last = self._last.get(user_id)
+        if last is not None and now - last < self.window_s:
+            return False
+        self._last[user_id] = now
+        self._last.move_to_end(user_id)
+        while len(self._last) > self.max_users:
+            self._last.popitem(last=False)
+        return True
 
 
 class RetryingRateLimiter(AIORateLimiter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import PurePath
 
 from core.errors import (
     BadImage,
@@ -108,11 +109,22 @@ def rate_limited(retry_in_s: float) -> str:
     return f"You're sending requests too fast. Try again in {seconds} s."
 
 
-def stats_text(*, images: int, model: str, device: str, dtype: str, store: str) -> str:
-    return html.escape(
-        f"Pictures indexed: {images:,}\nModel: {model}\nDevice: {device} ({dtype})\nStore: {store}",
-        quote=False,
-    )
+def stats_text(
+    *, images: int, model: str, device: str, dtype: str, store: str | None = None
+) -> str:
+    """/stats; `store` (where the data lives) only for admins."""
+    text = f"Pictures indexed: {images:,}\nModel: {model}\nDevice: {device} ({dtype})"
+    if store is not None:
+        text += f"\nStore: {store}"
+    return html.escape(text, quote=False)
+
+
+def public_model_name(model: str) -> str:
+    """A model as everyone may see it: a hub id as it is, a local directory by its name only
+    (its path tells where the files live)."""
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or "\\" in model:
+        return PurePath(model.replace("\\", "/")).name or model
+    return model
 
 
 def error_reply(err: SearchBotError) -> str:

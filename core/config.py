@@ -18,8 +18,11 @@ from core.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+_WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+"""What Telegram accepts as a webhook secret_token."""
 
 
 class Settings(BaseSettings):
@@ -84,6 +87,10 @@ class Settings(BaseSettings):
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
         frozenset(), description="comma-separated Telegram user ids; empty = everyone"
     )
+    admin_user_ids: Annotated[frozenset[int], NoDecode] = Field(
+        frozenset(),
+        description="comma-separated Telegram user ids who see operator details in /stats",
+    )
     rate_limit_per_minute: int = Field(
         20, ge=0, description="requests per user per minute; 0 = unlimited"
     )
@@ -96,8 +103,10 @@ class Settings(BaseSettings):
     webhook_listen: str = Field("0.0.0.0", description="webhook server address")
     webhook_port: int = Field(8443, ge=1, le=65535, description="webhook server port")
     webhook_secret: SecretStr | None = Field(
-        None, description="secret Telegram sends with each webhook call (recommended)"
+        None,
+        description="secret Telegram sends with each webhook call; unset = a random one per start",
     )
+    log_level: LogLevel = Field("INFO", description="DEBUG also logs whole updates (user text)")
 
     @field_validator(
         "chroma_host",
@@ -111,7 +120,7 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("allowed_user_ids", mode="before")
+    @field_validator("allowed_user_ids", "admin_user_ids", mode="before")
     @classmethod
     def _comma_separated_ids(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -120,6 +129,18 @@ class Settings(BaseSettings):
                 raise ValueError("must be numeric Telegram user ids separated by commas")
             return frozenset(int(part) for part in parts if part)
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _WEBHOOK_SECRET.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("collection")
     @classmethod

@@ -17,7 +17,9 @@ from tests.fake_telegram import FakeTelegram, Sent
 from tests.fixtures.shapes import LABELS, caption
 
 ALLOWED = range(1000, 1200)
+ADMIN = 1199
 STRANGER = 666
+GROUP = -1001234567890
 RATE_LIMIT = 6
 _users = itertools.count(1000)
 
@@ -33,6 +35,7 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
         tmp_path_factory.mktemp("bot"),
         {"train2014": 48, "val2014": 24},
         allowed_user_ids=frozenset(ALLOWED),
+        admin_user_ids=frozenset({ADMIN}),
         rate_limit_per_minute=RATE_LIMIT,
     )
     with FakeTelegram() as tg, running_bot(settings, images, tg) as running:
@@ -107,7 +110,13 @@ def test_start_help_and_stats(bot: RunningBot) -> None:
     assert "similar photos" in help_.text and "/ask what is the man holding?" in help_.text
     [stats] = ask(bot, "/stats", user)
     assert "Pictures indexed: 72" in stats.text
-    assert "tiny_clip" in stats.text and "cpu" in stats.text and "Chroma" in stats.text
+    assert "tiny_clip" in stats.text and "cpu" in stats.text
+    assert "Store:" not in stats.text and "Chroma" not in stats.text  # not an admin
+    assert "Model: tiny_clip\n" in stats.text  # a local model by its name, not its path
+    [admin_stats] = ask(bot, "/stats", ADMIN)
+    assert "Pictures indexed: 72" in admin_stats.text
+    assert f"Model: {bot.settings.clip_model}\n" in admin_stats.text
+    assert f"Store: embedded Chroma in {bot.settings.chroma_path}" in admin_stats.text
 
 
 @pytest.mark.parametrize(
@@ -229,6 +238,69 @@ def test_a_stranger_is_refused_politely(bot: RunningBot) -> None:
     assert not [c for c in bot.tg.calls("sendChatAction") if c.params["chat_id"] == STRANGER]
 
 
+def test_a_refusal_that_cannot_be_sent_still_refuses(bot: RunningBot) -> None:
+    stranger = STRANGER + 1
+    bot.tg.fail("sendMessage", 400)
+    bot.tg.inject_text("a red circle", user_id=stranger)
+    failed = bot.tg.wait_for(
+        lambda c: c.method == "sendMessage" and c.params["chat_id"] == stranger, timeout=60
+    )
+    assert failed.status == 400
+    assert ask(bot, "a red circle", new_user())[0].kind == "media_group"  # the bot carries on
+    assert bot.tg.sent_to(stranger) == []
+    to_stranger = [c for c in bot.tg.calls() if c.params.get("chat_id") == stranger]
+    assert [c.method for c in to_stranger] == ["sendMessage"]  # no album, no "uploading…"
+
+
+def test_a_flooding_stranger_gets_one_refusal(bot: RunningBot) -> None:
+    stranger = STRANGER + 2
+    for n in range(20):
+        bot.tg.inject_text(f"a red circle {n}", user_id=stranger)
+    bot.tg.wait_updates_consumed(timeout=60)
+    assert ask(bot, "a red circle", new_user())[0].kind == "media_group"
+    [refusal] = bot.tg.sent_to(stranger)
+    assert "private" in refusal.text
+
+
+def test_an_update_without_a_user_is_dropped(bot: RunningBot) -> None:
+    chat = 1_700_000
+    bot.tg.inject_update(
+        {
+            "message": {
+                "message_id": 1,
+                "date": int(time.time()),
+                "chat": {"id": chat, "type": "private", "first_name": "Nobody"},
+                "text": "a red circle",
+            }
+        }
+    )
+    bot.tg.wait_updates_consumed(timeout=60)
+    assert ask(bot, "a red circle", new_user())[0].kind == "media_group"
+    assert not [c for c in bot.tg.calls() if c.params.get("chat_id") == chat]
+    assert bot.proc.poll() is None
+
+
+def test_in_a_group_only_what_is_meant_for_the_bot_is_answered(bot: RunningBot) -> None:
+    user, tg = new_user(), bot.tg
+    tg.inject_text("a red circle", user_id=user, chat_id=GROUP)  # chat among people
+    tg.inject_message(user_id=user, chat_id=GROUP, new_chat_members=[tg.user(5555)])
+    tg.inject_text("/start@OtherBot", user_id=user, chat_id=GROUP)
+    tg.inject_photo(jpeg("red", "square"), "/ask@OtherBot what is it?", user_id=user, chat_id=GROUP)
+    tg.inject_text("/help@test_image_bot", user_id=user, chat_id=GROUP)
+    [help_] = tg.wait_sent(GROUP, timeout=60)
+    assert "similar photos" in help_.text
+    mention = {"type": "mention", "offset": 0, "length": len("@test_image_bot")}
+    tg.inject_text("@test_image_bot a red circle", user_id=user, chat_id=GROUP, entities=[mention])
+    [album] = tg.wait_sent(GROUP, timeout=60, since=1)
+    assert album.kind == "media_group"
+    assert bot.album_labels(album).count(("red", "circle")) >= 4
+    tg.inject_text("a blue square", user_id=user, chat_id=GROUP, reply_to=album.messages[0])
+    [reply_album] = tg.wait_sent(GROUP, timeout=60, since=2)
+    assert bot.album_labels(reply_album).count(("blue", "square")) >= 4
+    tg.wait_updates_consumed(timeout=60)
+    assert [s.kind for s in tg.sent_to(GROUP)] == ["message", "media_group", "media_group"]
+
+
 def test_a_user_over_the_rate_limit_is_told_when_to_retry(bot: RunningBot) -> None:
     user = new_user()
     for _ in range(RATE_LIMIT):
@@ -268,10 +340,12 @@ def test_a_502_outage_is_survived_with_no_message_lost(bot: RunningBot) -> None:
 def test_an_unexpected_error_is_logged_and_the_user_told(bot: RunningBot) -> None:
     user = new_user()
     bot.tg.fail("sendMediaGroup", 400, description="Bad Request: something unexpected")
-    [reply] = ask(bot, "a yellow circle", user)
+    [reply] = ask(bot, "a yellow circle quokka", user)
     assert reply.text == GENERIC_ERROR
     log = bot.log()
     assert "error while handling update" in log and "something unexpected" in log.lower()
+    assert f"chat {user} user {user} message" in log  # the ids, for the operator
+    assert "quokka" not in log and f"User{user}" not in log  # not the user's words or name
     assert ask(bot, "a yellow circle", user)[0].kind == "media_group"
 
 

@@ -54,6 +54,10 @@ def test_blank_chroma_host_means_embedded(monkeypatch: pytest.MonkeyPatch) -> No
         ("COLLECTION", "a"),
         ("COLLECTION", "bad name!"),
         ("CLIP_MODEL", " "),
+        ("ADMIN_USER_IDS", "alice"),
+        ("LOG_LEVEL", "CHATTY"),
+        ("WEBHOOK_SECRET", "has spaces"),
+        ("WEBHOOK_SECRET", "x" * 257),
     ],
 )
 def test_bad_value_is_one_clear_line(
@@ -68,10 +72,21 @@ def test_bad_value_is_one_clear_line(
     assert repr(value) in message
 
 
+def test_admins_and_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_USER_IDS", "5, 7")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert settings.admin_user_ids == frozenset({5, 7})
+    assert settings.log_level == "DEBUG"
+    assert load_settings(admin_user_ids="").admin_user_ids == frozenset()
+
+
 def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     original = Settings(
         _env_file=None,
         allowed_user_ids="5,7",
+        admin_user_ids="7",
+        log_level="WARNING",
         telegram_bot_token="123:abc",
         micro_batch=False,
         chroma_path=tmp_path,

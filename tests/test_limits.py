@@ -133,3 +133,17 @@ def test_chat_actions_are_best_effort() -> None:
     with pytest.raises(NetworkError):
         asyncio.run(_request(RetryingRateLimiter(), callback, "sendChatAction"))
     assert calls == ["sendChatAction"]  # not retried: the next one comes in 4.5 s anyway
+
+
+def test_once_per_window_per_user_and_bounded() -> None:
+    from bot.limits import OncePerWindow
+
+    clock = Clock()
+    once = OncePerWindow(60, max_users=3, clock=clock)
+    assert [once.allow(1) for _ in range(20)] == [True] + [False] * 19
+    assert once.allow(2)  # another user
+    clock.now += 60
+    assert once.allow(1)
+    for user in range(100, 200):
+        once.allow(user)
+    assert len(once) == 3

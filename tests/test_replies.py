@@ -55,3 +55,20 @@ def test_rate_limited_rounds_up_to_whole_seconds() -> None:
 def test_stats_text_escapes() -> None:
     text = replies.stats_text(images=123287, model="a<b", device="cpu", dtype="bfloat16", store="s")
     assert "Pictures indexed: 123,287" in text and "a&lt;b" in text
+
+
+def test_stats_text_shows_the_store_only_when_given() -> None:
+    public = replies.stats_text(images=3, model="m", device="cpu", dtype="float32")
+    assert "Store" not in public and "Pictures indexed: 3" in public
+    assert "Store: s" in replies.stats_text(
+        images=3, model="m", device="cpu", dtype="float32", store="s"
+    )
+
+
+def test_public_model_name_hides_local_paths() -> None:
+    assert (
+        replies.public_model_name("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    )
+    assert replies.public_model_name("/srv/models/my_clip") == "my_clip"
+    assert replies.public_model_name("./models/my_clip/") == "my_clip"
+    assert replies.public_model_name("C:\\models\\my_clip") == "my_clip"

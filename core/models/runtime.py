@@ -3,12 +3,12 @@ loads Hugging Face models with a clear error when their weights are missing."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 T = TypeVar("T")
+HUB_TIMEOUT_S = 10.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,14 +67,28 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
     """Run `loader` (a `from_pretrained` call) and turn "weights not there" into one clear
-    `ModelUnavailable` message naming the model and what to do."""
+    `ModelUnavailable` message naming the model and what to do.
+
+    A local path is checked before loading (the advice is then about the path); a hub id
+    that is not in the cache is looked up once, quickly, so that an unreachable hub is one
+    line within seconds instead of minutes of retries; the hub's own warnings are quiet.
+    """
     hf_logging.disable_progress_bar()  # a bar per weight file is noise in our logs
+    setting = _SETTINGS.get(what, f"the {what} model")
+    if _is_path(name):
+        _check_model_dir(what, setting, name)
+    elif not _hub_offline() and not _in_hub_cache(name):
+        _check_hub(what, name)
     try:
-        return loader()
+        with _quiet_hub():
+            return loader()
     except (OSError, ValueError) as err:
-        if Path(name).expanduser().exists():
-            hint = f"the directory {name!r} is not a complete Hugging Face {what} model"
-        elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        if _is_path(name):
+            hint = (
+                f"{setting} points to {name}, which is not a complete Hugging Face {what} "
+                f"model ({_first_line(err)})"
+            )
+        elif _hub_offline():
             hint = (
                 f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                 f"download it once with `hf download {name}` on a connected machine, "
@@ -85,6 +100,88 @@ def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
                 f"or download it with `hf download {name}` and retry"
             )
         raise ModelUnavailable(f"{what} model unavailable: {hint} ({type(err).__name__})") from err
+
+
+_SETTINGS = {"CLIP": "CLIP_MODEL", "BLIP-2": "VQA_MODEL"}
+
+
+def _is_path(name: str) -> bool:
+    """A local path rather than a hub id ("owner/name"): it exists, or looks like a path."""
+    if Path(name).expanduser().exists() or Path(name).is_absolute():
+        return True
+    if name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    return name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def _check_model_dir(what: str, setting: str, name: str) -> None:
+    path = Path(name).expanduser()
+    if not path.exists():
+        problem = "which does not exist"
+    elif not path.is_dir():
+        problem = "which is not a directory"
+    elif not (path / "config.json").is_file():
+        problem = "which has no config.json (not a Hugging Face model directory)"
+    else:
+        return
+    raise ModelUnavailable(f"{what} model unavailable: {setting} points to {name}, {problem}")
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _check_hub(what: str, name: str) -> None:
+    """One quick look-up of `name` on the hub, without retries."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise ModelUnavailable(
+            f"{what} model unavailable: there is no model {name!r} on the Hugging Face hub "
+            "(or it is private): check the name, or point the setting at a local directory"
+        ) from None
+    except HfHubHTTPError:
+        return  # the hub answered: let the download say what is wrong
+    except Exception as err:  # httpx and OSError: the hub cannot be reached
+        raise ModelUnavailable(
+            f"{what} model unavailable: cannot reach the Hugging Face hub at "
+            f"{constants.ENDPOINT} to download {name!r} ({_first_line(err)}): download it "
+            f"with `hf download {name}` on a connected machine, or point the setting at a "
+            "local directory"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """The hub's retry warnings, printed twice (its own handler and ours), are noise: the
+    failure, if any, becomes one `ModelUnavailable` line."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 class LazyModel(Generic[T]):
@@ -146,7 +243,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
-@contextmanager
+@contextlib.contextmanager
 def out_of_memory_is_unavailable(
     device: torch.device, what: str, advice: str = ""
 ) -> Iterator[None]:

@@ -1,0 +1,115 @@
+"""What `python -m bot` checks and sets up before it loads any model: the token (getMe, with a
+short visible backoff while Telegram is unreachable), the webhook secret, logs that never
+show a secret, and a SIGTERM that stops start-up cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Iterable
+from types import FrameType
+from urllib.parse import quote
+
+from telegram import Bot, User
+from telegram.error import InvalidToken, NetworkError
+from telegram.request import HTTPXRequest
+
+from core.config import Settings
+
+log = logging.getLogger("bot")
+
+ATTEMPTS = 4
+"""getMe attempts while Telegram is unreachable: waits of 1, 2 and 4 s between them."""
+FIRST_DELAY_S = 1.0
+TOKEN_REFUSED = "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather"
+REDACTED = "<secret>"
+
+
+class TelegramUnreachable(Exception):
+    """Telegram (TELEGRAM_BASE_URL) did not answer getMe after every attempt."""
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The configured WEBHOOK_SECRET, else a fresh random one (43 characters of
+    `A-Za-z0-9_-`), so that the webhook never accepts requests without it."""
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value()
+    return secrets.token_urlsafe(32)
+
+
+async def check_token(settings: Settings, *, attempts: int = ATTEMPTS) -> User:
+    """The bot's own user (getMe). Raises `InvalidToken` at once when Telegram refuses the
+    token, `TelegramUnreachable` after `attempts` tries that got no answer."""
+    assert settings.telegram_bot_token is not None
+    delay = FIRST_DELAY_S
+    for attempt in range(1, attempts + 1):
+        bot = Bot(
+            settings.telegram_bot_token.get_secret_value(),
+            base_url=settings.telegram_base_url,
+            base_file_url=settings.telegram_base_file_url,
+            request=HTTPXRequest(connect_timeout=10, read_timeout=10),
+        )
+        try:
+            async with bot:
+                return bot.bot
+        except InvalidToken:
+            raise
+        except NetworkError as err:
+            if attempt == attempts:
+                raise TelegramUnreachable(
+                    f"cannot reach Telegram at {settings.telegram_base_url} ({err}) after "
+                    f"{attempts} attempts: check the network or TELEGRAM_BASE_URL"
+                ) from None
+            log.warning(
+                "cannot reach Telegram at %s (%s): retry in %.0f s (attempt %d of %d)",
+                settings.telegram_base_url,
+                err,
+                delay,
+                attempt,
+                attempts,
+            )
+        await asyncio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every secret (the bot token, the webhook secret) in a record, its arguments
+    and its traceback by a placeholder: httpx and python-telegram-bot put the token in the
+    URLs and errors they log."""
+
+    def __init__(self, secrets_: Iterable[str | None]) -> None:
+        super().__init__()
+        found = {s for s in secrets_ if s}
+        found |= {quote(s, safe="") for s in found}
+        self._secrets = sorted(found, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops start-up like Ctrl-C (KeyboardInterrupt), which `main` turns into a clean
+    exit; once the bot runs, python-telegram-bot handles both signals itself."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
