@@ -23,9 +23,17 @@ from tests.fake_telegram import FakeTelegram
 from tests.mini_coco import make_mini_coco
 
 
-def start_and_wait(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def start_and_wait(
+    env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run `python -m bot` to its end (these start-ups are expected to stop by themselves)."""
     return subprocess.run(
-        [sys.executable, "-m", "bot"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "bot"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -107,14 +115,7 @@ def test_an_unreachable_hub_is_one_line_without_retries(tmp_path: Path) -> None:
         for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             env.pop(offline, None)
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
-        result = subprocess.run(
-            [sys.executable, "-m", "bot"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,  # the hub client alone retried for about 30 s
-        )
+        result = start_and_wait(env, tmp_path, timeout=60)  # the hub alone retried ~30 s
     assert result.returncode == 1
     error = assert_one_clean_error(result)
     assert "cannot reach the Hugging Face hub" in error and "hf download" in error
@@ -129,14 +130,7 @@ def test_a_refused_token_is_one_line_that_never_shows_the_token(
     with FakeTelegram() as tg:  # its token is another: it answers 401 Unauthorized
         env = subprocess_env(make_settings(tmp_path), **{**tg.env(), "TELEGRAM_BOT_TOKEN": wrong})
         env["LOG_LEVEL"] = log_level
-        result = subprocess.run(
-            [sys.executable, "-m", "bot"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = start_and_wait(env, tmp_path, timeout=60)
     assert result.returncode == 2
     error = assert_one_clean_error(result, wrong, "AAWrongSecretPartOfTheToken")
     assert error.endswith(TOKEN_REFUSED)
