@@ -163,7 +163,7 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "nobody/no-such-clip-model" in message and "HF_HUB_OFFLINE" in message
     assert "hf download" in message
-    with pytest.raises(ModelUnavailable, match="which has no config.json"):
+    with pytest.raises(ModelUnavailable, match=r"which has no config\.json"):
         ClipEncoder(str(tmp_path), device="cpu").load()
 
 

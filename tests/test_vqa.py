@@ -96,7 +96,7 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
         VqaModel("nobody/no-such-blip2", device="cpu").load()
     assert "BLIP-2 model unavailable" in str(caught.value)
     assert "nobody/no-such-blip2" in str(caught.value)
-    with pytest.raises(ModelUnavailable, match="which has no config.json"):
+    with pytest.raises(ModelUnavailable, match=r"which has no config\.json"):
         VqaModel(str(tmp_path), device="cpu").load()
 
 
