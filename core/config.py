@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     )
     collection: str = Field("coco2014", description="Chroma collection name")
     coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
+    coco_base_url: str = Field(
+        "http://images.cocodataset.org",
+        description="where COCO2014 is downloaded from (zips/..., annotations/...): a mirror",
+    )
+    data_dir: Path = Field(
+        Path("data"), description="where pictures downloaded from URL lists go (a folder per list)"
+    )
     device: Device = Field("auto", description="torch device: auto picks cuda when present")
     dtype: DType = Field(
         "auto", description="inference dtype: auto = fp16 on cuda, bf16 on CPUs with native bf16"

@@ -69,3 +69,7 @@ class UnsafeRemoval(SearchBotError):
 
 class StoreBusy(SearchBotError):
     """Another index builder is writing to the same embedded store."""
+
+
+class DownloadError(SearchBotError):
+    """A download failed for good (after its retries): the message names the URL and why."""

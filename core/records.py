@@ -46,6 +46,8 @@ class ImageRecord:
     """Size in bytes when indexed: a change means re-embed."""
     mtime_ns: int = 0
     """Modification time when indexed: a change means re-embed."""
+    url: str = ""
+    """Where the picture was downloaded from (URL-list indexes), else ""."""
 
     def to_metadata(self) -> Metadata:
         metadata: Metadata = {
@@ -58,6 +60,8 @@ class ImageRecord:
         }
         if self.captions:
             metadata["captions"] = list(self.captions)
+        if self.url:
+            metadata["url"] = self.url
         return metadata
 
     @classmethod
@@ -71,6 +75,7 @@ class ImageRecord:
             captions=tuple(metadata.get("captions") or ()),
             file_size=int(metadata.get("file_size", 0)),
             mtime_ns=int(metadata.get("mtime_ns", 0)),
+            url=str(metadata.get("url", "")),
         )
 
 
