@@ -54,10 +54,13 @@ def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
         logging.getLogger("telegram.ext").addFilter(_NoTracebacks())
 
 
-def run(settings: Settings, secret: str | None) -> None:
-    """Check the token, load the models, then answer Telegram until stopped."""
+def run(settings: Settings, secret: str | None, *, check_only: bool = False) -> None:
+    """Check the token, load the models, then answer Telegram until stopped (with
+    `check_only`, stop after the token check)."""
     me = asyncio.run(check_token(settings))
     log.info("Telegram accepted the token of @%s", me.username)
+    if check_only:
+        return
     # Imported here, after the token is checked: torch and transformers take seconds to
     # import, and a bad token should be reported at once.
     from bot.app import build_application
@@ -98,12 +101,19 @@ class WebhookRefused(SearchBotError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m bot",
-        description="Run the Telegram image search bot. It takes no flags: every setting "
-        "(TELEGRAM_BOT_TOKEN, CLIP_MODEL, COLLECTION, WEBHOOK_URL, ...) comes from the "
-        "environment or .env; see .env.example and the README.",
-    ).parse_args(argv)
+        description="Run the Telegram image search bot. Every setting (TELEGRAM_BOT_TOKEN, "
+        "CLIP_MODEL, COLLECTION, WEBHOOK_URL, ...) comes from the environment or .env; see "
+        ".env.example and the README.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the settings and the token with Telegram (getMe), then exit: 0 when "
+        "both are good (`make run` does this before any download or index build)",
+    )
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except SearchBotError as err:
@@ -119,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     secret = webhook_secret(settings) if settings.webhook_url else None
     configure_logging(settings.log_level, [settings.telegram_bot_token.get_secret_value(), secret])
     stop_on_sigterm()
-    return start(settings, secret)
+    return start(settings, secret, check_only=args.check)
 
 
-def start(settings: Settings, secret: str | None) -> int:
+def start(settings: Settings, secret: str | None, *, check_only: bool = False) -> int:
     """`run`, with every way start-up can fail turned into one log line and an exit code."""
     try:
-        run(settings, secret)
+        run(settings, secret, check_only=check_only)
     except KeyboardInterrupt:
         log.info("stopped")
     except SearchBotError as err:

@@ -24,11 +24,11 @@ from tests.mini_coco import make_mini_coco
 
 
 def start_and_wait(
-    env: dict[str, str], cwd: Path, timeout: float = 120
+    env: dict[str, str], cwd: Path, timeout: float = 120, *args: str
 ) -> subprocess.CompletedProcess:
     """Run `python -m bot` to its end (these start-ups are expected to stop by themselves)."""
     return subprocess.run(
-        [sys.executable, "-m", "bot"],
+        [sys.executable, "-m", "bot", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -135,6 +135,20 @@ def test_a_refused_token_is_one_line_that_never_shows_the_token(
     error = assert_one_clean_error(result, wrong, "AAWrongSecretPartOfTheToken")
     assert error.endswith(TOKEN_REFUSED)
     assert "loading CLIP" not in result.stderr  # checked before any model loads
+
+
+def test_check_only_checks_the_token_and_exits(tmp_path: Path) -> None:
+    """`python -m bot --check` (what `make run` does before any download or build): the token
+    is checked with getMe and nothing else starts, not even the models."""
+    with FakeTelegram() as tg:
+        env = subprocess_env(make_settings(tmp_path), **tg.env())
+        good = start_and_wait(env, tmp_path, 60, "--check")
+        refused = start_and_wait(env | {"TELEGRAM_BOT_TOKEN": "1:AAnotIt"}, tmp_path, 60, "--check")
+        assert [c.method for c in tg.calls()] == ["getMe"]  # (a wrong token is not recorded)
+    assert good.returncode == 0, good.stderr
+    assert "Telegram accepted the token of @test_image_bot" in good.stderr
+    assert "loading CLIP" not in good.stderr and "Application started" not in good.stderr
+    assert refused.returncode == 2 and refused.stderr.strip().endswith(TOKEN_REFUSED)
 
 
 def test_an_unreachable_telegram_is_retried_a_few_times_then_one_line(tmp_path: Path) -> None:
