@@ -131,7 +131,7 @@ def test_a_full_ask_queue_refuses_at_once_and_searches_keep_flowing(bot: Running
         photos[user] = bot.tg.inject_photo(photo, user_id=user)
         bot.tg.wait_sent(user, timeout=60)
     mark = bot.tg.mark()
-    bot.tg.slow("getFile", 8.0, times=len(askers))  # the two questions hold their slots
+    bot.tg.slow("getFile", 12.0, times=len(askers))  # the two questions hold their slots
     for user in askers:
         bot.tg.inject_text("/ask what shape is it?", user_id=user, reply_to=photos[user])
     for user in askers:  # "typing…" shows once a question holds its slot and downloads
