@@ -1,7 +1,8 @@
 """URL lists (Conceptual Captions and the like): caption + image URL pairs → validated picture
 files on disk, and a `UrlListReader` that indexes them.
 
-Used by index_builder.py (`--urls LIST`) and by the tests. Knows nothing of Telegram.
+For index_builder.py (`--urls LIST`, `--allow-private-urls`, `--retry-failed`) and the
+tests. Knows nothing of Telegram.
 
 - Lists: Conceptual Captions' own TSV (`caption<TAB>url`, no header), CSV with a header
   holding `caption` and `url` columns, or JSON lines with `caption` and `url` keys. Bad rows

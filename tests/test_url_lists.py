@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from core import url_lists
-from core.errors import DatasetError
+from core.errors import DatasetError, DownloadError
 from core.indexing import run
 from core.search import SearchService
 from core.url_lists import (
@@ -279,12 +280,22 @@ def test_limit_takes_the_first_valid_pictures_in_list_order(
         server.add(path, Route(jpeg) if "ok" in path else Route(status=500))
     listing = write_tsv(tmp_path / "list.tsv", [(p, server.base + p) for p in paths])
     summary = download_url_list(
-        listing, tmp_path, limit=3, concurrency=8, allow_private=True, progress=False
+        listing, tmp_path, limit=3, concurrency=8, allow_private=True, progress=True
     )
     assert summary.valid == 3 and summary.failed["HTTP 500"] == 2
     assert set(server.requests) == set(paths[:5])
     records = UrlListReader(listing, tmp_path).scan().records
     assert [r.captions[0] for r in records] == ["/ok1.jpg", "/ok2.jpg", "/ok4.jpg"]
+
+
+def test_one_download_per_list_folder_at_a_time(tmp_path: Path) -> None:
+    listing = write_tsv(tmp_path / "list.tsv", [("a", "http://127.0.0.1:9/a.jpg")])
+    (tmp_path / "data" / "list").mkdir(parents=True)
+    with (
+        FileLock(str(tmp_path / "data" / "list" / ".download.lock")),
+        pytest.raises(DownloadError, match="another download"),
+    ):
+        download_url_list(listing, tmp_path / "data", allow_private=True, progress=False)
 
 
 # Network safety
