@@ -466,3 +466,13 @@ def test_a_second_download_into_the_same_folder_is_refused(
     with FileLock(str(work / ".lock")), pytest.raises(DownloadError, match="another download"):
         fetch(settings, retry)
     assert server.gets() == []
+
+
+def test_a_corrupt_deflated_zip_is_fetched_again(
+    tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
+) -> None:
+    # the annotations zip is deflated: corruption shows as a zlib error or a bad CRC
+    server.fault(ANNOTATIONS_ZIP, body=corrupt_member(coco_zips[ANNOTATIONS_ZIP]))
+    fetch(settings_for(tmp_path, server.url), retry)
+    assert len(server.gets(ANNOTATIONS_ZIP)) == 2
+    assert_val_in_place(settings_for(tmp_path, server.url))
