@@ -1,0 +1,602 @@
+"""COCO2014 from the internet (or a mirror) into the layout `CocoReader` reads.
+
+Used by the index builder's `--download` flag: `plan_coco` tells, before anything is fetched,
+which zips the chosen splits still need and how big they are (HEAD requests); `ensure_coco`
+fetches and unpacks them. Nothing here knows about Telegram.
+
+- Files: `{COCO_BASE_URL}/zips/<split>.zip` and
+  `{COCO_BASE_URL}/annotations/annotations_trainval2014.zip`, so a mirror with the same paths
+  works (redirects are followed, a bounded number of times).
+- Resumable: bytes go to `<COCO_ROOT>/.coco-download/<zip>.part`; a later attempt or a later
+  run continues with an HTTP Range request, or starts again from zero where the server
+  ignores ranges. A complete file is never fetched again.
+- Verified: the size must equal the server's, and every member's CRC is checked while the
+  zip is unpacked into `.coco-download/extract-<zip>/`; only then are its folders moved into
+  COCO_ROOT. A corrupt zip is fetched again (a bounded number of times), never half-unpacked.
+- Done: after a verified extraction the zip is deleted and `.coco-download/<zip>.done`
+  written, so a rerun fetches nothing. A non-empty image folder without that marker is the
+  user's own unzip: trusted, and said so in the log.
+- Disk space is checked before the first byte; network errors and 5xx answers are retried
+  with exponential backoff; a 4xx answer fails at once. Failures are `DownloadError`s that
+  name the URL and the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+import httpx
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+from tqdm import tqdm
+
+from core.config import Settings
+from core.datasets import COCO_SPLITS
+from core.errors import DatasetError, DownloadError
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".coco-download"
+"""Folder inside COCO_ROOT for partial downloads, staging folders and completion markers."""
+ANNOTATIONS_ZIP = "annotations_trainval2014.zip"
+USER_AGENT = "clip-image-search-bot (COCO2014 download)"
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+MAX_REDIRECTS = 5
+MAX_FETCHES = 3
+"""How many times a zip is downloaded when it turns out corrupt, before giving up."""
+UNPACK_FACTOR = {"annotations": 4.0}
+"""Unpacked size / zip size, for the disk space check before the zip's own directory is
+known: the annotation JSON compresses about 3.5x, JPEGs hardly at all (1.05 by default)."""
+DEFAULT_UNPACK_FACTOR = 1.05
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a request is tried (network errors and 5xx) and how long to wait between
+    tries: `first_delay`, doubled each time, at most `max_delay` seconds. The count starts
+    again after an attempt that left more bytes on disk than ever before (a long download on a
+    flaky line keeps going as long as it makes progress)."""
+
+    attempts: int = 5
+    first_delay: float = 1.0
+    max_delay: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, failures: int) -> float:
+        return min(self.first_delay * 2 ** (failures - 1), self.max_delay)
+
+
+@dataclass(frozen=True)
+class CocoFile:
+    """A zip that the chosen splits need, as planned before fetching it."""
+
+    name: str
+    """File name: "val2014.zip" or "annotations_trainval2014.zip"."""
+    url: str
+    folder: str
+    """The top-level folder it provides: "val2014" or "annotations"."""
+    reason: str
+    """Why it is needed: "val2014/ is missing", ..."""
+    size: int | None
+    """Bytes on the server (HEAD), or None when the server does not say."""
+    have: int = 0
+    """Bytes of it already on disk (an interrupted or complete download)."""
+
+    @property
+    def to_fetch(self) -> int | None:
+        """Bytes still to download, or None when the size is unknown."""
+        return None if self.size is None else max(self.size - self.have, 0)
+
+    @property
+    def unpacked_estimate(self) -> int | None:
+        """About how many bytes its contents take once unpacked."""
+        factor = UNPACK_FACTOR.get(self.folder, DEFAULT_UNPACK_FACTOR)
+        return None if self.size is None else int(self.size * factor)
+
+
+@dataclass(frozen=True)
+class CocoDownload:
+    """What `ensure_coco` did."""
+
+    root: Path
+    downloaded: tuple[str, ...] = ()
+    """Zips (some of) whose bytes were fetched in this run."""
+    extracted: tuple[str, ...] = ()
+    """Zips unpacked into `root` in this run."""
+    skipped: tuple[str, ...] = ()
+    """Zips the splits need whose contents were already in place."""
+    bytes_downloaded: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.downloaded or self.extracted)
+
+
+def coco_files(splits: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(zip name, path under COCO_BASE_URL, folder it holds) of every zip `splits` need."""
+    files = [(ANNOTATIONS_ZIP, f"annotations/{ANNOTATIONS_ZIP}", "annotations")]
+    return files + [(f"{split}.zip", f"zips/{split}.zip", split) for split in splits]
+
+
+def plan_coco(
+    settings: Settings,
+    splits: Sequence[str],
+    client: httpx.Client | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+) -> list[CocoFile]:
+    """The zips `splits` still need under `settings.coco_root`, with their URLs and sizes
+    (one HEAD request each; nothing is downloaded). Empty when all is in place.
+
+    Raises `DatasetError` for an unknown split and `DownloadError` when a size cannot be
+    asked for (404, or the server is unreachable after the retries)."""
+    root, splits = _root(settings), _valid_splits(splits)
+    wanted = _wanted(root, splits)
+    if not wanted:
+        return []
+    work = root / WORK_DIR
+    with _http(client) as http:
+        plan = []
+        for name, path, folder, reason in wanted:
+            url = f"{settings.coco_base_url.rstrip('/')}/{path}"
+            complete = work / name
+            if complete.is_file():
+                size = complete.stat().st_size
+                plan.append(CocoFile(name, url, folder, reason, size, size))
+                continue
+            part = work / f"{name}.part"
+            have = part.stat().st_size if part.is_file() else 0
+            size = _probe_size(http, url, retry or RetryPolicy())
+            plan.append(CocoFile(name, url, folder, reason, size, have))
+    return plan
+
+
+def ensure_coco(
+    settings: Settings,
+    splits: Sequence[str],
+    *,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+    retry: RetryPolicy | None = None,
+    max_fetches: int = MAX_FETCHES,
+) -> CocoDownload:
+    """Fetch and unpack what `splits` need and is missing under `settings.coco_root`, so
+    that `CocoReader(settings.coco_root, splits).scan()` finds the pictures.
+
+    Raises `DownloadError` (not enough disk space, a 4xx answer, a server still failing
+    after the retries, a zip still corrupt after `max_fetches` downloads, a zip with unsafe
+    member names, another download running into the same folder) and `DatasetError` for an
+    unknown split. What was fetched so far stays on disk and a rerun continues from it.
+
+    `client`: an httpx client to use as it is configured (a proxy, tests); by default one with
+    `TIMEOUT`, at most `MAX_REDIRECTS` redirects and `USER_AGENT`. `retry`: how network errors
+    and 5xx answers are retried (default `RetryPolicy()`: 5 attempts, 1, 2, 4, 8 s apart)."""
+    root, splits = _root(settings), _valid_splits(splits)
+    retry = retry or RetryPolicy()
+    names = [name for name, _, _ in coco_files(splits)]
+    with _http(client) as http:
+        plan = plan_coco(settings, splits, http, retry=retry)
+        skipped = tuple(name for name in names if name not in {f.name for f in plan})
+        if not plan:
+            log.info("COCO2014 %s: everything is in place in %s", "+".join(splits), root)
+            return CocoDownload(root, skipped=skipped)
+        check_disk_space(root, plan)
+        work = root / WORK_DIR
+        work.mkdir(parents=True, exist_ok=True)
+        tally = _Tally()
+        with _locked(work):
+            for item in plan:
+                log.info("COCO2014: %s (%s): %s", item.name, format_size(item.size), item.reason)
+                _fetch_and_extract(http, item, root, retry, progress, max_fetches, tally)
+    return CocoDownload(root, tuple(tally.downloaded), tuple(tally.extracted), skipped, tally.bytes)
+
+
+def disk_space_needed(plan: Sequence[CocoFile]) -> int:
+    """Bytes `ensure_coco` needs free for `plan`: everything unpacked, plus the largest zip
+    still to download (each zip is deleted once unpacked). Unknown sizes count 0."""
+    unpacked = sum(item.unpacked_estimate or 0 for item in plan)
+    return unpacked + max((item.to_fetch or 0 for item in plan), default=0)
+
+
+def check_disk_space(root: Path, plan: Sequence[CocoFile]) -> None:
+    """Raise `DownloadError` when the disk holding `root` has too little room for `plan`."""
+    unknown = [item.name for item in plan if item.size is None]
+    if unknown:
+        log.warning("the server does not tell the size of %s: not counted", ", ".join(unknown))
+    _check_space(root, disk_space_needed(plan))
+
+
+def format_size(size: int | None) -> str:
+    """1234567890 → "1.2 GB" (decimal units, as download sizes are usually quoted)."""
+    if size is None:
+        return "size unknown"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+# --- what is needed -------------------------------------------------------------------
+
+
+def _root(settings: Settings) -> Path:
+    return Path(settings.coco_root).expanduser().resolve()
+
+
+def _valid_splits(splits: Sequence[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(splits))
+    unknown = set(chosen) - set(COCO_SPLITS)
+    if unknown or not chosen:
+        raise DatasetError(f"unknown COCO split(s) {sorted(unknown)}: use {COCO_SPLITS}")
+    return chosen
+
+
+def _wanted(root: Path, splits: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+    """(zip name, URL path, folder, reason) of each zip whose contents are not in place."""
+    wanted = []
+    for name, path, folder in coco_files(splits):
+        if folder == "annotations":
+            missing = [
+                f"annotations/captions_{split}.json"
+                for split in splits
+                if not (root / "annotations" / f"captions_{split}.json").is_file()
+            ]
+            reason = f"{' and '.join(missing)} missing" if missing else None
+        else:
+            reason = _image_folder_reason(root, name, folder)
+        if reason:
+            wanted.append((name, path, folder, reason))
+    return wanted
+
+
+def _image_folder_reason(root: Path, name: str, folder: str) -> str | None:
+    """Why `<root>/<folder>` must be (re)extracted from `name`, or None when it is in place."""
+    images, work = root / folder, root / WORK_DIR
+    if not images.is_dir() or not any(images.iterdir()):
+        return f"{folder}/ is missing or empty"
+    if (work / f"{name}.done").is_file():
+        return None
+    if (work / name).is_file():
+        return f"{folder}/ was not completely extracted"
+    log.info(
+        "%s exists without a download marker: taken as your own unzip of %s, not checked",
+        images,
+        name,
+    )
+    return None
+
+
+# --- fetching -----------------------------------------------------------------------------
+
+
+class _Retryable(Exception):
+    """A failure worth another try (5xx, a short body, a refused resume)."""
+
+
+class _CorruptZip(Exception):
+    """The zip fails verification; fetching it again may help."""
+
+
+class _RefusedZip(Exception):
+    """The zip is not what COCO distributes (unsafe names, wrong layout); refetching won't help."""
+
+
+@dataclass
+class _Tally:
+    downloaded: list[str] = field(default_factory=list)
+    extracted: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def _fetch_and_extract(
+    http: httpx.Client,
+    item: CocoFile,
+    root: Path,
+    retry: RetryPolicy,
+    progress: bool,
+    max_fetches: int,
+    tally: _Tally,
+) -> None:
+    """Download `item` (unless a complete copy is on disk), verify and unpack it, delete the
+    zip and write its marker; download it again when it turns out corrupt."""
+    work = root / WORK_DIR
+    zip_path = work / item.name
+    cause = ""
+    for fetch in range(1, max_fetches + 1):
+        if not zip_path.is_file():
+            transfer = _Transfer(http, item.url, work / f"{item.name}.part", item.size, progress)
+            try:
+                transfer.run(retry)
+            finally:
+                tally.bytes += transfer.received
+                if transfer.received and item.name not in tally.downloaded:
+                    tally.downloaded.append(item.name)
+            transfer.part.replace(zip_path)
+        try:
+            members = _extract(zip_path, root, item.folder)
+        except _CorruptZip as err:
+            cause = str(err)
+            again = "fetching it again" if fetch < max_fetches else "giving up"
+            log.warning("%s from %s is corrupt (%s): %s", item.name, item.url, cause, again)
+            zip_path.unlink(missing_ok=True)
+            continue
+        except _RefusedZip as err:
+            zip_path.unlink(missing_ok=True)
+            raise DownloadError(f"{item.url}: {err}") from None
+        _write_marker(work / f"{item.name}.done", item, members)
+        zip_path.unlink()
+        tally.extracted.append(item.name)
+        log.info("%s: %d files in %s", item.name, members, root / item.folder)
+        return
+    raise DownloadError(f"{item.url}: corrupt zip ({cause}) after {max_fetches} downloads")
+
+
+class _Transfer:
+    """One file into `part`, resumed with Range requests, retried, with a progress bar."""
+
+    def __init__(
+        self, http: httpx.Client, url: str, part: Path, size: int | None, progress: bool
+    ) -> None:
+        self.http, self.url, self.part, self.expected = http, url, part, size
+        self.received = 0
+        self.bar = tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            disable=not progress,
+        )
+
+    def run(self, retry: RetryPolicy) -> None:
+        try:
+            _retrying(self.url, retry, self._attempt, self._on_disk)
+        finally:
+            self.bar.close()
+
+    def _on_disk(self) -> int:
+        return self.part.stat().st_size if self.part.is_file() else 0
+
+    def _attempt(self) -> None:
+        have = self._on_disk()
+        if self.expected is not None and have == self.expected:
+            return
+        if self.expected is not None and have > self.expected:
+            self.part.unlink()
+            have = 0
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        with self.http.stream("GET", self.url, headers=headers, follow_redirects=True) as resp:
+            if resp.status_code == 416:
+                return self._range_refused(resp, have)
+            _raise_for_status(resp, self.url)
+            start, total = self._span(resp, have)
+            self.bar.reset(total=total)
+            self.bar.update(start)
+            with open(self.part, "ab" if start else "wb") as out:
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+                    self.received += len(chunk)
+                    self.bar.update(len(chunk))
+        got = self._on_disk()
+        if self.expected is not None and got != self.expected:
+            raise _Retryable(f"got {got} of {self.expected} bytes")
+
+    def _span(self, resp: httpx.Response, have: int) -> tuple[int, int | None]:
+        """Where the body starts in the file and the file's size, from the answer's headers."""
+        if resp.status_code == 206:
+            start, total = _content_range(resp.headers.get("content-range", ""))
+            if start != have:
+                self.part.unlink(missing_ok=True)
+                raise _Retryable(f"asked to resume at byte {have}, the server sent {start}")
+        else:
+            if have:
+                log.info("%s: the server does not resume downloads: from zero again", self.url)
+            start, total = 0, _int(resp.headers.get("content-length"))
+            if total is not None and resp.headers.get("content-encoding", "identity") != "identity":
+                total = None
+        if total is not None and self.expected is not None and total != self.expected:
+            log.warning(
+                "%s: the server now says %d bytes (before: %d)", self.url, total, self.expected
+            )
+        self.expected = total if total is not None else self.expected
+        return start, total
+
+    def _range_refused(self, resp: httpx.Response, have: int) -> None:
+        """416: the part is complete when the server's size equals it; else start over."""
+        total = _content_range(resp.headers.get("content-range", ""))[1]
+        if total == have:
+            self.expected = total
+            return
+        self.part.unlink(missing_ok=True)
+        raise _Retryable(f"the server refused to resume at byte {have} (size {total})")
+
+
+def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy) -> int | None:
+    """The file's size from a HEAD request (or a one-byte Range GET where HEAD is refused)."""
+
+    def ask() -> int | None:
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        resp = http.head(url, headers=headers, follow_redirects=True)
+        if resp.status_code in (405, 501):
+            headers["Range"] = "bytes=0-0"
+            with http.stream("GET", url, headers=headers, follow_redirects=True) as resp:
+                _raise_for_status(resp, url)
+                if resp.status_code == 206:
+                    return _content_range(resp.headers.get("content-range", ""))[1]
+                return _int(resp.headers.get("content-length"))
+        _raise_for_status(resp, url)
+        return _int(resp.headers.get("content-length"))
+
+    return _retrying(url, retry, ask)
+
+
+def _retrying(
+    url: str, retry: RetryPolicy, action: Callable[[], _T], on_disk: Callable[[], int] = int
+) -> _T:
+    """`action()`, tried again after network errors and 5xx answers with exponential backoff.
+    The count starts again after an attempt that left more bytes on disk than ever before."""
+    failures, best = 0, on_disk()
+    while True:
+        try:
+            return action()
+        except (httpx.UnsupportedProtocol, httpx.TooManyRedirects, httpx.InvalidURL) as err:
+            raise DownloadError(f"{url}: {_cause(err)}") from None
+        except (httpx.TransportError, _Retryable) as err:
+            cause = _cause(err)
+            if on_disk() > best:
+                failures, best = 0, on_disk()
+            failures += 1
+            if failures >= retry.attempts:
+                raise DownloadError(f"{url}: {cause} after {failures} attempts") from None
+            delay = retry.delay(failures)
+            log.warning("%s: %s; trying again in %.0f s", url, cause, delay)
+            retry.sleep(delay)
+
+
+def _raise_for_status(resp: httpx.Response, url: str) -> None:
+    status = f"{resp.status_code} {resp.reason_phrase}".strip()
+    if resp.status_code >= 500:
+        raise _Retryable(status)
+    if resp.status_code >= 400:
+        raise DownloadError(f"{url}: {status}")
+    if resp.status_code not in (200, 206):
+        raise DownloadError(f"{url}: unexpected answer {status}")
+
+
+# --- unpacking ----------------------------------------------------------------------------
+
+
+def _extract(zip_path: Path, root: Path, folder: str) -> int:
+    """Unpack `folder/` of the zip into a staging folder next to it (checking every member's
+    CRC), then move it into `root`. Returns how many files it held."""
+    staging = zip_path.parent / f"extract-{zip_path.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = _members(archive, folder)
+            _check_space(root, sum(member.file_size for member in members))
+            for member in members:
+                archive.extract(member, staging)  # reads it fully: BadZipFile on a bad CRC
+        _merge(staging / folder, root / folder)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise _CorruptZip(_cause(err)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sum(1 for member in members if not member.is_dir())
+
+
+def _members(archive: zipfile.ZipFile, folder: str) -> list[zipfile.ZipInfo]:
+    """The members under `folder/`; unsafe names refuse the whole zip."""
+    chosen, others = [], set()
+    for info in archive.infolist():
+        name = info.filename
+        parts = PurePosixPath(name).parts or ("",)
+        if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
+            raise _RefusedZip(f"unsafe member name {name!r} in the zip: refused")
+        if parts[0] == folder:
+            chosen.append(info)
+        else:
+            others.add(parts[0])
+    if not any(not info.is_dir() for info in chosen):
+        raise _RefusedZip(
+            f"the zip holds no {folder}/ folder (it holds {sorted(others)}): "
+            "is COCO_BASE_URL a COCO mirror?"
+        )
+    if others:
+        log.info("ignoring entries outside %s/ in the zip: %s", folder, sorted(others))
+    return chosen
+
+
+def _merge(source: Path, target: Path) -> None:
+    """Move `source` to `target`; where `target` exists, move in only what it lacks."""
+    if not target.exists():
+        source.rename(target)
+        return
+    if not target.is_dir():
+        raise DownloadError(f"{target} exists and is not a folder: move it away")
+    for entry in source.iterdir():
+        inside = target / entry.name
+        if entry.is_dir() and inside.is_dir():
+            _merge(entry, inside)
+        elif not inside.exists():
+            entry.rename(inside)
+
+
+def _write_marker(marker: Path, item: CocoFile, members: int) -> None:
+    record = {"url": item.url, "size": item.size, "files": members, "at": time.time()}
+    temporary = marker.with_name(marker.name + ".tmp")
+    temporary.write_text(json.dumps(record))
+    temporary.replace(marker)
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+def _check_space(root: Path, need: int) -> None:
+    where = root
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise DownloadError(
+            f"not enough disk space in {root}: need {format_size(need)}, {format_size(free)} free"
+        )
+
+
+@contextmanager
+def _http(client: httpx.Client | None) -> Iterator[httpx.Client]:
+    """The caller's client, or one of ours (timeouts, bounded redirects, our User-Agent)."""
+    if client is not None:
+        yield client
+        return
+    with httpx.Client(
+        timeout=TIMEOUT,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        headers={"User-Agent": USER_AGENT},
+    ) as own:
+        yield own
+
+
+@contextmanager
+def _locked(work: Path) -> Iterator[None]:
+    lock = FileLock(str(work / ".lock"), timeout=0)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        raise DownloadError(f"another download into {work.parent} is running") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """ "bytes 100-199/1000" → (100, 1000); "bytes */1000" → (None, 1000)."""
+    match = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value.strip())
+    if not match:
+        return None, None
+    start, total = match.groups()
+    return _int(start), _int(total)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _cause(err: BaseException) -> str:
+    return str(err) or type(err).__name__
