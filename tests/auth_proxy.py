@@ -4,13 +4,14 @@ the README's Caddy/nginx setup guards a server beyond 127.0.0.1."""
 from __future__ import annotations
 
 import http.client
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.local_http import LocalHttpServer
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
-class AuthProxy:
+class AuthProxy(LocalHttpServer):
     """Serves on 127.0.0.1; forwards requests carrying `header: value` to `upstream_port`."""
 
     def __init__(self, upstream_port: int, header: str, value: str) -> None:
@@ -53,17 +54,4 @@ class AuthProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    def __enter__(self) -> AuthProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)

@@ -30,6 +30,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.local_http import LocalHttpServer
+
 VAL_ZIP = "/zips/val2014.zip"
 TRAIN_ZIP = "/zips/train2014.zip"
 ANNOTATIONS_ZIP = "/annotations/annotations_trainval2014.zip"
@@ -102,7 +104,7 @@ class Seen:
     status: int
 
 
-class CocoServer:
+class CocoServer(LocalHttpServer):
     """Serves `files` (URL path → bytes) on 127.0.0.1 in a background thread."""
 
     def __init__(
@@ -120,16 +122,7 @@ class CocoServer:
         """Called with the path before each GET is answered (to look at the disk meanwhile)."""
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        super().__init__(_Handler)
 
     def fault(self, path: str, times: int = 1, **what: object) -> None:
         """The next `times` GETs of `path` misbehave as `Fault(**what)` says."""
@@ -144,15 +137,6 @@ class CocoServer:
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
-
-    def __enter__(self) -> CocoServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
 
     def _next_fault(self, path: str) -> Fault:
         with self._lock:

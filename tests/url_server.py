@@ -8,7 +8,9 @@ import contextlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.local_http import LocalHttpServer
 
 STREAM_CHUNK = 64 * 1024
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
@@ -28,7 +30,7 @@ class Route:
     with no Content-Length."""
 
 
-class UrlServer:
+class UrlServer(LocalHttpServer):
     """`with UrlServer() as server: url = server.add("/a.jpg", Route(data))`."""
 
     def __init__(self) -> None:
@@ -76,13 +78,11 @@ class UrlServer:
                     sent += len(chunk)
                     server.sent[self.path] = sent
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def add(self, path: str, route: Route) -> str:
         """Serve `route` at `path`; its full URL."""
@@ -93,11 +93,6 @@ class UrlServer:
     def total_requests(self) -> int:
         return sum(self.requests.values())
 
-    def __enter__(self) -> UrlServer:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.closing.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
