@@ -88,3 +88,16 @@ def test_make_run_with_a_wrong_token_stops_before_any_download(tmp_path: Path) -
     said = (tmp_path / "make.log").read_text()
     assert "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather" in said
     assert "1:AAwrong" not in said
+
+
+def test_make_run_reports_a_bad_setting_once(tmp_path: Path) -> None:
+    env = subprocess_env(
+        make_settings(tmp_path), TELEGRAM_BOT_TOKEN="1:AAx", RATE_LIMIT_PER_MINUTE="lots"
+    )
+    proc = make_run(env, tmp_path / "make.log")
+    try:
+        assert proc.wait(120) == 2
+    finally:
+        stop(proc)
+    said = (tmp_path / "make.log").read_text()
+    assert said.count("bad setting RATE_LIMIT_PER_MINUTE='lots'") == 1, said
