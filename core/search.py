@@ -3,6 +3,7 @@ the terminal CLI and the benchmarks all run the very same code."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,75 @@ class Hit:
     def caption(self) -> str:
         """The first caption, or "" when the picture has none."""
         return self.captions[0] if self.captions else ""
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a person asked for: words (with `-term`, `a + b` and `#category`), a picture of
+    theirs (optionally changed by the words), or an indexed picture to find more like."""
+
+    text: str = ""
+    picture: bytes | None = None
+    """A user's picture, undecoded (core decodes it safely)."""
+    like_id: str | None = None
+    """An indexed picture's id: search with its stored vector (no re-encoding)."""
+    nearest_anyway: bool = False
+    """Ignore MIN_SCORE (the user pressed "show the nearest anyway")."""
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query ready to run and to keep: its normalised vector and filters. Small and
+    JSON-serialisable, so a search can be paged (More) long after it was made."""
+
+    vector: tuple[float, ...]
+    categories: tuple[str, ...] = ()
+    """COCO categories every result must hold (from #hashtags)."""
+    reading: str = ""
+    """How the query was read, for people: "a dog on a beach −people · #dog"."""
+    fuse_captions: bool = False
+    """A text query: its ranking is fused with the captions collection's (when it exists)."""
+    min_score: float | None = None
+    """Results below this cosine are dropped (MIN_SCORE; None = keep all)."""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "vector": [round(v, 6) for v in self.vector],
+                "categories": list(self.categories),
+                "reading": self.reading,
+                "fuse_captions": self.fuse_captions,
+                "min_score": self.min_score,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PreparedQuery:
+        data = json.loads(text)
+        return cls(
+            vector=tuple(float(v) for v in data["vector"]),
+            categories=tuple(str(c) for c in data.get("categories", ())),
+            reading=str(data.get("reading", "")),
+            fuse_captions=bool(data.get("fuse_captions", False)),
+            min_score=data.get("min_score"),
+        )
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of results of a prepared query."""
+
+    hits: list[Hit]
+    offset: int
+    """How many results came before this page (0 for the first)."""
+    more: bool
+    """Whether a next page has results."""
+    reading: str
+    """How the query was read (see `PreparedQuery.reading`)."""
+    total: int
+    """Pictures in the collection."""
+    below_min_score: int = 0
+    """Results dropped by MIN_SCORE on this page (all of them when `hits` is empty)."""
 
 
 class SearchService:
