@@ -182,19 +182,27 @@ async def ask(update: Update, context: Context) -> None:
 
 
 async def _answer(message: Message, target: Message, question: str, context: Context) -> str | None:
-    """Download the picture and wait for BLIP-2's answer (None when it is unavailable, after
-    telling the user)."""
+    """Wait for BLIP-2's answer about the picture of `target` (downloaded only when it was not
+    asked about recently); None when questions are unavailable, after telling the user."""
     services = context.bot_data.services
     if not services.vqa_ready:
         await message.reply_text(replies.ASK_FIRST_ANSWER)
     async with chat_action(context.bot, message.chat_id, ChatAction.TYPING):
-        picture = await download_picture(target, context)
         try:
-            return await services.ask(picture, question or None)
+            return await services.ask(
+                picture_key(target), lambda: download_picture(target, context), question or None
+            )
         except ModelUnavailable as err:
             log.error("cannot answer /ask: %s", err)
             await message.reply_text(replies.ASK_UNAVAILABLE)
             return None
+
+
+def picture_key(message: Message) -> str:
+    """The picture's `file_unique_id`: the same for every copy of one file, in any chat."""
+    item = message.photo[-1] if message.photo else message.document
+    assert item is not None, "message has no picture"
+    return item.file_unique_id
 
 
 def has_picture(message: Message) -> bool:

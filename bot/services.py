@@ -26,7 +26,7 @@ from PIL import Image
 from bot.limits import AskSlots
 from core.batching import MicroBatcher
 from core.config import Settings
-from core.errors import IndexEmpty, IndexGone, IndexRebuilding, StoreUnavailable
+from core.errors import BadImage, IndexEmpty, IndexGone, IndexRebuilding, StoreUnavailable
 from core.images import load_image
 from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
@@ -198,14 +198,25 @@ class Services:
         """False until BLIP-2 is loaded (the first answer then takes longer)."""
         return self.vqa is not None and self.vqa.loaded
 
-    async def ask(self, data: bytes, question: str | None) -> str:
-        """BLIP-2's answer to `question` about the picture in `data` (a caption without a
-        question). Raises `BadImage`, `ModelUnavailable`."""
+    async def ask(
+        self, key: str, download: Callable[[], Awaitable[bytes]], question: str | None
+    ) -> str:
+        """BLIP-2's answer to `question` about the picture known as `key` (a caption without
+        a question). `download` fetches it, only when its encoding is not kept from an
+        earlier question (at most ASK_QUEUE_SIZE questions wait, far fewer than the
+        encodings kept, so a kept one cannot be forgotten meanwhile). Raises `BadImage`,
+        `ModelUnavailable`."""
         assert self.vqa is not None, "VQA is disabled"
         vqa = self.vqa
+        data = None if vqa.knows(key) else await download()
+
+        def picture() -> Image.Image:
+            if data is None:
+                raise BadImage("that picture is no longer at hand: ask again")
+            return self._decode(data, VQA_DECODE_SIDE)
 
         def answer() -> str:
-            return vqa.answer(self._decode(data, VQA_DECODE_SIDE), question)
+            return vqa.answer_about(key, picture, question)
 
         return await asyncio.get_running_loop().run_in_executor(self._vqa_queue, answer)
 

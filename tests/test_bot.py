@@ -388,6 +388,19 @@ def reply_to(bot: RunningBot, user: int, target: dict, text: str, n: int = 1) ->
     return bot.tg.wait_sent(user, n, timeout=90, since=since)
 
 
+def answer_to(bot: RunningBot, user: int, target: dict, question: str) -> str:
+    """Reply `question` to `target`; the answer's text (not the "loading the model" notice)."""
+    since = len(bot.tg.sent_to(user))
+    bot.tg.inject_text(question, user_id=user, reply_to=target)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for sent in bot.tg.sent_to(user)[since:]:
+            if sent.text and "first answer takes a little longer" not in sent.text:
+                return sent.text
+        time.sleep(0.05)
+    raise AssertionError(f"no answer to {question!r}: {bot.tg.sent_to(user)[since:]}")
+
+
 def wait_answer(bot: RunningBot, user: int, timeout: float = 120) -> Sent:
     """The first message to `user` after their search album that is not the loading notice."""
     deadline = time.monotonic() + timeout
@@ -412,6 +425,24 @@ def test_ask_about_a_users_photo_first_answer_warns_it_is_slower(bot: RunningBot
     assert "typing" in {c.params["action"] for c in typing}
     [again] = reply_to(bot, user, photo, "/ask what shape is it?")  # loaded: no notice now
     assert again.text == "Square"
+
+
+def test_a_follow_up_question_needs_no_second_download(bot: RunningBot) -> None:
+    user = new_user()
+    photo = bot.tg.inject_photo(jpeg("blue", "circle", (160, 120)), user_id=user)
+    bot.tg.wait_sent(user, timeout=60)
+    file_id = photo["photo"][-1]["file_id"]
+
+    def downloads() -> int:
+        return len([c for c in bot.tg.calls("getFile") if c.params.get("file_id") == file_id])
+
+    before = downloads()  # the search downloaded it once
+    answers = [
+        answer_to(bot, user, photo, question)
+        for question in ("/ask what color is the shape?", "/ask what shape is it?")
+    ]
+    assert answers == ["Blue", "Circle"]
+    assert downloads() == before + 1  # the first question downloaded it, the follow-up did not
 
 
 def test_ask_about_a_photo_of_the_bots_album(bot: RunningBot) -> None:

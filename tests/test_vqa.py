@@ -155,8 +155,55 @@ def test_out_of_memory_while_generating_is_a_clear_error(
     vqa: VqaModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, _ = vqa._model.get()
-    monkeypatch.setattr(model, "generate", OutOfMemoryOnce(MemoryError()))
+    monkeypatch.setattr(model.language_model, "generate", OutOfMemoryOnce(MemoryError()))
     with pytest.raises(ModelUnavailable, match="ran out of memory"):
         vqa.answer(draw("blue", "square"), "what shape is it?")
     monkeypatch.undo()
     assert vqa.answer(draw("blue", "square"), "what shape is it?") == "square"
+
+
+# --- the picture's encoding, reused for follow-up questions ------------------------------------
+
+
+@pytest.mark.parametrize("question", ["what color is the shape?", "what shape is it?", None])
+def test_answers_equal_blip2s_own_generate(vqa: VqaModel, question: str | None) -> None:
+    """Our two steps (encode, then generate from the encoding) give exactly what
+    `Blip2ForConditionalGeneration.generate` gives for the same picture and prompt."""
+    model, processor = vqa._model.get()
+    for n, (color, shape) in enumerate(LABELS[:6]):
+        picture = draw(color, shape, rng=random.Random(100 + n))
+        inputs = processor(images=picture, text=build_prompt(question), return_tensors="pt")
+        reference = model.generate(
+            **inputs, max_new_tokens=vqa.max_new_tokens, num_beams=1, do_sample=False
+        )
+        expected = processor.batch_decode(
+            reference[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )[0]
+        assert vqa.answer(picture, question) == clean_answer(expected)
+
+
+def test_a_follow_up_question_reuses_the_encoding(
+    vqa: VqaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.models.vqa as vqa_module
+
+    monkeypatch.setattr(vqa_module, "ENCODINGS_KEPT", 2)
+    drawn: list[str] = []
+
+    def picture(color: str, shape: str):
+        def load():
+            drawn.append(color)
+            return draw(color, shape, rng=random.Random(7))
+
+        return load
+
+    assert (
+        vqa.answer_about("photo-1", picture("red", "circle"), "what color is the shape?") == "red"
+    )
+    assert vqa.answer_about("photo-1", picture("red", "circle"), "what shape is it?") == "circle"
+    assert drawn == ["red"] and vqa.knows("photo-1")  # the follow-up needed no picture
+    vqa.answer_about("photo-2", picture("blue", "square"), "what shape is it?")
+    vqa.answer_about("photo-3", picture("green", "triangle"), "what shape is it?")
+    assert not vqa.knows("photo-1") and vqa.knows("photo-3")  # bounded: oldest forgotten
+    assert vqa.answer_about("photo-1", picture("red", "circle"), None) == "a red circle"
+    assert drawn == ["red", "blue", "green", "red"]

@@ -4,6 +4,12 @@ Loaded like the CLIP encoder (HF id or local directory, lazy and thread-safe, de
 dtype from settings). One generation at a time per model; each is bounded by
 `max_new_tokens` and by a wall-clock `timeout_s` (generation stops and the words so far
 are the answer).
+
+An answer is two steps: the picture's encoding (vision tower → Q-Former → projection into
+the language model) and the language model's generation from it. `answer_about(key, ...)`
+keeps the encodings of recent pictures (a bounded LRU keyed by e.g. Telegram's
+file_unique_id), so a follow-up question about the same photo costs only the language
+model, and not even the photo's download.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -26,6 +34,9 @@ from core.models.runtime import (
 
 log = logging.getLogger(__name__)
 
+ENCODINGS_KEPT = 64
+"""Picture encodings kept for follow-up questions (OPT-2.7b: 32 × 2560 values, 160 KB each
+in float16)."""
 LOAD_RETRY_S = 600.0
 """After a failed load (weights missing, out of memory), /ask fails at once for 10 minutes
 instead of retrying a multi-GB load on every question."""
@@ -67,6 +78,8 @@ class VqaModel:
         self.timeout_s = timeout_s
         self._model = LazyModel(self._load, retry_after_s=LOAD_RETRY_S)
         self._generate_lock = threading.Lock()
+        self._encodings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._encodings_lock = threading.Lock()
 
     def _load(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         log.info("loading BLIP-2 %s on %s as %s", self.model_name, self.device, self.dtype)
@@ -101,19 +114,62 @@ class VqaModel:
 
     def answer(self, image: Image.Image, question: str | None = None) -> str:
         """Answer `question` about `image` (an RGB picture); without a question, caption it."""
+        return self.answer_encoded(self.encode(image), question)
+
+    def answer_about(
+        self, key: str, picture: Callable[[], Image.Image], question: str | None = None
+    ) -> str:
+        """`answer` for the picture known as `key`: its encoding is reused when the same
+        picture was asked about recently, and `picture()` is only called when it is not."""
+        with self._encodings_lock:
+            encoding = self._encodings.get(key)
+            if encoding is not None:
+                self._encodings.move_to_end(key)
+        if encoding is None:
+            encoding = self.encode(picture())
+            with self._encodings_lock:
+                self._encodings[key] = encoding
+                while len(self._encodings) > ENCODINGS_KEPT:
+                    self._encodings.popitem(last=False)
+        return self.answer_encoded(encoding, question)
+
+    def knows(self, key: str) -> bool:
+        """Whether the encoding of the picture `key` is kept (a follow-up needs no picture)."""
+        with self._encodings_lock:
+            return key in self._encodings
+
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        """The picture as the language model sees it: the projected Q-Former output,
+        (1, query tokens, language model width)."""
         model, processor = self._model.get()
-        inputs = processor(images=image, text=build_prompt(question), return_tensors="pt")
-        inputs = {
-            k: v.to(self.device, self.dtype) if k == "pixel_values" else v.to(self.device)
-            for k, v in inputs.items()
-        }
-        prompt_tokens = inputs["input_ids"].shape[1]
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+        with (
+            self._generate_lock,
+            torch.inference_mode(),
+            out_of_memory_is_unavailable(self.device, "BLIP-2 looking at a picture"),
+        ):
+            features = model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
+        return features.pooler_output
+
+    def answer_encoded(self, encoding: torch.Tensor, question: str | None = None) -> str:
+        """Generate the answer from a picture's `encode` output: what BLIP-2's own `generate`
+        does after the vision side (image tokens before BOS, replaced by the encoding)."""
+        model, processor = self._model.get()
+        text = processor(text=build_prompt(question), return_tensors="pt")["input_ids"]
+        image_tokens = torch.full((1, encoding.shape[1]), model.config.image_token_id)
+        input_ids = torch.cat([image_tokens, text], dim=1).to(self.device)
         with (
             self._generate_lock,
             torch.inference_mode(),
             out_of_memory_is_unavailable(self.device, "BLIP-2 answering a question"),
         ):
-            output = model.generate(
+            embeds = model.get_input_embeddings()(input_ids)
+            mask = (input_ids == model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, encoding.to(embeds.device, embeds.dtype))
+            inputs = {"inputs_embeds": embeds, "attention_mask": torch.ones_like(input_ids)}
+            if not model.language_model.config.is_encoder_decoder:
+                inputs["input_ids"] = input_ids
+            output = model.language_model.generate(
                 **inputs,
                 max_new_tokens=self.max_new_tokens,
                 num_beams=self.num_beams,
@@ -123,6 +179,5 @@ class VqaModel:
         if model.config.use_decoder_only_language_model:
             # OPT: generate returns the prompt (image tokens, BOS, question), then the answer.
             # Flan-T5 variants return the decoder's answer alone.
-            output = output[:, prompt_tokens:]
-        text = processor.batch_decode(output, skip_special_tokens=True)[0]
-        return clean_answer(text)
+            output = output[:, input_ids.shape[1] :]
+        return clean_answer(processor.batch_decode(output, skip_special_tokens=True)[0])
