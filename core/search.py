@@ -166,7 +166,7 @@ class SearchService:
         captions: VectorStore[CaptionRecord] | None = None,
         caption_fusion: float = 1.0,
         min_score: float | None = None,
-        duplicate_cosine: float = DUPLICATE_COSINE,
+        duplicate_cosine: float | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -179,6 +179,7 @@ class SearchService:
         self.caption_fusion = caption_fusion
         self.min_score = min_score
         self.duplicate_cosine = duplicate_cosine
+        """Near-duplicate threshold; None = keep them (`open` takes DUPLICATE_COSINE)."""
 
     @classmethod
     def open(cls, settings: Settings, encoder: ClipEncoder | None = None) -> SearchService:
@@ -343,6 +344,8 @@ class SearchService:
         if prepared.fuse_captions:
             matches = self._fused(vector, matches, n, prepared.categories)
         allowed = [m for m in matches if self.files.allowed(m.record.id, m.record.path)]
+        if self.duplicate_cosine is None:
+            return allowed
         return _collapsed(allowed, self.duplicate_cosine)
 
     def _fused(
