@@ -313,7 +313,7 @@ class SearchService:
         )
         if draft.base is None and not parsed.positives:
             if not categories:
-                raise EmptyQuery(_empty_message(parsed))
+                raise EmptyQuery(empty_query_message(parsed))
             draft.texts = [HASHTAG_PROMPT.format(c) for c in categories] + draft.texts
             draft.weights = [PLUS_WEIGHT] * len(categories) + draft.weights
         return draft
@@ -410,7 +410,8 @@ def _hit(record: ImageRecord, score: float) -> Hit:
     return Hit(record.id, record.path, score, record.captions, record.file_size, record.mtime_ns)
 
 
-def _empty_message(parsed: ParsedQuery) -> str:
+def empty_query_message(parsed: ParsedQuery) -> str:
+    """Why a query with no positive term, picture or category cannot run."""
     if parsed.negatives:
         return (
             "only minus terms: say what to look for too, e.g. `a beach -people` "
