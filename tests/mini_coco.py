@@ -93,8 +93,8 @@ def make_mini_coco(
             "annotations": annotations,
         }
         (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
-        if categories is not None:
-            _write_instances(root, split, made, categories)
+    for split in per_split if categories is not None else ():
+        _write_instances(root, split, made, categories)
     return made
 
 
