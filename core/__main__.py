@@ -1,7 +1,9 @@
 """`python -m core ...`: the bot's search from a terminal, for operators and debugging.
 
-    python -m core search "a dog on a beach" [--k N] [--json]
-    python -m core search --image photo.jpg
+    python -m core search "a dog on a beach -people" [--k N] [--json]
+    python -m core search --where dog,frisbee "in a park"
+    python -m core search --image photo.jpg ["at night"]
+    python -m core search --like 123456
     python -m core status
 
 Exit codes: 0 done, 1 a runtime error (bad image, model or store unavailable),
@@ -17,8 +19,9 @@ import sys
 from dataclasses import asdict
 
 from core.config import Settings, load_settings
-from core.errors import SearchBotError
-from core.search import Hit, SearchService, clean_query
+from core.errors import BadImage, EmptyQuery, SearchBotError
+from core.query import parse_query
+from core.search import Hit, Query, SearchService, empty_query_message
 from core.store import Database
 
 
@@ -36,8 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the pictures that best match a text (positional) or a picture "
         "(--image). Prints rank, score, path and first caption, one hit per line.",
     )
-    search.add_argument("query", nargs="?", help='what to look for, e.g. "a dog on a beach"')
-    search.add_argument("--image", metavar="FILE", help="search by this picture instead of a text")
+    search.add_argument(
+        "query",
+        nargs="?",
+        help='what to look for, e.g. "a dog on a beach -people", "cat + snow", "#dog in a park" '
+        "(+ combines terms, -word pushes away at half weight, #name filters by COCO category); "
+        "with --image or --like, words that change the picture",
+    )
+    search.add_argument("--image", metavar="FILE", help="search by this picture (and the words)")
+    search.add_argument("--like", metavar="ID", help="search like this indexed picture")
+    search.add_argument(
+        "--where",
+        metavar="CATS",
+        default="",
+        help="comma-separated COCO categories every hit must hold, e.g. dog,frisbee "
+        "(the same as #dog #frisbee)",
+    )
     search.add_argument("--k", type=int, metavar="N", help="how many hits (default: TOP_K)")
     search.add_argument(
         "--json", action="store_true", help="print a JSON list of {id, path, score, captions}"
@@ -67,12 +84,27 @@ def _status(settings: Settings) -> int:
 
 def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
     k = args.k or settings.top_k
-    if args.query is not None:
-        clean_query(args.query)  # an empty query is refused before loading any model
-    service = SearchService.open(settings)
+    picture = None
     if args.image is not None:
-        return service.by_image_file(args.image, k)
-    return service.by_text(args.query, k)
+        try:
+            with open(args.image, "rb") as handle:
+                picture = handle.read(settings.max_image_pixels * 4 + 1)
+        except OSError as err:
+            raise BadImage(f"cannot read {args.image}: {err.strerror or err}") from None
+    categories = tuple(c.strip() for c in args.where.split(",") if c.strip())
+    text = args.query or ""
+    parsed = parse_query(text)
+    if not (parsed.positives or parsed.hashtags or categories or picture or args.like):
+        # refused before loading any model
+        raise EmptyQuery(empty_query_message(parsed))
+    query = Query(text=text, picture=picture, like_id=args.like, categories=categories)
+    service = SearchService.open(settings)
+    page = service.search(query, k)
+    if page.reading:
+        print(f"read as: {page.reading}", file=sys.stderr)
+    if page.below_min_score and not page.hits:
+        print(f"{page.below_min_score} hits below MIN_SCORE", file=sys.stderr)
+    return page.hits
 
 
 def _print_hits(hits: list[Hit], as_json: bool) -> None:
@@ -90,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "search" and (args.query is None) == (args.image is None):
-        parser.error("give either a query text or --image FILE")
+    if args.command == "search":
+        if args.query is None and not (args.image or args.like or args.where.strip()):
+            parser.error("give a query text, --where CATS, --image FILE or --like ID")
+        if args.image is not None and args.like is not None:
+            parser.error("give --image FILE or --like ID, not both")
     if args.command == "search" and args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
     try:

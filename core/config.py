@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     top_k: int = Field(
         5, ge=1, le=10, description="results per search (a Telegram album holds 2-10)"
     )
+    caption_fusion: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the captions' ranking fused into text searches (needs an index "
+        "built --with-captions); 0 = off",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="hits below this cosine are dropped (the user may still ask for the "
+        "nearest); unset = keep all",
+    )
+    duplicate_cosine: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="a hit this similar (cosine) to a better-ranked one is a near-duplicate and "
+        "is left out; 1 = only identical pictures",
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="images with more pixels are refused (decompression bombs)"
     )
@@ -118,6 +138,7 @@ class Settings(BaseSettings):
     @field_validator(
         "chroma_host",
         "chroma_auth_token",
+        "min_score",
         "telegram_bot_token",
         "webhook_url",
         "webhook_secret",

@@ -22,7 +22,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -67,18 +67,7 @@ def _stamped(record: ImageRecord, scan: Scan) -> None:
     except OSError:
         scan.missing.append(record.path)
         return
-    scan.records.append(
-        ImageRecord(
-            id=record.id,
-            path=record.path,
-            split=record.split,
-            width=record.width,
-            height=record.height,
-            captions=record.captions,
-            file_size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-        )
-    )
+    scan.records.append(replace(record, file_size=stat.st_size, mtime_ns=stat.st_mtime_ns))
 
 
 class CocoReader:
@@ -105,6 +94,7 @@ class CocoReader:
         for split in self.splits:
             images = self.root / split
             entries = _read_coco_annotations(self.root / "annotations" / f"captions_{split}.json")
+            categories = read_coco_categories(self.root / "annotations" / f"instances_{split}.json")
             if entries and not images.is_dir():
                 raise DatasetError(
                     f"image folder {images} not found: unzip {split}.zip into {self.root}"
@@ -117,6 +107,7 @@ class CocoReader:
                     width=width,
                     height=height,
                     captions=captions,
+                    categories=categories.get(image_id, ()),
                 )
                 _stamped(record, scan)
         scan.records.sort(key=lambda r: int(r.id))
@@ -175,6 +166,34 @@ def _read_coco_annotations(
         entries.append((image_id, file_name, width, height, ordered))
     log.info("%s: %d images, %d captions", path.name, len(entries), len(annotations))
     return entries
+
+
+def read_coco_categories(path: Path) -> dict[int, tuple[str, ...]]:
+    """The category names of each image's objects, from a COCO instances file
+    (`instances_<split>.json`: `categories` [{id, name}], `annotations` [{image_id,
+    category_id}]), sorted per image. A missing file gives no categories (logged);
+    a malformed one is a `DatasetError`."""
+    if not path.is_file():
+        log.info("%s not found: its pictures get no categories (#hashtags need it)", path)
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        names = {int(c["id"]): " ".join(str(c["name"]).split()) for c in data["categories"]}
+        objects: dict[int, set[str]] = defaultdict(set)
+        for annotation in data["annotations"]:
+            name = names.get(int(annotation["category_id"]))
+            if name:
+                objects[int(annotation["image_id"])].add(name)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"instances file {path} cannot be read: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DatasetError(
+            f"instances file {path} is not a COCO instances file (categories with id and "
+            f"name, annotations with image_id and category_id): {err!r}"
+        ) from None
+    log.info("%s: %d categories over %d images", path.name, len(names), len(objects))
+    return {image_id: tuple(sorted(found)) for image_id, found in objects.items()}
 
 
 class FolderReader:

@@ -73,3 +73,19 @@ class StoreBusy(SearchBotError):
 
 class DownloadError(SearchBotError):
     """A download failed for good (after its retries): the message names the URL and why."""
+
+
+class UnknownCategory(SearchBotError):
+    """A #hashtag that names no category of the index; the message suggests the closest."""
+
+    exit_code = 2
+
+
+class NoCategories(SearchBotError):
+    """A #hashtag on an index that records no categories (folder and URL-list indexes)."""
+
+    exit_code = 2
+
+
+class UnknownPicture(SearchBotError):
+    """A "more like this" of a picture id the index does not hold (any more)."""

@@ -227,6 +227,7 @@ def _update(job: _Job) -> None:
     _check_removal(job, todo.remove, stored)  # before anything changes
     summary.stage = "recording the indexed folders"
     store.add_roots(job.reader.roots)  # before the first upsert: a killed run has them too
+    _record_categories(job, store, stored, todo.embed)
     _remove(job, store, todo.remove)
     _embed(job, store, todo.embed)
     if options.with_captions:
@@ -242,6 +243,31 @@ def _update(job: _Job) -> None:
             job.scan, options.limit, job.reader, job.encoder, captions, summary, options.progress
         )
     summary.stage = "finishing"
+
+
+def _record_categories(
+    job: _Job,
+    store: VectorStore[ImageRecord],
+    stored: dict[str, ImageRecord],
+    embed: Sequence[ImageRecord],
+) -> None:
+    """Record the categories the pictures hold in the collection (for #hashtags), and
+    relabel stored pictures whose categories changed but whose file did not (an
+    instances file added later): their metadata is updated, nothing is re-embedded."""
+    names = {name for record in job.scan.records for name in record.categories}
+    if names:
+        job.summary.stage = "recording the categories"
+        store.add_categories(names)
+    to_embed = {r.id for r in embed}
+    relabel = [
+        r
+        for r in job.scan.records
+        if r.id in stored and r.id not in to_embed and stored[r.id].categories != r.categories
+    ]
+    if relabel:
+        keep = {r.id: stored[r.id] for r in relabel}
+        store.update_metadata([replace(r, width=keep[r.id].width or r.width) for r in relabel])
+        log.info("updated the categories of %d stored pictures", len(relabel))
 
 
 def _drop(job: _Job) -> None:

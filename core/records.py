@@ -48,6 +48,9 @@ class ImageRecord:
     """Modification time when indexed: a change means re-embed."""
     url: str = ""
     """Where the picture was downloaded from (URL-list indexes), else ""."""
+    categories: tuple[str, ...] = ()
+    """Names of the COCO categories of the objects in the picture ("dog", "hot dog"), sorted;
+    stored as a list (Chroma filters it with `$contains`) when there are any."""
 
     def to_metadata(self) -> Metadata:
         metadata: Metadata = {
@@ -62,6 +65,8 @@ class ImageRecord:
             metadata["captions"] = list(self.captions)
         if self.url:
             metadata["url"] = self.url
+        if self.categories:
+            metadata["categories"] = list(self.categories)
         return metadata
 
     @classmethod
@@ -76,6 +81,7 @@ class ImageRecord:
             file_size=int(metadata.get("file_size", 0)),
             mtime_ns=int(metadata.get("mtime_ns", 0)),
             url=str(metadata.get("url", "")),
+            categories=tuple(str(c) for c in metadata.get("categories") or ()),
         )
 
 

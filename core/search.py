@@ -6,17 +6,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from core.config import Settings
-from core.errors import EmptyQuery
+from core.errors import EmptyQuery, IndexEmpty, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
 from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
-from core.records import ImageRecord
+from core.query import (
+    HASHTAG_PROMPT,
+    MINUS_WEIGHT,
+    PLUS_WEIGHT,
+    ParsedQuery,
+    combine,
+    parse_query,
+    resolve_categories,
+)
+from core.records import CaptionRecord, ImageRecord
 from core.store import Database, Match, VectorStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +35,14 @@ MAX_QUERY_CHARS = 1000
 MISSING_FILE_SLACK = 5
 """Extra neighbours fetched so hits whose file vanished (or is refused) can be skipped without
 a short list."""
+MAX_RESULTS = 200
+"""Paging stops here: results beyond the 200th are never shown (`more` is False)."""
+RRF_K = 60
+"""Reciprocal-rank fusion: score = 1/(RRF_K + rank_image) + w/(RRF_K + rank_caption)."""
+CAPTIONS_PER_IMAGE = 5
+"""COCO pictures have about 5 captions: caption neighbours fetched per picture wanted."""
+DUPLICATE_COSINE = 0.95
+"""A hit this similar to a better-ranked one is a near-duplicate (DUPLICATE_COSINE's default)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,8 @@ class Query:
     """An indexed picture's id: search with its stored vector (no re-encoding)."""
     nearest_anyway: bool = False
     """Ignore MIN_SCORE (the user pressed "show the nearest anyway")."""
+    categories: tuple[str, ...] = ()
+    """Categories every result must hold, as if written as #hashtags (the CLI's --where)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +140,21 @@ class SearchPage:
     """Results dropped by MIN_SCORE on this page (all of them when `hits` is empty)."""
 
 
+@dataclass
+class _Draft:
+    """A query read and checked, waiting for its text terms to be embedded."""
+
+    parsed: ParsedQuery
+    categories: tuple[str, ...]
+    base: np.ndarray | None = None
+    """The picture's vector (a user's photo, or an indexed picture's stored one)."""
+    base_reading: str = ""
+    texts: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
 class SearchService:
-    """Finds the indexed pictures nearest to a text or a picture."""
+    """Finds the indexed pictures nearest to a text, a picture, or both."""
 
     def __init__(
         self,
@@ -131,6 +163,10 @@ class SearchService:
         *,
         max_image_pixels: int = 40_000_000,
         files: IndexedFiles | None = None,
+        captions: VectorStore[CaptionRecord] | None = None,
+        caption_fusion: float = 1.0,
+        min_score: float | None = None,
+        duplicate_cosine: float | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -138,17 +174,97 @@ class SearchService:
         self.files = files or IndexedFiles(store.roots)
         """Hits whose file may not be read (outside the indexed folders, not a regular file,
         too big, gone) are never returned."""
+        self.captions = captions
+        """The `<COLLECTION>_captions` collection, fused into text searches when present."""
+        self.caption_fusion = caption_fusion
+        self.min_score = min_score
+        self.duplicate_cosine = duplicate_cosine
+        """Near-duplicate threshold; None = keep them (`open` takes DUPLICATE_COSINE)."""
 
     @classmethod
     def open(cls, settings: Settings, encoder: ClipEncoder | None = None) -> SearchService:
-        """Load the encoder and open the configured collection (raises `IndexEmpty`,
-        `ModelMismatch`, `ModelUnavailable`, `StoreUnavailable`)."""
+        """Load the encoder and open the configured collection, and its captions collection
+        when there is one (raises `IndexEmpty`, `ModelMismatch`, `ModelUnavailable`,
+        `StoreUnavailable`)."""
         encoder = encoder or ClipEncoder.from_settings(settings)
         encoder.load()
-        store = Database(settings).open(
+        db = Database(settings)
+        store = db.open(
             settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim
         )
-        return cls(encoder, store, max_image_pixels=settings.max_image_pixels)
+        captions_name = f"{settings.collection}_captions"
+        captions = None
+        if settings.caption_fusion > 0 and db.info(captions_name) is not None:
+            captions = db.open(
+                captions_name, CaptionRecord, model=settings.clip_model, dim=encoder.dim
+            )
+        return cls(
+            encoder,
+            store,
+            max_image_pixels=settings.max_image_pixels,
+            captions=captions,
+            caption_fusion=settings.caption_fusion,
+            min_score=settings.min_score,
+            duplicate_cosine=settings.duplicate_cosine,
+        )
+
+    # --- the API the bot calls -------------------------------------------------------------
+
+    def prepare(self, query: Query) -> PreparedQuery:
+        """Read and embed `query`. Raises `EmptyQuery`, `BadImage` (its picture),
+        `UnknownPicture` (its like_id), `UnknownCategory`, `NoCategories`, `IndexEmpty`."""
+        draft = self._draft(query)
+        self.store.check_not_empty()
+        vectors = self.encoder.embed_texts(draft.texts) if draft.texts else np.zeros((0, 1))
+        return self._finish(draft, dict(zip(draft.texts, vectors, strict=True)))
+
+    def prepare_texts(
+        self, texts: Sequence[str], *, return_errors: bool = False
+    ) -> list[PreparedQuery | SearchBotError]:
+        """Several text queries, with ONE encoder call for all their terms (micro-batching).
+
+        A bad text raises its error (`EmptyQuery`, `UnknownCategory`, `NoCategories`) before
+        anything is embedded; with `return_errors`, its place in the list holds the error
+        instead and the others are prepared. Raises `IndexEmpty` for the whole batch."""
+        drafts: list[_Draft | SearchBotError] = []
+        for text in texts:
+            try:
+                drafts.append(self._draft(Query(text=text)))
+            except SearchBotError as err:
+                if not return_errors:
+                    raise
+                drafts.append(err)
+        self.store.check_not_empty()
+        wanted = list(dict.fromkeys(t for d in drafts if isinstance(d, _Draft) for t in d.texts))
+        vectors = dict(zip(wanted, self.encoder.embed_texts(wanted), strict=True)) if wanted else {}
+        return [d if isinstance(d, SearchBotError) else self._finish(d, vectors) for d in drafts]
+
+    def search(self, query: Query, k: int, offset: int = 0) -> SearchPage:
+        """`prepare` then `page`: results offset+1 .. offset+k of `query`."""
+        return self.page(self.prepare(query), k, offset, nearest_anyway=query.nearest_anyway)
+
+    def page(
+        self, prepared: PreparedQuery, k: int, offset: int = 0, *, nearest_anyway: bool = False
+    ) -> SearchPage:
+        """Results offset+1 .. offset+k of `prepared`: near-duplicates collapsed, only
+        pictures of its categories, below MIN_SCORE dropped (unless `nearest_anyway`), text
+        queries fused with the captions' ranking. Paging re-queries the store, up to
+        `MAX_RESULTS` deep."""
+        if k < 1 or offset < 0:
+            raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
+        total = self.store.count()
+        end = min(offset + k, MAX_RESULTS)
+        if offset >= end:
+            return SearchPage([], offset, False, prepared.reading, total)
+        vector = np.asarray(prepared.vector, dtype=np.float32)
+        ranked = self._ranked(prepared, vector, end + k + MISSING_FILE_SLACK)
+        floor = None if nearest_anyway else prepared.min_score
+        kept = [m for m in ranked if floor is None or m.score >= floor]
+        hits = [_hit(m.record, m.score) for m in kept[offset:end]]
+        more = len(kept) > end and end < MAX_RESULTS
+        return SearchPage(hits, offset, more, prepared.reading, total, len(ranked) - len(kept))
+
+    # --- the older calls (CLI, benchmarks, tests) ---------------------------------------------
 
     def by_text(self, query: str, k: int) -> list[Hit]:
         """The `k` pictures that best match `query`."""
@@ -156,42 +272,152 @@ class SearchService:
 
     def by_texts(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Several text searches in one encoder call (micro-batching)."""
-        cleaned = [clean_query(q) for q in queries]
-        return self._nearest(self.encoder.embed_texts(cleaned), k)
+        prepared = self.prepare_texts(queries)
+        return [self.page(p, k).hits for p in prepared if isinstance(p, PreparedQuery)]
 
     def by_image(self, image: Image.Image, k: int) -> list[Hit]:
         """The `k` pictures most like `image` (an RGB picture)."""
-        return self._nearest(self.encoder.embed_images([image]), k)[0]
+        draft = _Draft(parse_query(""), (), self.encoder.embed_images([image])[0], "your photo")
+        return self.page(self._finish(draft, {}), k).hits
 
     def by_image_file(self, source: ImageSource, k: int) -> list[Hit]:
         """Decode `source` safely (raises `BadImage`), then search by it."""
-        image = load_image(
+        return self.by_image(self._load(source), k)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _load(self, source: ImageSource) -> Image.Image:
+        return load_image(
             source, min_side=self.encoder.input_size, max_pixels=self.max_image_pixels
         )
-        return self.by_image(image, k)
 
-    def _nearest(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        results = self.store.query(vectors, k + MISSING_FILE_SLACK)
-        return [self._present(matches)[:k] for matches in results]
-
-    def _present(self, matches: list[Match[ImageRecord]]) -> list[Hit]:
-        hits = []
-        for match in matches:
-            record = match.record
-            if self.files.allowed(record.id, record.path):
-                hits.append(
-                    Hit(
-                        record.id,
-                        record.path,
-                        match.score,
-                        record.captions,
-                        record.file_size,
-                        record.mtime_ns,
-                    )
+    def _draft(self, query: Query) -> _Draft:
+        """Read `query`, check its hashtags and emptiness, embed its picture (not its words)."""
+        parsed = parse_query(query.text[:MAX_QUERY_CHARS])
+        tags = parsed.hashtags + tuple(c.strip().lower() for c in query.categories)
+        categories = resolve_categories(tags, self.store.categories() if tags else ())
+        draft = _Draft(parsed, categories)
+        if query.like_id is not None:
+            stored = self.store.vectors([query.like_id]).get(query.like_id)
+            if stored is None:
+                raise UnknownPicture(
+                    f"picture {query.like_id} is not in the index (any more): search again"
                 )
-        return hits
+            draft.base, draft.base_reading = stored, f"like picture {query.like_id}"
+        elif query.picture is not None:
+            draft.base = self.encoder.embed_images([self._load(query.picture)])[0]
+            draft.base_reading = "your photo"
+        draft.texts = list(parsed.positives) + list(parsed.negatives)
+        draft.weights = [PLUS_WEIGHT] * len(parsed.positives) + [MINUS_WEIGHT] * len(
+            parsed.negatives
+        )
+        if draft.base is None and not parsed.positives:
+            if not categories:
+                raise EmptyQuery(empty_query_message(parsed))
+            draft.texts = [HASHTAG_PROMPT.format(c) for c in categories] + draft.texts
+            draft.weights = [PLUS_WEIGHT] * len(categories) + draft.weights
+        return draft
+
+    def _finish(self, draft: _Draft, text_vectors: dict[str, np.ndarray]) -> PreparedQuery:
+        """Combine the draft's picture and embedded terms into a `PreparedQuery`."""
+        vectors = [text_vectors[t] for t in draft.texts]
+        weights = list(draft.weights)
+        if draft.base is not None:
+            vectors.insert(0, draft.base)
+            weights.insert(0, PLUS_WEIGHT)
+        vector = combine(vectors, weights)
+        return PreparedQuery(
+            vector=tuple(float(v) for v in vector),
+            categories=draft.categories,
+            reading=draft.parsed.reading(draft.base_reading, draft.categories),
+            fuse_captions=draft.base is None,
+            min_score=self.min_score,
+        )
+
+    def _ranked(
+        self, prepared: PreparedQuery, vector: np.ndarray, n: int
+    ) -> list[Match[ImageRecord]]:
+        """The nearest `n` pictures of `vector` in the categories, fused with the captions'
+        ranking, whose files may be sent, near-duplicates left out."""
+        contains = {"categories": list(prepared.categories)} if prepared.categories else None
+        matches = self.store.query(vector[None, :], n, contains=contains, with_vectors=True)[0]
+        if prepared.fuse_captions:
+            matches = self._fused(vector, matches, n, prepared.categories)
+        allowed = [m for m in matches if self.files.allowed(m.record.id, m.record.path)]
+        if self.duplicate_cosine is None:
+            return allowed
+        return _collapsed(allowed, self.duplicate_cosine)
+
+    def _fused(
+        self,
+        vector: np.ndarray,
+        matches: list[Match[ImageRecord]],
+        n: int,
+        categories: Sequence[str],
+    ) -> list[Match[ImageRecord]]:
+        """Reciprocal-rank fusion of the image ranking with the caption ranking (the same
+        text vector against the caption vectors, caption hits mapped to their pictures).
+        The score of each match stays its picture's cosine."""
+        if self.captions is None or self.caption_fusion <= 0:
+            return matches
+        try:
+            found = self.captions.query(vector[None, :], n * CAPTIONS_PER_IMAGE)[0]
+        except IndexEmpty:
+            return matches
+        caption_rank: dict[str, int] = {}
+        for match in found:
+            if len(caption_rank) < n:
+                caption_rank.setdefault(match.record.image_id, len(caption_rank) + 1)
+        image_rank = {m.record.id: rank for rank, m in enumerate(matches, 1)}
+        extra = self._matches_of([i for i in caption_rank if i not in image_rank], vector)
+        pool = matches + [m for m in extra if set(categories) <= set(m.record.categories)]
+
+        def fused(match: Match[ImageRecord]) -> tuple[float, float]:
+            rank_i, rank_c = image_rank.get(match.record.id), caption_rank.get(match.record.id)
+            score = 1 / (RRF_K + rank_i) if rank_i else 0.0
+            score += self.caption_fusion / (RRF_K + rank_c) if rank_c else 0.0
+            return score, match.score
+
+        return sorted(pool, key=fused, reverse=True)
+
+    def _matches_of(self, ids: Sequence[str], vector: np.ndarray) -> list[Match[ImageRecord]]:
+        """Stored pictures `ids` as matches of `vector` (cosine scores, vectors attached)."""
+        if not ids:
+            return []
+        vectors = self.store.vectors(ids)
+        return [
+            Match(r, float(np.dot(vectors[r.id], vector)), vectors[r.id])
+            for r in self.store.get(ids)
+            if r.id in vectors
+        ]
+
+
+def _collapsed(matches: list[Match[ImageRecord]], threshold: float) -> list[Match[ImageRecord]]:
+    """`matches` without those at cosine >= `threshold` to a better-ranked one."""
+    kept: list[Match[ImageRecord]] = []
+    seen: list[np.ndarray] = []
+    for match in matches:
+        if match.vector is not None:
+            vector = match.vector / max(float(np.linalg.norm(match.vector)), 1e-12)
+            if any(float(np.dot(vector, other)) >= threshold for other in seen):
+                continue
+            seen.append(vector)
+        kept.append(match)
+    return kept
+
+
+def _hit(record: ImageRecord, score: float) -> Hit:
+    return Hit(record.id, record.path, score, record.captions, record.file_size, record.mtime_ns)
+
+
+def empty_query_message(parsed: ParsedQuery) -> str:
+    """Why a query with no positive term, picture or category cannot run."""
+    if parsed.negatives:
+        return (
+            "only minus terms: say what to look for too, e.g. `a beach -people` "
+            "(a minus term only pushes results away)"
+        )
+    return "nothing to search for: describe a picture in a few words"
 
 
 def clean_query(query: str) -> str:

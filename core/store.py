@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Generic
+from dataclasses import dataclass, field
+from typing import Any, Generic
 
 import chromadb
 import numpy as np
@@ -30,6 +30,8 @@ HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighb
 PAGE = 2000
 ROOTS_KEY = "roots"
 """Collection metadata key: JSON list of the real paths of the folders it was built from."""
+CATEGORIES_KEY = "categories"
+"""Collection metadata key: JSON list of the category names its records may hold."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Match(Generic[R]):
     record: R
     score: float
     """1 - cosine distance: 1.0 is the same direction, 0.0 unrelated."""
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """The record's stored vector, when the query asked for it (`with_vectors`)."""
 
 
 def _is_unreachable(err: BaseException) -> bool:
@@ -189,6 +193,18 @@ def _empty_message(name: str) -> str:
     )
 
 
+def _where_contains(contains: dict[str, Sequence[str]]) -> dict | None:
+    """A Chroma `where` that wants every value of `contains[key]` in list metadata `key`."""
+    clauses = [{key: {"$contains": value}} for key, values in contains.items() for value in values]
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _vec(value: Any) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
 def _check_space(name: str, metadata: dict, model: str, dim: int) -> None:
     built_model, built_dim = metadata.get("model"), metadata.get("dim")
     if built_model == model and built_dim == dim:
@@ -229,25 +245,46 @@ class VectorStore(Generic[R]):
     def roots(self) -> tuple[str, ...]:
         """The real paths of the folders this collection was built from, as recorded by
         `add_roots` (read afresh from the store: a builder may have added one since)."""
-        with _reachable(self.description):
-            metadata = self._client.get_collection(self.name, embedding_function=None).metadata
-        try:
-            roots = json.loads((metadata or {}).get(ROOTS_KEY) or "[]")
-        except json.JSONDecodeError:
-            return ()
-        if not isinstance(roots, list):
-            return ()
-        return tuple(root for root in roots if isinstance(root, str) and root)
+        return self._json_list(ROOTS_KEY)
 
     def add_roots(self, roots: Iterable[str]) -> None:
         """Record folders this collection is built from (kept, merged, sorted)."""
+        self._add_to_json_list(ROOTS_KEY, roots)
+
+    def categories(self) -> tuple[str, ...]:
+        """The category names this collection's records may hold (recorded by
+        `add_categories`; empty for folder and URL-list indexes)."""
+        return self._json_list(CATEGORIES_KEY)
+
+    def add_categories(self, names: Iterable[str]) -> None:
+        """Record category names the records hold (kept, merged, sorted)."""
+        self._add_to_json_list(CATEGORIES_KEY, names)
+
+    def _json_list(self, key: str) -> tuple[str, ...]:
+        """The JSON list of strings under `key` of the collection's metadata (read afresh)."""
+        with _reachable(self.description):
+            metadata = self._client.get_collection(self.name, embedding_function=None).metadata
+        try:
+            values = json.loads((metadata or {}).get(key) or "[]")
+        except json.JSONDecodeError:
+            return ()
+        if not isinstance(values, list):
+            return ()
+        return tuple(value for value in values if isinstance(value, str) and value)
+
+    def _add_to_json_list(self, key: str, values: Iterable[str]) -> None:
         with _reachable(self.description):
             current = self._client.get_collection(self.name, embedding_function=None)
             metadata = dict(current.metadata or {})
-            merged = sorted(set(self.roots()) | set(roots))
-            metadata[ROOTS_KEY] = json.dumps(merged)
+            merged = sorted(set(self._json_list(key)) | set(values))
+            metadata[key] = json.dumps(merged)
             # modify() replaces the whole metadata (model and dim included): pass it all.
             current.modify(metadata=metadata)
+
+    def check_not_empty(self) -> None:
+        """Raise `IndexEmpty` when the collection holds nothing."""
+        if self.count() == 0:
+            raise IndexEmpty(_empty_message(self.name))
 
     def upsert(self, records: Sequence[R], vectors: np.ndarray) -> None:
         """Insert or replace records with their vectors, in chunks Chroma accepts."""
@@ -263,30 +300,68 @@ class VectorStore(Generic[R]):
                     metadatas=[r.to_metadata() for r in chunk],
                 )
 
-    def query(self, vectors: np.ndarray, k: int) -> list[list[Match[R]]]:
+    def query(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        contains: dict[str, Sequence[str]] | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[Match[R]]]:
         """The `k` nearest records of each query vector, best first.
 
-        Raises `IndexEmpty` when the collection holds nothing.
+        `contains`: only records whose list metadata `key` holds every one of the values
+        (`{"categories": ["dog", "frisbee"]}`). `with_vectors`: each match carries its
+        stored vector. Raises `IndexEmpty` when the collection holds nothing.
         """
         if len(vectors) == 0:
             return []
+        include: Any = ["metadatas", "distances"] + (["embeddings"] if with_vectors else [])
         with _reachable(self.description):
             result = self._collection.query(
                 query_embeddings=np.asarray(vectors, dtype=np.float32),
                 n_results=k,
-                include=["metadatas", "distances"],
+                where=_where_contains(contains or {}),
+                include=include,
             )
         if not any(result["ids"]):
-            raise IndexEmpty(_empty_message(self.name))
-        return [
-            [
-                Match(self._type.from_metadata(id_, md or {}), 1.0 - float(dist))
-                for id_, md, dist in zip(ids, mds, dists, strict=True)
-            ]
-            for ids, mds, dists in zip(
-                result["ids"], result["metadatas"], result["distances"], strict=True
+            self.check_not_empty()  # else the filter matched nothing
+        stored = result.get("embeddings") if with_vectors else None
+        out = []
+        for n, (ids, mds, dists) in enumerate(
+            zip(result["ids"], result["metadatas"], result["distances"], strict=True)
+        ):
+            vecs = stored[n] if stored is not None else [None] * len(ids)
+            out.append(
+                [
+                    Match(self._type.from_metadata(id_, md or {}), 1.0 - float(dist), _vec(vec))
+                    for id_, md, dist, vec in zip(ids, mds, dists, vecs, strict=True)
+                ]
             )
-        ]
+        return out
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of `ids` (missing ids are left out)."""
+        out: dict[str, np.ndarray] = {}
+        step = self._max_batch
+        with _reachable(self.description):
+            for start in range(0, len(ids), step):
+                got = self._collection.get(
+                    ids=list(ids[start : start + step]), include=["embeddings"]
+                )
+                for id_, vec in zip(got["ids"], got["embeddings"], strict=True):
+                    out[id_] = np.asarray(vec, dtype=np.float32)
+        return out
+
+    def update_metadata(self, records: Sequence[R]) -> None:
+        """Replace the metadata of stored records, keeping their vectors."""
+        step = self._max_batch
+        with _reachable(self.description):
+            for start in range(0, len(records), step):
+                chunk = records[start : start + step]
+                self._collection.update(
+                    ids=[r.id for r in chunk], metadatas=[r.to_metadata() for r in chunk]
+                )
 
     def get(self, ids: Sequence[str]) -> list[R]:
         """The stored records among `ids` (missing ids are left out)."""

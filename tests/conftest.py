@@ -61,8 +61,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: the fixture models, a store in `tmp_path`, no `.env`."""
+    """Settings for a test: the fixture models, a store in `tmp_path`, no `.env`.
+
+    DUPLICATE_COSINE is 0.9999 (only copies of one picture are near-duplicates): the fixture
+    CLIP's 32-d space puts distinct pictures of one colour and shape at cosine ~0.99, where
+    the real CLIP's default of 0.95 would fold each class into one hit."""
     values: dict[str, object] = {
+        "duplicate_cosine": 0.9999,
         "clip_model": str(TINY_CLIP),
         "vqa_model": str(TINY_BLIP2),
         "chroma_path": tmp_path / "chroma",

@@ -39,11 +39,14 @@ def make_mini_coco(
     *,
     seed: int = 0,
     size: tuple[int, int] = (96, 72),
+    categories: dict[str, list[int]] | None = None,
 ) -> list[MiniImage]:
     """Write a mini COCO2014 under `root` and return what it holds.
 
     Labels cycle through the 12 colour × shape combinations, so every combination has
-    the same number of pictures (5 each for 60 pictures).
+    the same number of pictures (5 each for 60 pictures). With `categories` (category name
+    → positions of the pictures, counted over all splits, that hold one), each split also
+    gets an `instances_<split>.json`; without it there is none.
     """
     per_split = per_split or {"train2014": 40, "val2014": 20}
     rng = random.Random(seed)
@@ -90,4 +93,26 @@ def make_mini_coco(
             "annotations": annotations,
         }
         (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
+    for split in per_split if categories is not None else ():
+        _write_instances(root, split, made, categories)
     return made
+
+
+def _write_instances(
+    root: Path, split: str, made: list[MiniImage], categories: dict[str, list[int]]
+) -> None:
+    """`instances_<split>.json` in COCO's layout: categories, and one object annotation per
+    (picture, category) for the pictures of `split`."""
+    ids = {name: 100 + n for n, name in enumerate(sorted(categories))}
+    annotations = [
+        {"id": len(made) * 1000 + n, "image_id": made[i].id, "category_id": ids[name], "bbox": []}
+        for n, (name, positions) in enumerate(sorted(categories.items()))
+        for i in positions
+        if made[i].split == split
+    ]
+    document = {
+        "info": {"description": "mini COCO 2014 instances for tests"},
+        "categories": [{"id": i, "name": name, "supercategory": "x"} for name, i in ids.items()],
+        "annotations": annotations,
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
