@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from telegram import Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 
 from bot.startup import (
@@ -63,7 +62,7 @@ def run(settings: Settings, secret: str | None, *, check_only: bool = False) -> 
         return
     # Imported here, after the token is checked: torch and transformers take seconds to
     # import, and a bad token should be reported at once.
-    from bot.app import build_application
+    from bot.app import ALLOWED_UPDATES, build_application
     from bot.services import Services
 
     services = Services.start(settings)
@@ -82,7 +81,7 @@ def run(settings: Settings, secret: str | None, *, check_only: bool = False) -> 
                 url_path=path,
                 webhook_url=settings.webhook_url,
                 secret_token=secret,
-                allowed_updates=[Update.MESSAGE],
+                allowed_updates=ALLOWED_UPDATES,
                 bootstrap_retries=0,
             )
         except BadRequest as err:
@@ -91,7 +90,7 @@ def run(settings: Settings, secret: str | None, *, check_only: bool = False) -> 
             ) from None
     else:
         log.info("long polling %s", settings.telegram_base_url)
-        app.run_polling(allowed_updates=[Update.MESSAGE], bootstrap_retries=0)
+        app.run_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=0)
 
 
 class WebhookRefused(SearchBotError):

@@ -9,9 +9,11 @@ from telegram.constants import ParseMode
 from telegram.ext import (
     Application,
     ApplicationBuilder,
+    CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
     Defaults,
+    InlineQueryHandler,
     MessageHandler,
     TypeHandler,
     filters,
@@ -21,6 +23,7 @@ from bot import handlers
 from bot.file_ids import FileIdCache
 from bot.handlers import BotData
 from bot.limits import RetryingRateLimiter, UserRateLimiter
+from bot.searches import SearchContexts
 from bot.services import Services
 from core.config import Settings
 
@@ -32,6 +35,8 @@ COMMANDS = [
 ]
 ASK_COMMAND = BotCommand("ask", "reply to a photo: answer a question about it, or describe it")
 CONCURRENT_UPDATES = 64
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY]
+"""What the bot asks Telegram for: messages, button presses and inline queries."""
 
 
 def build_application(settings: Settings, services: Services) -> Application:
@@ -45,6 +50,10 @@ def build_application(settings: Settings, services: Services) -> Application:
         data.file_ids = FileIdCache(
             settings.chroma_path / f"{settings.collection}-telegram-file-ids.sqlite3", app.bot.id
         )
+        data.searches = SearchContexts(
+            settings.chroma_path / f"{settings.collection}-telegram-searches.sqlite3"
+        )
+        data.storage_chat_id = settings.storage_chat_id
         data.limiter = UserRateLimiter(settings.rate_limit_per_minute)
         data.allowed_user_ids = settings.allowed_user_ids
         data.admin_user_ids = settings.admin_user_ids
@@ -55,9 +64,10 @@ def build_application(settings: Settings, services: Services) -> Application:
 
     async def post_shutdown(app: Application) -> None:
         # Runs even when start-up stopped before post_init (a signal, a refused token).
-        file_ids = vars(app.bot_data).get("file_ids")
-        if file_ids is not None:
-            file_ids.close()
+        for name in ("file_ids", "searches"):
+            store = vars(app.bot_data).get(name)
+            if store is not None:
+                store.close()
         services.close()
 
     app = (
@@ -78,6 +88,9 @@ def build_application(settings: Settings, services: Services) -> Application:
         .build()
     )
     app.add_handler(TypeHandler(Update, handlers.gatekeeper), group=-1)
+    app.add_handler(CallbackQueryHandler(handlers.button))
+    if settings.inline_enabled:
+        app.add_handler(InlineQueryHandler(handlers.inline_query))
     app.add_handler(CommandHandler("start", handlers.start))
     app.add_handler(CommandHandler("help", handlers.help_command))
     app.add_handler(CommandHandler("stats", handlers.stats))

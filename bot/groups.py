@@ -26,9 +26,9 @@ def is_for_bot(message: Message, bot_username: str, bot_id: int) -> bool:
 
 
 def without_mention(message: Message, bot_username: str) -> str:
-    """The message's text with every @mention of the bot taken out (in a group, "@bot a red
-    circle" searches for "a red circle")."""
-    text = message.text or ""
+    """The message's text (or caption) with every @mention of the bot taken out (in a group,
+    "@bot a red circle" searches for "a red circle")."""
+    text = message.text if message.text is not None else (message.caption or "")
     for entity in sorted(_mentions(message, bot_username, None), key=lambda e: -e.offset):
         text = _cut_utf16(text, entity.offset, entity.length)
     return text

@@ -6,23 +6,25 @@ with a clear message; anything unexpected is logged there with the update.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
 
 from telegram import Message, Update
-from telegram.constants import ChatAction
+from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
 from telegram.helpers import effective_message_type
 
-from bot import groups, replies
+from bot import groups, inline, replies, results
 from bot.file_ids import FileIdCache
 from bot.limits import OncePerWindow, UserRateLimiter
-from bot.sending import chat_action, send_hits
+from bot.searches import SearchContexts, parse_press
+from bot.sending import chat_action
 from bot.services import Services
 from core.errors import ModelUnavailable, SearchBotError
-from core.search import clean_query
+from core.search import MAX_QUERY_CHARS, clean_query
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,12 @@ class BotData:
     allowed_user_ids: frozenset[int] = frozenset()
     admin_user_ids: frozenset[int] = frozenset()
     refusals: OncePerWindow = field(default_factory=OncePerWindow)
+    searches: SearchContexts = field(init=False)
+    pressing: set[str] = field(default_factory=set)
+    """Tokens whose press is being worked on (a second press waits for the first)."""
+    storage_chat_id: int | None = None
+    """Where inline mode uploads pictures once to get their file_ids (STORAGE_CHAT_ID)."""
+    inline_storage_warned: bool = False
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]
@@ -55,10 +63,12 @@ async def gatekeeper(update: Update, context: Context) -> None:
     """Runs before every handler and fails closed: drops updates with no user and group
     messages not meant for the bot (silently), refuses users not allowed and users over the
     rate limit. A refused update is stopped even when the refusal cannot be sent."""
-    user, message = update.effective_user, update.effective_message
+    user = update.effective_user
+    message = update.effective_message if update.callback_query is None else None
     if user is None:
         log.debug("dropped update %s: it has no user", update.update_id)
         raise ApplicationHandlerStop
+    # A button press or an inline query is meant for the bot; a group message may not be.
     if message is not None and not groups.is_for_bot(message, context.bot.username, context.bot.id):
         raise ApplicationHandlerStop
     data = context.bot_data
@@ -74,13 +84,18 @@ async def gatekeeper(update: Update, context: Context) -> None:
 
 
 async def refuse(update: Update, data: BotData, text: str) -> None:
-    """Tell the user why they get nothing, at most once a minute each; never raises (the
-    caller stops the update whatever happens here)."""
-    message, user = update.effective_message, update.effective_user
-    if message is None or user is None or not data.refusals.allow(user.id):
-        return
+    """Tell the user why they get nothing: a button press and an inline query are always
+    answered (else the client keeps waiting), a message at most once a minute each. Never
+    raises (the caller stops the update whatever happens here)."""
+    user = update.effective_user
+    assert user is not None, "the gatekeeper drops updates without a user"
     try:
-        await message.reply_text(text)
+        if update.callback_query is not None:
+            await update.callback_query.answer(text, show_alert=True)
+        elif update.inline_query is not None:
+            await update.inline_query.answer([], cache_time=0, is_personal=True)
+        elif (message := update.effective_message) is not None and data.refusals.allow(user.id):
+            await message.reply_text(text)
     except Exception as err:  # whatever failed, the update stays stopped
         log.warning("could not send a refusal to user %s: %s", user.id, err)
 
@@ -126,23 +141,71 @@ async def unknown_command(update: Update, context: Context) -> None:
 
 
 async def search_text(update: Update, context: Context) -> None:
-    """Any text that is not a command: the best matching pictures, as an album."""
+    """Any text that is not a command: the best matching pictures, as an album with buttons
+    under it."""
     message = update.effective_message
     query = clean_query(groups.without_mention(message, context.bot.username))
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
-        hits = await data.services.search_text(query)
-        await send_hits(message, hits, data.file_ids, data.services.files)
+        found = await data.services.search_text(query)
+        await results.show_search(_chat_of(message, update), found, data)
 
 
 async def search_photo(update: Update, context: Context) -> None:
-    """A photo, or a picture sent as a file: the most similar pictures, as an album."""
+    """A photo, or a picture sent as a file (its caption, if any, changes the search): the
+    most similar pictures, as an album with buttons under it."""
     message = update.effective_message
     data = context.bot_data
+    caption = " ".join(groups.without_mention(message, context.bot.username).split())
     async with chat_action(context.bot, message.chat_id):
         picture = await download_picture(message, context)
-        hits = await data.services.search_image(picture)
-        await send_hits(message, hits, data.file_ids, data.services.files)
+        found = await data.services.search_photo(picture, caption[:MAX_QUERY_CHARS])
+        await results.show_search(_chat_of(message, update), found, data)
+
+
+def _chat_of(message: Message, update: Update) -> results.Chat:
+    """Results go to the message's chat; in a group they reply to it."""
+    private = message.chat.type == ChatType.PRIVATE
+    return results.Chat(
+        message.get_bot(),
+        message.chat_id,
+        update.effective_user.id,
+        reply_to=None if private else message.message_id,
+    )
+
+
+async def button(update: Update, context: Context) -> None:
+    """A press on a button under an album: answered at once (with why, when it cannot be
+    done), then done."""
+    query = update.callback_query
+    data = context.bot_data
+    press = parse_press(query.data)
+    found = await asyncio.to_thread(data.searches.get, press.token) if press else None
+    chat_id = query.message.chat.id if query.message is not None else None
+    problem = results.refusal(press, found, chat_id)
+    if problem is None and found is not None and found.token in data.pressing:
+        problem = replies.BUTTON_BUSY
+    if problem is not None or press is None or found is None:
+        log.info("button press of user %s refused: %s", query.from_user.id, problem)
+        await query.answer(problem)
+        return
+    data.pressing.add(found.token)
+    try:
+        await query.answer()
+        chat = results.Chat(context.bot, found.chat_id, query.from_user.id)
+        await results.run_press(press, found, chat, data, query.message)
+    finally:
+        data.pressing.discard(found.token)
+
+
+async def inline_query(update: Update, context: Context) -> None:
+    """`@bot a red bus` in any chat: matching photos to pick from, page by page."""
+    query = update.inline_query
+    try:
+        await inline.answer(query, context.bot_data)
+    except SearchBotError as err:
+        log.info("inline query failed: %s", err)
+        await query.answer([], cache_time=0, is_personal=True)
 
 
 async def ask(update: Update, context: Context) -> None:
@@ -254,12 +317,18 @@ async def on_error(update: object, context: Context) -> None:
         log.error("error while handling %s", describe_update(update), exc_info=err)
         log.debug("the update: %s", update)  # users' words and names: only at DEBUG
         text = replies.GENERIC_ERROR
-    message = update.effective_message if isinstance(update, Update) else None
-    if message is not None:
-        try:
+    if not isinstance(update, Update):
+        return
+    message, chat = update.message, update.effective_chat
+    if message is None and update.callback_query is not None:
+        message = update.callback_query.message
+    try:
+        if isinstance(message, Message):
             await message.reply_text(text)
-        except TelegramError as reply_err:
-            log.warning("could not tell the user about the error: %s", reply_err)
+        elif chat is not None:
+            await context.bot.send_message(chat.id, text)
+    except TelegramError as reply_err:
+        log.warning("could not tell the user about the error: %s", reply_err)
 
 
 def describe_update(update: object) -> str:

@@ -12,8 +12,11 @@ from core.errors import (
     IndexRebuilding,
     ModelMismatch,
     ModelUnavailable,
+    NoCategories,
     SearchBotError,
     StoreUnavailable,
+    UnknownCategory,
+    UnknownPicture,
 )
 from core.search import Hit
 
@@ -49,12 +52,29 @@ def help_text(*, ask_enabled: bool) -> str:
             "I answer questions about it",
             "• reply <code>/ask</code> alone to a photo — I describe it",
         ]
+    lines += SEARCH_SYNTAX
     lines += [
         "",
         "Each result shows its rank, a similarity score (higher is closer) and a caption.",
+        "Under each album: <b>More ▸</b> — the next results · <b>Similar 2</b> — pictures like "
+        "result 2 · <b>Full size</b> — the original files, as documents",
         "/stats — what is indexed · /help — this message",
     ]
     return "\n".join(lines)
+
+
+SEARCH_SYNTAX = [
+    "",
+    "<b>Change a search</b> (each part weighs +1, a minus part −0.5):",
+    "• <code>cat + snow</code> — both ideas together",
+    '• <code>a dog on a beach -people</code> — push away; <code>-"two words"</code> for a '
+    "phrase (a - inside a word, as in t-shirt, is just a letter)",
+    "• <code>#dog #frisbee in a park</code> — only photos holding a dog and a frisbee (COCO's "
+    "80 objects; <code>#hot_dog</code> for two words; hashtags work on COCO indexes only)",
+    "• a photo with a caption — that photo changed by the words: <i>at night</i>, "
+    "<code>-red</code>",
+]
+"""Help lines on the compound-query syntax; the weights are core.query's."""
 
 
 def start_text(*, ask_enabled: bool) -> str:
@@ -129,7 +149,11 @@ def public_model_name(model: str) -> str:
 
 def error_reply(err: SearchBotError) -> str:
     """What the user reads when a request fails with a domain error."""
+    if isinstance(err, (UnknownCategory, NoCategories, UnknownPicture)):
+        return html.escape(str(err), quote=False)  # written for the user: names the fix
     if isinstance(err, EmptyQuery):
+        if "only minus terms" in str(err):
+            return html.escape(str(err), quote=False)
         return "Send me a few words describing a picture, e.g. <i>a red bus in the rain</i>."
     if isinstance(err, BadImage):
         return "I couldn't read that picture (it may be corrupt, or too large). Try another one."
@@ -143,3 +167,59 @@ def error_reply(err: SearchBotError) -> str:
     if isinstance(err, (StoreUnavailable, ModelUnavailable, ModelMismatch)):
         return "Search is unavailable right now. The operator has been told; try again later."
     return GENERIC_ERROR
+
+
+# Buttons under each album, and what they answer.
+
+MORE_LABEL = "More ▸"
+FULL_SIZE_LABEL = "Full size"
+NEAREST_LABEL = "Show the nearest anyway"
+MAX_READING_CHARS = 200
+"""The query as read is cut to this in the message under an album."""
+BUTTON_EXPIRED = "This search has expired: send it again."
+BUTTON_BROKEN = "This button no longer works."
+BUTTON_BUSY = "Still working on it…"
+NOT_YOURS = "This button belongs to another chat."
+DOCUMENT_LIMIT = 50 * 1024 * 1024
+"""Telegram lets bots send documents up to 50 MB."""
+
+
+def similar_label(i: int) -> str:
+    return f"Similar {i}"
+
+
+def reading_of(reading: str) -> str:
+    """How the query was read, HTML-safe and short ("your picture" when core said nothing)."""
+    return html.escape(clip(reading.strip() or "your picture", MAX_READING_CHARS), quote=False)
+
+
+def results_text(reading: str, first: int, last: int, total: int, *, more: bool) -> str:
+    """The message under an album: "🔎 <b>a red circle</b> — 1–5 of 72", and, on the last
+    page, that nothing follows."""
+    text = f"🔎 <b>{reading_of(reading)}</b> — {first}–{last} of {total:,}"
+    return text if more else text + "\n" + all_found(reading)
+
+
+def all_found(reading: str) -> str:
+    return f"That's all I found for <b>{reading_of(reading)}</b>."
+
+
+def nothing_close(reading: str) -> str:
+    return (
+        f"Nothing close enough for <b>{reading_of(reading)}</b>: "
+        "the nearest pictures score below the threshold."
+    )
+
+
+def no_results(reading: str) -> str:
+    return f"No pictures found for <b>{reading_of(reading)}</b>. Try other words?"
+
+
+def full_size_caption(rank: int) -> str:
+    return f"#{rank} · full size"
+
+
+def full_size_skipped(ranks: list[int]) -> str:
+    """Some originals were not sent: over 50 MB, gone, or refused by the guard."""
+    listed = ", ".join(f"#{rank}" for rank in ranks)
+    return f"I couldn't send the original of {listed}: it is over 50 MB or no longer available."

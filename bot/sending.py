@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from telegram import Bot, InputMediaPhoto, Message
-from telegram.constants import ChatAction
+from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
+from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 
 from bot.file_ids import FileIdCache
@@ -47,55 +48,93 @@ async def chat_action(
 
 async def send_hits(
     message: Message, hits: list[Hit], file_ids: FileIdCache, files: IndexedFiles
-) -> None:
-    """Answer `message` with `hits` as one album (one photo when there is one hit), in rank
-    order, each captioned; sends by file_id what Telegram already has, and reads the rest
-    through `files` (only indexed pictures leave the host)."""
-    if not hits:
+) -> list[Hit]:
+    """Answer `message` with `hits` as one album (see `send_album`), or say nothing was found
+    when no picture could be sent."""
+    reply_to = None if message.chat.type == ChatType.PRIVATE else message.message_id
+    sent = await send_album(
+        message.get_bot(), message.chat_id, hits, file_ids, files, reply_to=reply_to
+    )
+    if not sent:
         await message.reply_text(NO_RESULTS)
-        return
+    return sent
+
+
+async def send_album(
+    bot: Bot,
+    chat_id: int,
+    hits: list[Hit],
+    file_ids: FileIdCache,
+    files: IndexedFiles,
+    *,
+    first_rank: int = 1,
+    reply_to: int | None = None,
+    quiet: bool = False,
+) -> list[Hit]:
+    """Send `hits` to `chat_id` as one album (one photo when there is one hit), in rank order
+    from `first_rank`, each captioned; sends by file_id what Telegram already has, and reads
+    the rest through `files` (only indexed pictures leave the host). Returns the hits sent
+    (refused or unreadable files are left out; nothing is sent when none is left)."""
+    if not hits:
+        return []
+    target = _Target(bot, chat_id, first_rank, reply_to, quiet)
     cached = await asyncio.to_thread(file_ids.get_many, [hit.version for hit in hits])
     try:
-        sent, uploaded = await _send(message, hits, cached, files)
+        sources, sent = await _send(target, hits, cached, files)
     except BadRequest as err:
         if not cached:
             raise
         # A stale file_id (e.g. the bot's token changed): forget them all, upload afresh.
         log.warning("sending by file_id failed (%s): uploading instead", err)
         await asyncio.to_thread(file_ids.forget, cached)
-        sent, uploaded = await _send(message, hits, {}, files)
+        cached = {}
+        sources, sent = await _send(target, hits, cached, files)
     remembered = {
         hit.version: msg.photo[-1].file_id
-        for hit, msg in zip(uploaded, sent, strict=True)
-        if msg.photo
+        for (hit, _), msg in zip(sources, sent, strict=True)
+        if hit.version not in cached and msg.photo
     }
     if remembered:
         await asyncio.to_thread(file_ids.put_many, remembered)
+    return [hit for hit, _ in sources]
+
+
+@dataclass(frozen=True)
+class _Target:
+    bot: Bot
+    chat_id: int
+    first_rank: int
+    reply_to: int | None
+    quiet: bool
 
 
 async def _send(
-    message: Message, hits: list[Hit], cached: dict[str, str], files: IndexedFiles
-) -> tuple[list[Message], list[Hit]]:
-    """Send the album; returns, aligned, the sent message of each newly uploaded hit."""
+    target: _Target, hits: list[Hit], cached: dict[str, str], files: IndexedFiles
+) -> tuple[list[tuple[Hit, str | bytes]], list[Message]]:
+    """Send the album; returns, aligned, what was sent of each hit and its message."""
     sources = await asyncio.to_thread(_sources, hits, cached, files)
     media = [
         InputMediaPhoto(source, caption=hit_caption(rank, hit))
-        for rank, (hit, source) in enumerate(sources, 1)
+        for rank, (hit, source) in enumerate(sources, target.first_rank)
     ]
     if not media:
-        await message.reply_text(NO_RESULTS)
         return [], []
+    reply = (
+        ReplyParameters(target.reply_to, allow_sending_without_reply=True)
+        if target.reply_to is not None
+        else None
+    )
+    common = {
+        "chat_id": target.chat_id,
+        "reply_parameters": reply,
+        "disable_notification": target.quiet,
+    }
     if len(media) == 1:
         one = media[0]
-        sent = [await message.reply_photo(one.media, caption=one.caption)]
+        sent = [await target.bot.send_photo(photo=one.media, caption=one.caption, **common)]
     else:
-        sent = list(await message.reply_media_group(media))
-    new = [
-        (hit, msg)
-        for (hit, source), msg in zip(sources, sent, strict=True)
-        if hit.version not in cached
-    ]
-    return [msg for _, msg in new], [hit for hit, _ in new]
+        sent = list(await target.bot.send_media_group(media=media, **common))
+    return sources, sent
 
 
 def _sources(

@@ -26,12 +26,19 @@ from PIL import Image
 from bot.limits import AskSlots
 from core.batching import MicroBatcher
 from core.config import Settings
-from core.errors import BadImage, IndexEmpty, IndexGone, IndexRebuilding, StoreUnavailable
+from core.errors import (
+    BadImage,
+    IndexEmpty,
+    IndexGone,
+    IndexRebuilding,
+    SearchBotError,
+    StoreUnavailable,
+)
 from core.images import load_image
 from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
 from core.models.vqa import VqaModel
-from core.search import Hit, SearchService
+from core.search import PreparedQuery, Query, SearchPage, SearchService
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Results:
+    """A search: the query as prepared (kept for its buttons) and its first page."""
+
+    prepared: PreparedQuery
+    page: SearchPage
+
+
+@dataclass(frozen=True)
 class Stats:
     images: int
     model: str
@@ -59,14 +74,15 @@ class Stats:
 
 
 class Services:
-    """What the handlers use: `await search_text(...)`, `search_image(...)`, `ask(...)`."""
+    """What the handlers use: `await search_text(...)`, `search_photo(...)`, `similar(...)`,
+    `page(...)`, `ask(...)`."""
 
     def __init__(self, settings: Settings, encoder: ClipEncoder, vqa: VqaModel | None) -> None:
         self.settings = settings
         self.encoder = encoder
         self.vqa = vqa
         self._search: SearchService | None = None
-        self._batcher: MicroBatcher[str, list[Hit]] | None = None
+        self._batcher: MicroBatcher[str, PreparedQuery | SearchBotError] | None = None
         self._opening = asyncio.Lock()
         self._served = False
         """True once a search succeeded: a missing index afterwards means a rebuild."""
@@ -117,7 +133,7 @@ class Services:
         self._search = search
         max_batch = MAX_TEXT_BATCH if self.settings.micro_batch else 1
         self._batcher = MicroBatcher(
-            lambda queries: search.by_texts(queries, self.settings.top_k), max_batch=max_batch
+            lambda texts: _prepare_texts(search, texts), max_batch=max_batch
         )
 
     async def _service(self) -> SearchService:
@@ -160,23 +176,60 @@ class Services:
         self._served = True
         return result
 
-    async def search_text(self, query: str) -> list[Hit]:
-        """The best pictures for `query` (already cleaned), micro-batched with others."""
+    async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
+        """The best pictures for `text` (already cleaned): prepared through the micro-batcher
+        (concurrent texts share one encoder call), then its page at `offset` of `k` results
+        (TOP_K by default). Raises `EmptyQuery` and the other errors of `prepare`."""
 
-        async def call(search: SearchService) -> list[Hit]:
+        async def call(search: SearchService) -> PreparedQuery:
             assert self._batcher is not None
-            return await self._batcher.submit(query)
+            prepared = await self._batcher.submit(text)
+            if isinstance(prepared, SearchBotError):
+                raise prepared
+            return prepared
 
-        return await self._searching(call)
+        prepared = await self._searching(call)
+        return Results(prepared, await self.page(prepared, k=k, offset=offset))
 
-    async def search_image(self, data: bytes) -> list[Hit]:
-        """The pictures most like the picture in `data` (raises `BadImage`)."""
-        image = await asyncio.to_thread(self._decode, data, self.encoder.input_size)
+    async def search_photo(self, data: bytes, caption: str = "") -> Results:
+        """The pictures most like the picture in `data`, changed by the words of `caption`
+        (raises `BadImage`). At most `decode_slots` pictures are decoded at once."""
 
-        async def call(search: SearchService) -> list[Hit]:
-            return await asyncio.to_thread(search.by_image, image, self.settings.top_k)
+        def prepare(search: SearchService) -> PreparedQuery:
+            with self._decodes:
+                return search.prepare(Query(text=caption, picture=data))
 
-        return await self._searching(call)
+        prepared = await self._searching(lambda search: asyncio.to_thread(prepare, search))
+        return Results(prepared, await self.page(prepared))
+
+    async def similar(self, image_id: str) -> Results:
+        """The pictures most like the indexed picture `image_id`, by its stored vector."""
+        prepared = await self._searching(
+            lambda search: asyncio.to_thread(search.prepare, Query(like_id=image_id))
+        )
+        return Results(prepared, await self.page(prepared))
+
+    async def page(
+        self,
+        prepared: PreparedQuery,
+        *,
+        k: int | None = None,
+        offset: int = 0,
+        nearest_anyway: bool = False,
+    ) -> SearchPage:
+        """Results `offset + 1` … `offset + k` of a prepared query (k = TOP_K by default)."""
+        k = k or self.settings.top_k
+        return await self._searching(
+            lambda search: asyncio.to_thread(
+                search.page, prepared, k, offset, nearest_anyway=nearest_anyway
+            )
+        )
+
+    async def original(self, image_id: str, path: str) -> bytes:
+        """The bytes of an indexed picture's file, read through the guard (raises
+        `RefusedFile`, `BadImage`)."""
+        search = await self._service()
+        return await asyncio.to_thread(search.files.read, image_id, path)
 
     @property
     def files(self) -> IndexedFiles:
@@ -233,3 +286,21 @@ class Services:
             dtype=str(self.encoder.dtype).removeprefix("torch."),
             store=search.store.description,
         )
+
+
+def _prepare_texts(search: SearchService, texts: list[str]) -> list[PreparedQuery | SearchBotError]:
+    """Prepare a batch of texts in one encoder call. When the batch fails with a domain error
+    (one text is an unknown #category, say), each text is prepared alone, so that only the
+    text at fault gets the error."""
+    try:
+        return list(search.prepare_texts(texts))
+    except SearchBotError as err:
+        if len(texts) == 1:
+            return [err]
+    results: list[PreparedQuery | SearchBotError] = []
+    for text in texts:
+        try:
+            results.append(search.prepare(Query(text=text)))
+        except SearchBotError as err:
+            results.append(err)
+    return results

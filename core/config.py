@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     micro_batch: bool = Field(
         True, description="batch concurrent text searches into one encoder call"
     )
+    inline_enabled: bool = Field(
+        False, description="answer inline queries (@bot words in any chat); enable /setinline too"
+    )
+    storage_chat_id: int | None = Field(
+        None,
+        description="private channel (the bot an admin) where inline mode uploads pictures once",
+    )
     webhook_url: str | None = Field(
         None, description="public HTTPS URL for webhook mode; unset = long polling"
     )
@@ -142,6 +149,7 @@ class Settings(BaseSettings):
         "telegram_bot_token",
         "webhook_url",
         "webhook_secret",
+        "storage_chat_id",
         mode="before",
     )
     @classmethod

@@ -795,6 +795,8 @@ class FakeTelegram:
         self._outages: list[_Outage] = []
         self._blocked: set[int] = set()
         self._users: dict[int, dict[str, Any]] = {}
+        self._callback_queries: dict[str, bool] = {}  # id -> answered
+        self._inline_queries: dict[str, bool] = {}
         self._allowed_updates: list[str] | None = None
         self._poll_generation = 0
         self._connections: set[socket.socket] = set()
@@ -819,7 +821,8 @@ class FakeTelegram:
             "setMyCommands": self._set_my_commands,
             "getMyCommands": self._get_my_commands,
             "deleteMyCommands": self._delete_my_commands,
-            "answerCallbackQuery": lambda p, c: True,
+            "answerCallbackQuery": self._answer_callback_query,
+            "answerInlineQuery": self._answer_inline_query,
             "editMessageText": self._edit_message_text,
             "editMessageCaption": self._edit_message_caption,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
@@ -1401,8 +1404,47 @@ class FakeTelegram:
                 "chat_instance": str(abs(chat_id) * 31),
                 "data": data,
             }
+            self._callback_queries[query["id"]] = False
             self._queue_update({"callback_query": query})
             return copy.deepcopy(query)
+
+    def inject_inline_query(
+        self, query: str, offset: str = "", *, user_id: int = DEFAULT_USER_ID
+    ) -> dict[str, Any]:
+        """`@bot <query>` typed in some chat (the `offset` of a next page, "" for the first)."""
+        with self._cond:
+            inline = {
+                "id": str(next(self._file_counter) * 7907),
+                "from": self.user(user_id),
+                "query": query,
+                "offset": offset,
+                "chat_type": "sender",
+            }
+            self._inline_queries[inline["id"]] = False
+            self._queue_update({"inline_query": inline})
+            return copy.deepcopy(inline)
+
+    def callback_answer(self, query_id: str, timeout: float = 10.0) -> Call:
+        """The answerCallbackQuery call for the press `query_id` (waits for it)."""
+        return self.wait_for(
+            lambda c: (
+                c.method == "answerCallbackQuery"
+                and c.ok
+                and str(c.params.get("callback_query_id")) == query_id
+            ),
+            timeout,
+        )
+
+    def inline_answer(self, query_id: str, timeout: float = 10.0) -> Call:
+        """The answerInlineQuery call for the inline query `query_id` (waits for it)."""
+        return self.wait_for(
+            lambda c: (
+                c.method == "answerInlineQuery"
+                and c.ok
+                and str(c.params.get("inline_query_id")) == query_id
+            ),
+            timeout,
+        )
 
     # ----------------------------------------------------------------- HTTP plumbing
 
@@ -1775,6 +1817,7 @@ class FakeTelegram:
             msg["reply_to_message"] = reply
         markup = p.get("reply_markup")
         if isinstance(markup, dict) and "inline_keyboard" in markup:
+            _check_inline_keyboard(markup)
             msg["reply_markup"] = markup
         return msg
 
@@ -2053,10 +2096,49 @@ class FakeTelegram:
         msg = self._edited(p)
         markup = p.get("reply_markup")
         if isinstance(markup, dict) and "inline_keyboard" in markup:
+            _check_inline_keyboard(markup)
             msg["reply_markup"] = markup
         else:
             msg.pop("reply_markup", None)
         return self._public(msg)
+
+    def _answer_callback_query(self, p: dict[str, Any], ctx: _Ctx) -> bool:
+        query_id = str(p.get("callback_query_id") or "")
+        if self._callback_queries.get(query_id) is not False:
+            raise ApiError(
+                400,
+                "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            )
+        if len(str(p.get("text") or "")) > 200:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
+        self._callback_queries[query_id] = True
+        return True
+
+    def _answer_inline_query(self, p: dict[str, Any], ctx: _Ctx) -> bool:
+        query_id = str(p.get("inline_query_id") or "")
+        if self._inline_queries.get(query_id) is not False:
+            raise ApiError(
+                400,
+                "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            )
+        results = p.get("results")
+        if not isinstance(results, list) or len(results) > 50:
+            raise ApiError(400, "Bad Request: RESULTS_TOO_MUCH")
+        if len(str(p.get("next_offset") or "").encode()) > 64:
+            raise ApiError(400, "Bad Request: NEXT_OFFSET_INVALID")
+        ids = [str(r.get("id")) for r in results if isinstance(r, dict)]
+        if len(set(ids)) != len(results) or any(not 1 <= len(i.encode()) <= 64 for i in ids):
+            raise ApiError(400, "Bad Request: RESULT_ID_INVALID")
+        for result in results:
+            if result.get("type") == "photo" and "photo_file_id" in result:
+                stored = self._files.get(str(result["photo_file_id"]))
+                if stored is None or stored.kind != "photo":
+                    raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+                self._caption_fields(
+                    result.get("caption"), result.get("parse_mode"), result.get("caption_entities")
+                )
+        self._inline_queries[query_id] = True
+        return True
 
     def _delete_message(self, p: dict[str, Any], ctx: _Ctx) -> bool:
         chat_id = self._target_chat(p)
@@ -2068,6 +2150,20 @@ class FakeTelegram:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_inline_keyboard(markup: dict[str, Any]) -> None:
+    """Telegram's checks of an inline keyboard: callback_data of 1-64 bytes, a text each."""
+    rows = markup.get("inline_keyboard")
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ApiError(400, "Bad Request: can't parse inline keyboard button")
+    for row in rows:
+        for button in row:
+            if not isinstance(button, dict) or not str(button.get("text") or "").strip():
+                raise ApiError(400, "Bad Request: BUTTON_TEXT_INVALID")
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
 
 
 def _phrase(status: int) -> str:

@@ -1,0 +1,99 @@
+"""Inline mode: `@yourbot a red bus` in any chat lists matching photos to pick from.
+
+Telegram shows inline results by file_id (InlineQueryResultCachedPhoto), so a picture must
+have been sent somewhere first: pictures without a cached file_id are uploaded once, as an
+album, to STORAGE_CHAT_ID (a private channel where the bot is an admin), and their file_ids
+join the cache. Without STORAGE_CHAT_ID only pictures the bot has sent before are listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from telegram import Bot, InlineQuery, InlineQueryResultCachedPhoto
+from telegram.constants import ParseMode
+from telegram.error import TelegramError
+
+from bot import replies
+from bot.sending import send_album
+from core.search import Hit, clean_query
+
+if TYPE_CHECKING:
+    from bot.handlers import BotData
+
+log = logging.getLogger(__name__)
+
+PAGE = 10
+"""Results per inline page (Telegram takes up to 50; uploads for new pictures go as one
+album of at most 10)."""
+MAX_OFFSET = 500
+"""Deeper pages are not offered (the offset comes back from clients: untrusted)."""
+CACHE_TIME_S = 10
+
+
+def parse_offset(offset: str) -> int | None:
+    """The offset an inline query continues from ("" = the first page), or None when it is
+    not one this bot gave."""
+    if offset == "":
+        return 0
+    if not offset.isdigit() or len(offset) > 4:
+        return None
+    value = int(offset)
+    return value if value % PAGE == 0 and value <= MAX_OFFSET else None
+
+
+async def answer(query: InlineQuery, data: BotData) -> None:
+    """Answer an inline query with a page of matching photos and the offset of the next."""
+    text = " ".join(query.query.split())
+    offset = parse_offset(query.offset)
+    if not text or offset is None:
+        await query.answer([], cache_time=CACHE_TIME_S, is_personal=True)
+        return
+    results = await data.services.search_text(clean_query(text), k=PAGE, offset=offset)
+    page = results.page
+    file_ids = await photo_file_ids(query.get_bot(), page.hits, data)
+    photos = [
+        InlineQueryResultCachedPhoto(
+            id=str(rank),
+            photo_file_id=file_ids[hit.version],
+            caption=replies.hit_caption(rank, hit),
+            parse_mode=ParseMode.HTML,
+        )
+        for rank, hit in enumerate(page.hits, offset + 1)
+        if hit.version in file_ids
+    ]
+    more = page.more and offset + PAGE <= MAX_OFFSET
+    await query.answer(
+        photos,
+        cache_time=CACHE_TIME_S,
+        is_personal=True,
+        next_offset=str(offset + PAGE) if more else None,  # ExtBot sends "" as "[]"
+    )
+
+
+async def photo_file_ids(bot: Bot, hits: list[Hit], data: BotData) -> dict[str, str]:
+    """version → file_id for `hits`: from the cache, after uploading the missing ones to the
+    storage chat (when there is one)."""
+    versions = [hit.version for hit in hits]
+    cached = await asyncio.to_thread(data.file_ids.get_many, versions)
+    missing = [hit for hit in hits if hit.version not in cached]
+    if not missing:
+        return cached
+    if data.storage_chat_id is None:
+        if not data.inline_storage_warned:
+            data.inline_storage_warned = True
+            log.warning(
+                "inline mode lists only pictures sent before: set STORAGE_CHAT_ID (a private "
+                "channel where the bot is an admin) to upload the others there once"
+            )
+        return cached
+    try:
+        await send_album(
+            bot, data.storage_chat_id, missing, data.file_ids, data.services.files, quiet=True
+        )
+    except TelegramError as err:
+        log.error("cannot upload to STORAGE_CHAT_ID=%s: %s", data.storage_chat_id, err)
+        return cached
+    return await asyncio.to_thread(data.file_ids.get_many, versions)
