@@ -48,10 +48,14 @@ class RunningBot:
 
 
 def build_index(
-    root: Path, per_split: dict[str, int], **overrides: object
+    root: Path,
+    per_split: dict[str, int],
+    categories: dict[str, list[int]] | None = None,
+    **overrides: object,
 ) -> tuple[Settings, list]:
+    """A mini COCO (with instances files when `categories` is given) indexed for a bot."""
     settings = make_settings(root, coco_root=root / "coco", collection="bot_images", **overrides)
-    images = make_mini_coco(settings.coco_root, per_split, seed=5)
+    images = make_mini_coco(settings.coco_root, per_split, seed=5, categories=categories)
     run(settings, CocoReader(settings.coco_root, list(per_split)), progress=False)
     return settings, images
 

@@ -766,9 +766,13 @@ class FakeTelegram:
         bot_username: str = "test_image_bot",
         bot_name: str = "Test Image Bot",
         debug: bool = False,
+        hide_button_messages: bool = False,
     ) -> None:
         self.token = token
         self.debug = debug
+        self.hide_button_messages = hide_button_messages
+        """`sent_to`/`wait_sent` leave out text messages that carry an inline keyboard (the
+        buttons under an album), for tests about what the bot answers, not its buttons."""
         self.bot_user: dict[str, Any] = {
             "id": int(token.split(":")[0]),
             "is_bot": True,
@@ -967,7 +971,7 @@ class FakeTelegram:
             return [
                 Sent(s.method, s.chat_id, copy.deepcopy(s.messages), s.call)
                 for s in self._sent
-                if s.chat_id == chat_id
+                if s.chat_id == chat_id and not (self.hide_button_messages and _has_buttons(s))
             ]
 
     def message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
@@ -2182,6 +2186,12 @@ def _error_json(status: int, description: str, parameters: dict | None = None) -
 
 def _describe(what: str | Callable[[Call], bool]) -> str:
     return repr(what) if isinstance(what, str) else getattr(what, "__name__", "predicate")
+
+
+def _has_buttons(sent: Sent) -> bool:
+    """A text message carrying an inline keyboard."""
+    markup = sent.messages[0].get("reply_markup") if sent.method == "sendMessage" else None
+    return bool(markup and markup.get("inline_keyboard"))
 
 
 def _peer_closed(conn: socket.socket) -> bool:

@@ -38,7 +38,10 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
         admin_user_ids=frozenset({ADMIN}),
         rate_limit_per_minute=RATE_LIMIT,
     )
-    with FakeTelegram() as tg, running_bot(settings, images, tg) as running:
+    with (
+        FakeTelegram(hide_button_messages=True) as tg,
+        running_bot(settings, images, tg) as running,
+    ):
         yield running
         tg.assert_no_errors()
     assert running.proc.returncode == 0, running.log()[-3000:]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bot import replies
-from tests.bot_harness import RunningBot, build_index, running_bot
+from tests.bot_harness import RunningBot, build_index, jpeg, running_bot
 from tests.fake_telegram import FakeTelegram, Sent
 
 ALLOWED = range(2000, 2100)
@@ -22,6 +22,8 @@ STRANGER = 666
 STORAGE = -1001111111111
 MORE, FULL = "More ▸", "Full size"
 _users = itertools.count(2000)
+CATS = list(range(0, 72, 3))
+"""Positions (over train2014 then val2014) of the pictures whose instances hold a cat."""
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
     settings, images = build_index(
         tmp_path_factory.mktemp("buttons"),
         {"train2014": 48, "val2014": 24},
+        categories={"cat": CATS, "dog": [1, 2]},
         allowed_user_ids=frozenset(ALLOWED),
         rate_limit_per_minute=0,
         inline_enabled=True,
@@ -146,13 +149,14 @@ def test_a_stranger_pressing_a_button_is_refused(bot: RunningBot) -> None:
 
 def test_inline_query_pages_and_keeps_what_it_uploaded(bot: RunningBot) -> None:
     tg, user = bot.tg, next(_users)
+    forget_file_ids(bot)  # earlier tests sent these pictures: make them new to Telegram again
     query = tg.inject_inline_query("a red circle", user_id=user)
     first = tg.inline_answer(query["id"], timeout=60).params
     assert len(first["results"]) == 10 and str(first["next_offset"]) == "10"
     assert first["is_personal"] is True
     assert [r["id"] for r in first["results"]] == [str(i) for i in range(1, 11)]
-    uploads = len(tg.sent_to(STORAGE))
-    assert uploads >= 1  # the pictures new to Telegram went to the storage chat once
+    [upload] = tg.sent_to(STORAGE)  # the pictures new to Telegram went there, once
+    assert sorted(upload.photo_file_ids) == sorted(r["photo_file_id"] for r in first["results"])
     query = tg.inject_inline_query("a red circle", "10", user_id=user)
     second = tg.inline_answer(query["id"], timeout=60).params
     assert [r["id"] for r in second["results"]] == [str(i) for i in range(11, 21)]
@@ -165,6 +169,13 @@ def test_inline_query_pages_and_keeps_what_it_uploaded(bot: RunningBot) -> None:
     assert len(tg.sent_to(STORAGE)) == after_two_pages  # nothing uploaded again
     query = tg.inject_inline_query("", user_id=user)
     assert tg.inline_answer(query["id"], timeout=30).params["results"] == []
+
+
+def forget_file_ids(bot: RunningBot) -> None:
+    """Empty the running bot's file_id cache (SQLite: safe to write from another process)."""
+    path = bot.settings.chroma_path / f"{bot.settings.collection}-telegram-file-ids.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM file_ids")
 
 
 def test_buttons_keep_working_after_a_restart(tmp_path: Path) -> None:
@@ -180,3 +191,38 @@ def test_buttons_keep_working_after_a_restart(tmp_path: Path) -> None:
             assert set(page2.photo_file_ids).isdisjoint(album.photo_file_ids)
             assert again.proc.poll() is None
         tg.assert_no_errors()
+
+
+# --- what a search can say: compound queries, hashtags, a photo changed by words -------------
+
+
+def picture_positions(bot: RunningBot, album: Sent) -> list[int]:
+    """Where each photo of the album is among the indexed pictures (by its bytes)."""
+    by_bytes = {image.path.read_bytes(): n for n, image in enumerate(bot.images)}
+    return [by_bytes[bot.tg.file_bytes(fid)] for fid in album.photo_file_ids]
+
+
+def test_hashtags_filter_by_category(bot: RunningBot) -> None:
+    user = next(_users)
+    album, buttons = search(bot.tg, "#cat a red circle", user)
+    assert set(picture_positions(bot, album)) <= set(CATS)
+    assert "#cat" in buttons.text
+    bot.tg.inject_text("#cta", user_id=user)
+    [reply] = bot.tg.wait_sent(user, since=2, timeout=60)
+    assert "did you mean #cat?" in reply.text
+
+
+def test_compound_queries(bot: RunningBot) -> None:
+    album, buttons = search(bot.tg, "red + square", next(_users))
+    assert bot.album_labels(album) == [("red", "square")] * 5
+    assert "red" in buttons.text and "square" in buttons.text
+
+
+def test_a_photo_changed_by_its_caption(bot: RunningBot) -> None:
+    user = next(_users)
+    bot.tg.inject_photo(
+        jpeg("green", "square", (160, 120)), 'a blue square -"a green square"', user_id=user
+    )
+    album, buttons = bot.tg.wait_sent(user, 2, timeout=60)
+    assert bot.album_labels(album)[:3] == [("blue", "square")] * 3
+    assert "your photo" in buttons.text

@@ -86,7 +86,7 @@ def missing_model_env(tmp_path: Path, tg: FakeTelegram, clip_model: str) -> dict
 def test_a_missing_local_model_is_one_line_about_the_path(
     tmp_path: Path, clip_model: str, expected: str
 ) -> None:
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         env = missing_model_env(tmp_path, tg, clip_model.format(tmp=tmp_path))
         result = start_and_wait(env, tmp_path)
     assert result.returncode == 1
@@ -97,7 +97,7 @@ def test_a_missing_local_model_is_one_line_about_the_path(
 
 
 def test_an_unknown_hub_model_offline_is_one_line_with_download_advice(tmp_path: Path) -> None:
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         env = missing_model_env(tmp_path, tg, "nobody/no-such-clip")
         env["HF_HUB_OFFLINE"] = "1"
         result = start_and_wait(env, tmp_path)
@@ -110,7 +110,7 @@ def test_an_unknown_hub_model_offline_is_one_line_with_download_advice(tmp_path:
 def test_an_unreachable_hub_is_one_line_without_retries(tmp_path: Path) -> None:
     """No network (the hub's address refuses connections): one line, not minutes of the
     hub client's retries, each printed twice."""
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         env = missing_model_env(tmp_path, tg, "nobody/no-such-clip")
         for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             env.pop(offline, None)
@@ -127,7 +127,9 @@ def test_a_refused_token_is_one_line_that_never_shows_the_token(
     tmp_path: Path, log_level: str
 ) -> None:
     wrong = "999:AAWrongSecretPartOfTheToken"
-    with FakeTelegram() as tg:  # its token is another: it answers 401 Unauthorized
+    with FakeTelegram(
+        hide_button_messages=True
+    ) as tg:  # its token is another: it answers 401 Unauthorized
         env = subprocess_env(make_settings(tmp_path), **{**tg.env(), "TELEGRAM_BOT_TOKEN": wrong})
         env["LOG_LEVEL"] = log_level
         result = start_and_wait(env, tmp_path, timeout=60)
@@ -140,7 +142,7 @@ def test_a_refused_token_is_one_line_that_never_shows_the_token(
 def test_check_only_checks_the_token_and_exits(tmp_path: Path) -> None:
     """`python -m bot --check` (what `make run` does before any download or build): the token
     is checked with getMe and nothing else starts, not even the models."""
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         env = subprocess_env(make_settings(tmp_path), **tg.env())
         good = start_and_wait(env, tmp_path, 60, "--check")
         refused = start_and_wait(env | {"TELEGRAM_BOT_TOKEN": "1:AAnotIt"}, tmp_path, 60, "--check")
@@ -179,7 +181,7 @@ def wait_for_line(log_path: Path, text: str, proc: subprocess.Popen, timeout: fl
 def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, moment: str) -> None:
     """SIGTERM while the models load, or while python-telegram-bot connects (before
     post_init ever ran): a clean stop, exit 0, no traceback hiding anything."""
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         if moment == "connecting":
             tg.fail("getMe", 200)  # the token check: at once
             tg.slow("getMe", 20)  # python-telegram-bot's own getMe: slow
@@ -246,7 +248,7 @@ def test_webhook_without_a_configured_secret_refuses_forged_updates(tmp_path: Pa
         allowed_user_ids=frozenset({7, 8}),
         vqa_enabled=False,
     )
-    with FakeTelegram() as tg, running_bot(settings, [], tg) as bot:
+    with FakeTelegram(hide_button_messages=True) as tg, running_bot(settings, [], tg) as bot:
         secret = tg.wait_for("setWebhook").params.get("secret_token")
         assert secret and re.fullmatch(r"[A-Za-z0-9_-]{32,256}", secret)
         assert secret not in bot.log() and tg.token not in bot.log()
@@ -277,7 +279,7 @@ def test_a_webhook_url_telegram_refuses_is_one_line(tmp_path: Path) -> None:
         webhook_port=port,
         vqa_enabled=False,
     )
-    with FakeTelegram() as tg:
+    with FakeTelegram(hide_button_messages=True) as tg:
         result = start_and_wait(subprocess_env(settings, **tg.env()), tmp_path)
         assert [c.status for c in tg.calls("setWebhook")] == [400]
     assert result.returncode == 2
@@ -305,7 +307,7 @@ def test_webhook_mode_with_an_index_built_while_running(
         webhook_secret="s3cret-token",
         vqa_enabled=False,
     )
-    with FakeTelegram() as tg, running_bot(settings, [], tg) as bot:
+    with FakeTelegram(hide_button_messages=True) as tg, running_bot(settings, [], tg) as bot:
         assert "search is not available yet: index is empty" in bot.log()
         hook = tg.wait_for("setWebhook")
         assert hook.params["url"] == settings.webhook_url

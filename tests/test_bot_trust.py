@@ -74,7 +74,10 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
         root, {"val2014": 48}, rate_limit_per_minute=0, ask_queue_size=ASK_QUEUE
     )
     poison(settings, images, root)
-    with FakeTelegram() as tg, running_bot(settings, images, tg) as running:
+    with (
+        FakeTelegram(hide_button_messages=True) as tg,
+        running_bot(settings, images, tg) as running,
+    ):
         yield running
         tg.assert_no_errors()
 
@@ -174,7 +177,7 @@ def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaSe
     images = make_mini_coco(settings.coco_root, {"val2014": 24})
     reader = CocoReader(settings.coco_root, ["val2014"])
     run(settings, reader, progress=False)
-    with FakeTelegram() as tg, running_bot(settings, images, tg) as bot:
+    with FakeTelegram(hide_button_messages=True) as tg, running_bot(settings, images, tg) as bot:
         tg.inject_text("a red circle", user_id=7)
         [first] = tg.wait_sent(7, timeout=60)
         assert first.kind == "media_group"

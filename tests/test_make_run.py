@@ -51,7 +51,10 @@ def test_make_run_from_nothing(tmp_path: Path) -> None:
         tmp_path, coco_root=tmp_path / "coco", collection="from_nothing", vqa_enabled=False
     )
     log = tmp_path / "make.log"
-    with CocoServer(build_coco_zips(tmp_path / "mirror")) as mirror, FakeTelegram() as tg:
+    with (
+        CocoServer(build_coco_zips(tmp_path / "mirror")) as mirror,
+        FakeTelegram(hide_button_messages=True) as tg,
+    ):
         env = subprocess_env(settings, **tg.env(), COCO_BASE_URL=mirror.url)
         proc = make_run(env, log)
         try:
@@ -75,7 +78,10 @@ def test_make_run_from_nothing(tmp_path: Path) -> None:
 def test_make_run_with_a_wrong_token_stops_before_any_download(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, coco_root=tmp_path / "coco", collection="never")
     make_mini_coco(tmp_path / "mirror", {"val2014": 4}, seed=4)
-    with CocoServer(build_coco_zips(tmp_path / "mirror")) as mirror, FakeTelegram() as tg:
+    with (
+        CocoServer(build_coco_zips(tmp_path / "mirror")) as mirror,
+        FakeTelegram(hide_button_messages=True) as tg,
+    ):
         env = subprocess_env(
             settings, **{**tg.env(), "TELEGRAM_BOT_TOKEN": "1:AAwrong"}, COCO_BASE_URL=mirror.url
         )
