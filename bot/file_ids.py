@@ -7,10 +7,11 @@ durable and lets several bot processes on one host share the file.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from bot.local_db import open_local_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_ids (
@@ -28,12 +29,8 @@ class FileIdCache:
     def __init__(self, path: Path, bot_id: int) -> None:
         self.path = path
         self.bot_id = bot_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._db = open_local_db(path, _SCHEMA)
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
 
     def get_many(self, image_ids: Iterable[str]) -> dict[str, str]:
         ids = list(image_ids)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from bot.local_db import open_local_db
 from core.search import Hit, PreparedQuery
 
 TOKEN_CHARS = 10
@@ -206,13 +206,8 @@ class SearchContexts:
         self.max_contexts = max_contexts
         self.ttl_s = ttl_s
         self._clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._db = open_local_db(path, _SCHEMA, _INDEX)
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-            self._db.execute(_INDEX)
 
     def __len__(self) -> int:
         with self._lock:
