@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Resumable and incremental: rerun the same command after an interruption or "
         "when files changed; only what is new or changed is embedded.",
     )
+    _add_source_flags(parser.add_argument_group("what to index"))
+    _add_build_flags(parser.add_argument_group("how to build"))
+    return parser
+
+
+def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--coco-root",
         type=Path,
@@ -106,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="index only the first N pictures (by id; with --urls the first N valid ones in "
         "list order, and only those are downloaded), e.g. a 10k subset to try things out",
     )
+
+
+def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive,
@@ -157,7 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step (DEBUG)")
-    return parser
 
 
 def describe(summary: IndexSummary) -> str:
