@@ -60,6 +60,12 @@ class DatasetError(SearchBotError):
     """A dataset on disk is missing or malformed (annotation file, image folder)."""
 
 
+class BadEvalInput(DatasetError):
+    """An evaluation's input is missing or malformed: a split file, the COCO folder, --limit."""
+
+    exit_code = 2
+
+
 class UnsafeRemoval(SearchBotError):
     """A refresh would remove a large part of the index (an empty or unmounted data folder?);
     nothing was changed. The operator confirms a real removal with `--prune`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -284,6 +284,20 @@ class SearchService:
         """Decode `source` safely (raises `BadImage`), then search by it."""
         return self.by_image(self._load(source), k)
 
+    def fuse_with_captions(
+        self,
+        vector: np.ndarray,
+        matches: list[Match[ImageRecord]],
+        n: int,
+        *,
+        skip_caption: Callable[[CaptionRecord], bool] | None = None,
+    ) -> list[Match[ImageRecord]]:
+        """`matches` (the nearest pictures of a text's `vector`, best first, `n` deep) fused
+        with the captions' ranking exactly as text searches are; unchanged without a captions
+        collection. `skip_caption` leaves captions out of that ranking (core.evaluation leaves
+        out the query's own caption, which would otherwise find its picture trivially)."""
+        return self._fused(vector, matches, n, (), skip_caption)
+
     # --- helpers --------------------------------------------------------------------------
 
     def _load(self, source: ImageSource) -> Image.Image:
@@ -354,6 +368,7 @@ class SearchService:
         matches: list[Match[ImageRecord]],
         n: int,
         categories: Sequence[str],
+        skip_caption: Callable[[CaptionRecord], bool] | None = None,
     ) -> list[Match[ImageRecord]]:
         """Reciprocal-rank fusion of the image ranking with the caption ranking (the same
         text vector against the caption vectors, caption hits mapped to their pictures).
@@ -366,6 +381,8 @@ class SearchService:
             return matches
         caption_rank: dict[str, int] = {}
         for match in found:
+            if skip_caption is not None and skip_caption(match.record):
+                continue
             if len(caption_rank) < n:
                 caption_rank.setdefault(match.record.image_id, len(caption_rank) + 1)
         image_rank = {m.record.id: rank for rank, m in enumerate(matches, 1)}
