@@ -170,17 +170,26 @@ def test_clip_crops_and_siglip_squashes(encoders: dict[str, ClipEncoder]) -> Non
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_jpeg_draft_decode_keeps_the_vector(family: str, encoders: dict[str, ClipEncoder]) -> None:
+@pytest.mark.parametrize(
+    ("size", "drafted"),
+    [((640, 480), (320, 240)), ((1800, 500), (900, 250))],  # a COCO photo, a panorama
+)
+def test_jpeg_draft_decode_keeps_the_vector(
+    family: str, size: tuple[int, int], drafted: tuple[int, int], encoders: dict[str, ClipEncoder]
+) -> None:
+    """Draft decoding keeps BOTH sides at least the input size (1800×500 is decoded at 1/2,
+    not 1/8): SigLIP squashes the whole picture, so its long side must not be undersampled
+    either."""
     encoder = encoders[family]
-    picture = draw(*LABELS[4], width=640, height=480, rng=random.Random(3))
-    noise = np.random.default_rng(0).integers(-5, 6, (480, 640, 3))  # a photo's grain
+    width, height = size
+    picture = draw(*LABELS[4], width=width, height=height, rng=random.Random(3))
+    noise = np.random.default_rng(0).integers(-5, 6, (height, width, 3))  # a photo's grain
     picture = Image.fromarray(np.clip(np.asarray(picture) + noise, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=90)
     draft = decode_image(buffer.getvalue(), min_side=encoder.input_size).image
     full = decode_image(buffer.getvalue()).image
-    assert draft.size == (320, 240)  # decoded at 1/2: both sides still cover 224
-    assert min(draft.size) >= encoder.input_size and full.size == (640, 480)
+    assert draft.size == drafted and min(drafted) >= encoder.input_size and full.size == size
     a, b = encoder.embed_images([draft, full])
     assert float(a @ b) >= 0.9999
 
@@ -218,6 +227,17 @@ def test_siglip2_naflex_is_refused_clearly(tmp_path: Path) -> None:
     Siglip2Config().save_pretrained(tmp_path)
     with pytest.raises(ModelUnavailable, match=r"NaFlex .* fixed-resolution SigLIP 2"):
         ClipEncoder(str(tmp_path), device="cpu").load()
+
+
+def test_a_missing_tokenizer_library_is_one_clear_line(
+    built: dict[str, Built], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_sentencepiece(*args, **kwargs):
+        raise ImportError("SiglipTokenizer requires the SentencePiece library but it was not found")
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", no_sentencepiece)
+    with pytest.raises(ModelUnavailable, match=r"SentencePiece.*pip install sentencepiece"):
+        ClipEncoder(str(built["siglip"].path), device="cpu").load()
 
 
 def test_a_collection_stays_tied_to_its_model_across_families(

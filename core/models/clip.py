@@ -27,6 +27,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from core.config import Settings
+from core.errors import ModelUnavailable
 from core.models import families
 from core.models.families import Family
 from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
@@ -74,7 +75,7 @@ class ClipEncoder:
         model = load_pretrained(
             "CLIP", name, lambda: AutoModel.from_pretrained(name, dtype=self.dtype)
         )
-        processor = load_pretrained("CLIP", name, lambda: AutoProcessor.from_pretrained(name))
+        processor = load_pretrained("CLIP", name, lambda: _processor(name))
         family = families.detect(name, model.config, processor)
         model.to(self.device).eval()
         return _Loaded(model, processor, family)
@@ -183,6 +184,20 @@ class ClipEncoder:
         return (
             self.embed_pixels(self.preprocess(images), batch_size) if images else _stack([], self)
         )
+
+
+def _processor(name: str) -> ProcessorMixin:
+    """The checkpoint's own processor; a tokenizer whose library is missing (SigLIP's
+    SentencePiece) is one clear `ModelUnavailable`."""
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except ImportError as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelUnavailable(
+            f"CLIP model unavailable: CLIP_MODEL {name} needs a library that is not installed "
+            f"({why}): SigLIP's tokenizer needs `pip install sentencepiece` "
+            "(or `pip install .[siglip]`)"
+        ) from err
 
 
 def _normalised(features: object) -> np.ndarray:
