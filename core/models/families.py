@@ -11,8 +11,13 @@ that family's processor expects, so the encoder's vectors equal the reference ca
 - `siglip`: `model_type == "siglip"` with a SentencePiece (or any non-Gemma) tokenizer.
   Texts padded to max_length (64) and truncated (pooling reads the last position; trained
   so); images squashed to the square size without a crop, mean = std = 0.5.
-- `siglip2`: `model_type == "siglip"` with a Gemma tokenizer: the fixed-resolution SigLIP 2
-  checkpoints (google/siglip2-base-patch16-224, ...). Fed as SigLIP.
+- `siglip2`: `model_type == "siglip"` with a Gemma tokenizer (or Gemma's 256,000-piece
+  vocabulary): the fixed-resolution SigLIP 2 checkpoints (google/siglip2-base-patch16-224,
+  ...), which are `SiglipModel`s. Fed as SigLIP.
+
+`multilingual`: SigLIP 2 (Gemma), or "multilingual" in CLIP_MODEL, or a text vocabulary of
+at least 250,000 pieces (google/siglip-base-patch16-256-multilingual); CLIP and English
+SigLIP are not.
 
 The image settings (sizes, crop, mean/std, resampling) are never written here: they are the
 checkpoint's own image processor's. SigLIP 2 "NaFlex" checkpoints (`model_type ==
@@ -31,6 +36,9 @@ SUPPORTED = "CLIP, SigLIP and SigLIP 2 dual encoders"
 MULTILINGUAL_VOCAB = 250_000
 """A text vocabulary at least this large is multilingual: google's multilingual SigLIP has
 250,000 pieces and Gemma (SigLIP 2) 256,000; English SigLIP has 32,000 and CLIP 49,408."""
+GEMMA_VOCAB = 256_000
+"""Gemma's vocabulary: a SigLIP text tower of this size is SigLIP 2 even if its tokenizer
+loaded under another class name."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,10 @@ def detect(name: str, config: Any, processor: Any) -> Family:
     if config.model_type == CLIP:
         family, padding, dim = CLIP, True, int(config.projection_dim)
     else:
-        gemma = "gemma" in type(tokenizer).__name__.lower()
+        gemma = "gemma" in type(tokenizer).__name__.lower() or _vocab(text) == GEMMA_VOCAB
         family, padding, dim = (SIGLIP2 if gemma else SIGLIP), "max_length", _siglip_dim(config)
-    vocab = int(getattr(text, "vocab_size", 0) or 0)
     multilingual = (
-        family == SIGLIP2 or "multilingual" in name.lower() or vocab >= MULTILINGUAL_VOCAB
+        family == SIGLIP2 or "multilingual" in name.lower() or _vocab(text) >= MULTILINGUAL_VOCAB
     )
     return Family(
         name=family,
@@ -90,6 +97,10 @@ def detect(name: str, config: Any, processor: Any) -> Family:
         dim=dim,
         multilingual=multilingual,
     )
+
+
+def _vocab(text_config: Any) -> int:
+    return int(getattr(text_config, "vocab_size", 0) or 0)
 
 
 def _siglip_dim(config: Any) -> int:
