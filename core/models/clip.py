@@ -1,8 +1,15 @@
-"""CLIP encoder: texts and images → L2-normalised float32 vectors in one shared space.
+"""The dual encoder (CLIP, SigLIP or SigLIP 2): texts and images → L2-normalised float32
+vectors in one shared space.
 
 The vectors are exactly what the reference Hugging Face call gives
-(`model.get_text_features(**processor(text=...))`, `get_image_features(...)`, normalised),
-computed in the configured device and dtype, in batches. Image preprocessing
+(`model.get_text_features(**processor(text=...))`, `get_image_features(...)`, their
+`pooler_output` normalised), computed in the configured device and dtype, in batches. Each
+family is fed as its own processor feeds it (`core.models.families`).
+
+Ranking is by cosine for every family (normalised vectors in a cosine collection). SigLIP's
+`logit_scale` and `logit_bias` (its sigmoid "is this pair a match" probability) are not
+used: they are one monotonic map of the cosine, the same for every pair, so they would not
+change any ranking, only the scale of the scores. Image preprocessing
 (`preprocess`) is separate from inference (`embed_pixels`) so the index builder can run it
 in worker threads while the model works; `embed_images` does both.
 """
@@ -17,9 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from core.config import Settings
+from core.errors import ModelUnavailable
+from core.models import families
+from core.models.families import Family
 from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -30,14 +40,14 @@ DEFAULT_IMAGE_BATCH = 32
 
 @dataclass(frozen=True)
 class _Loaded:
-    model: CLIPModel
-    processor: CLIPProcessor
-    max_text_tokens: int
-    input_size: int
+    model: PreTrainedModel
+    processor: ProcessorMixin
+    family: Family
 
 
 class ClipEncoder:
-    """A CLIP model that loads lazily (thread-safe) and embeds texts and images.
+    """A dual encoder (CLIP, SigLIP, SigLIP 2: see `core.models.families`) that loads lazily
+    (thread-safe) and embeds texts and images.
 
     Inference is serialised by a lock: one forward pass at a time per encoder, which is
     what the CPU or GPU can do anyway; callers batch to go faster. Preprocessing is not
@@ -58,20 +68,17 @@ class ClipEncoder:
         return cls(settings.clip_model, device=settings.device, dtype=settings.dtype)
 
     def _load(self) -> _Loaded:
-        log.info("loading CLIP %s on %s as %s", self.model_name, self.device, self.dtype)
+        name = self.model_name
+        config = load_pretrained("CLIP", name, lambda: AutoConfig.from_pretrained(name))
+        families.check_model_type(name, config)
+        log.info("loading %s %s on %s as %s", config.model_type, name, self.device, self.dtype)
         model = load_pretrained(
-            "CLIP",
-            self.model_name,
-            lambda: CLIPModel.from_pretrained(self.model_name, dtype=self.dtype),
+            "CLIP", name, lambda: AutoModel.from_pretrained(name, dtype=self.dtype)
         )
-        processor = load_pretrained(
-            "CLIP", self.model_name, lambda: CLIPProcessor.from_pretrained(self.model_name)
-        )
+        processor = load_pretrained("CLIP", name, lambda: _processor(name))
+        family = families.detect(name, model.config, processor)
         model.to(self.device).eval()
-        input_size = int(processor.image_processor.crop_size["height"])
-        return _Loaded(
-            model, processor, model.config.text_config.max_position_embeddings, input_size
-        )
+        return _Loaded(model, processor, family)
 
     def load(self) -> None:
         """Load the weights now instead of on first use (raises `ModelUnavailable`)."""
@@ -84,7 +91,7 @@ class ClipEncoder:
         fails, it runs uncompiled."""
         loaded = self._model.get()
         self._compiled_image_features = torch.compile(loaded.model.get_image_features)
-        size = loaded.input_size
+        size = loaded.family.input_size
         self.embed_pixels(np.zeros((1, 3, size, size), np.float32), batch_size)  # compiles now
 
     @property
@@ -93,24 +100,40 @@ class ClipEncoder:
 
     @property
     def dim(self) -> int:
-        """The embedding dimension."""
-        return int(self._model.get().model.config.projection_dim)
+        """The embedding dimension (512 for ViT-B/32, 768 for SigLIP base)."""
+        return self._model.get().family.dim
 
     @property
     def input_size(self) -> int:
-        """The side of the square image the model sees (224 for ViT-B/32)."""
-        return self._model.get().input_size
+        """The side of the square image the model sees (224 for ViT-B/32, 256 for
+        siglip-base-patch16-256): pass it to `decode_image(min_side=...)`."""
+        return self._model.get().family.input_size
+
+    @property
+    def family(self) -> str:
+        """ "clip", "siglip" or "siglip2" (loads the model)."""
+        return self._model.get().family.name
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether queries in other languages than English are expected to work: true for
+        SigLIP 2 (Gemma tokenizer), and for a model with "multilingual" in its name or a text
+        vocabulary of 250,000 pieces or more (google/siglip-base-patch16-256-multilingual);
+        false for CLIP and English SigLIP (loads the model)."""
+        return self._model.get().family.multilingual
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
-        """Embed texts; longer than the model's context (77 tokens) is truncated."""
+        """Embed texts; longer than the model's context (CLIP 77 tokens, SigLIP 64) is
+        truncated. SigLIP texts are padded to the full context, as the model was trained."""
         loaded = self._model.get()
+        family = loaded.family
         out = []
         for start in range(0, len(texts), batch_size):
             tokens = loaded.processor.tokenizer(
                 list(texts[start : start + batch_size]),
-                padding=True,
+                padding=family.text_padding,
                 truncation=True,
-                max_length=loaded.max_text_tokens,
+                max_length=family.max_text_tokens,
                 return_tensors="pt",
             )
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
@@ -120,7 +143,8 @@ class ClipEncoder:
         return _stack(out, self)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Resize, crop and normalise images as the model expects: float32 NCHW pixels.
+        """Resize, crop and normalise images as the model's own image processor does (CLIP:
+        shortest side, centre crop; SigLIP: squashed to the square, no crop): float32 NCHW.
 
         Thread-safe and lock-free, so it can run in workers beside `embed_pixels`.
         """
@@ -143,7 +167,7 @@ class ClipEncoder:
             out.append(_normalised(features)[:count])
         return _stack(out, self)
 
-    def _image_features(self, model: CLIPModel, pixels: torch.Tensor) -> object:
+    def _image_features(self, model: PreTrainedModel, pixels: torch.Tensor) -> object:
         compiled = self._compiled_image_features
         if compiled is not None:
             try:
@@ -160,6 +184,20 @@ class ClipEncoder:
         return (
             self.embed_pixels(self.preprocess(images), batch_size) if images else _stack([], self)
         )
+
+
+def _processor(name: str) -> ProcessorMixin:
+    """The checkpoint's own processor; a tokenizer whose library is missing (SigLIP's
+    SentencePiece) is one clear `ModelUnavailable`."""
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except ImportError as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelUnavailable(
+            f"CLIP model unavailable: CLIP_MODEL {name} needs a library that is not installed "
+            f"({why}): SigLIP's tokenizer needs `pip install sentencepiece` "
+            "(or `pip install .[siglip]`)"
+        ) from err
 
 
 def _normalised(features: object) -> np.ndarray:
