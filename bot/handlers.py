@@ -102,16 +102,25 @@ async def refuse(update: Update, data: BotData, text: str) -> None:
 
 async def start(update: Update, context: Context) -> None:
     """/start: greeting and what the bot can do."""
+    services = context.bot_data.services
     await update.effective_message.reply_text(
-        replies.start_text(ask_enabled=context.bot_data.services.ask_enabled)
+        replies.start_text(ask_enabled=services.ask_enabled, model=model_note(context, admin=False))
     )
 
 
 async def help_command(update: Update, context: Context) -> None:
     """/help: what the bot can do, with examples."""
+    services = context.bot_data.services
     await update.effective_message.reply_text(
-        replies.help_text(ask_enabled=context.bot_data.services.ask_enabled)
+        replies.help_text(ask_enabled=services.ask_enabled, model=model_note(context, admin=False))
     )
+
+
+def model_note(context: Context, *, admin: bool) -> replies.ModelNote:
+    """The search model as a user may see it (a local model's path only for admins)."""
+    encoder = context.bot_data.services.encoder
+    name = encoder.model_name if admin else replies.public_model_name(encoder.model_name)
+    return replies.ModelNote(name, encoder.family, encoder.multilingual)
 
 
 async def stats(update: Update, context: Context) -> None:
@@ -123,7 +132,7 @@ async def stats(update: Update, context: Context) -> None:
     await update.effective_message.reply_text(
         replies.stats_text(
             images=s.images,
-            model=s.model if admin else replies.public_model_name(s.model),
+            model=model_note(context, admin=admin),
             device=s.device,
             dtype=s.dtype,
             store=s.store if admin else None,
@@ -136,7 +145,10 @@ async def unknown_command(update: Update, context: Context) -> None:
     await update.effective_message.reply_text(
         replies.UNKNOWN_COMMAND
         + "\n\n"
-        + replies.help_text(ask_enabled=context.bot_data.services.ask_enabled)
+        + replies.help_text(
+            ask_enabled=context.bot_data.services.ask_enabled,
+            model=model_note(context, admin=False),
+        )
     )
 
 

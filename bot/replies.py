@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from core.errors import (
@@ -39,7 +40,28 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def help_text(*, ask_enabled: bool) -> str:
+@dataclass(frozen=True)
+class ModelNote:
+    """Which search model runs, as /help and /stats tell it."""
+
+    name: str
+    """CLIP_MODEL as everyone may see it (`public_model_name`)."""
+    family: str
+    """"clip", "siglip" or "siglip2"."""
+    multilingual: bool
+
+
+FAMILY_NAMES = {"clip": "CLIP", "siglip": "SigLIP", "siglip2": "SigLIP 2"}
+
+
+def model_line(model: ModelNote) -> str:
+    """ "Search model: google/siglip2-base-patch16-224 (SigLIP 2): write in any language." """
+    family = FAMILY_NAMES.get(model.family, model.family)
+    languages = "write in any language" if model.multilingual else "English descriptions work best"
+    return f"Search model: {model.name} ({family}): {languages}."
+
+
+def help_text(*, ask_enabled: bool, model: ModelNote) -> str:
     lines = [
         "I find pictures. Try:",
         "• send a few words, e.g. <i>a dog running on a beach</i> — I answer with the best "
@@ -58,6 +80,7 @@ def help_text(*, ask_enabled: bool) -> str:
         "Each result shows its rank, a similarity score (higher is closer) and a caption.",
         "Under each album: <b>More ▸</b> — the next results · <b>Similar 2</b> — pictures like "
         "result 2 · <b>Full size</b> — the original files, as documents",
+        html.escape(model_line(model), quote=False),
         "/stats — what is indexed · /help — this message",
     ]
     return "\n".join(lines)
@@ -77,8 +100,8 @@ SEARCH_SYNTAX = [
 """Help lines on the compound-query syntax; the weights are core.query's."""
 
 
-def start_text(*, ask_enabled: bool) -> str:
-    return "Hello! " + help_text(ask_enabled=ask_enabled)
+def start_text(*, ask_enabled: bool, model: ModelNote) -> str:
+    return "Hello! " + help_text(ask_enabled=ask_enabled, model=model)
 
 
 UNSUPPORTED = (
@@ -130,10 +153,15 @@ def rate_limited(retry_in_s: float) -> str:
 
 
 def stats_text(
-    *, images: int, model: str, device: str, dtype: str, store: str | None = None
+    *, images: int, model: ModelNote, device: str, dtype: str, store: str | None = None
 ) -> str:
     """/stats; `store` (where the data lives) only for admins."""
-    text = f"Pictures indexed: {images:,}\nModel: {model}\nDevice: {device} ({dtype})"
+    family = FAMILY_NAMES.get(model.family, model.family)
+    languages = "any" if model.multilingual else "English"
+    text = (
+        f"Pictures indexed: {images:,}\nModel: {model.name} ({family}; queries: {languages})"
+        f"\nDevice: {device} ({dtype})"
+    )
     if store is not None:
         text += f"\nStore: {store}"
     return html.escape(text, quote=False)

@@ -67,7 +67,6 @@ class Results:
 @dataclass(frozen=True)
 class Stats:
     images: int
-    model: str
     device: str
     dtype: str
     store: str
@@ -281,7 +280,6 @@ class Services:
         search = await self._service()
         return Stats(
             images=images,
-            model=self.settings.clip_model,
             device=str(self.encoder.device),
             dtype=str(self.encoder.dtype).removeprefix("torch."),
             store=search.store.description,

@@ -115,7 +115,7 @@ def test_start_help_and_stats(bot: RunningBot) -> None:
     assert "Pictures indexed: 72" in stats.text
     assert "tiny_clip" in stats.text and "cpu" in stats.text
     assert "Store:" not in stats.text and "Chroma" not in stats.text  # not an admin
-    assert "Model: tiny_clip\n" in stats.text  # a local model by its name, not its path
+    assert "Model: tiny_clip (CLIP" in stats.text  # a local model by its name, not its path
     [admin_stats] = ask(bot, "/stats", ADMIN)
     assert "Pictures indexed: 72" in admin_stats.text
     assert f"Model: {bot.settings.clip_model}\n" in admin_stats.text

@@ -32,10 +32,23 @@ def test_clip() -> None:
     assert replies.clip("a" * 20, 10) == "a" * 9 + "…"
 
 
+CLIP = replies.ModelNote("openai/clip-vit-base-patch32", "clip", multilingual=False)
+SIGLIP2 = replies.ModelNote("google/siglip2-base-patch16-224", "siglip2", multilingual=True)
+
+
 def test_help_mentions_ask_only_when_enabled() -> None:
-    assert "/ask" in replies.help_text(ask_enabled=True)
-    assert "/ask" not in replies.help_text(ask_enabled=False)
-    assert replies.start_text(ask_enabled=False).startswith("Hello!")
+    assert "/ask" in replies.help_text(ask_enabled=True, model=CLIP)
+    assert "/ask" not in replies.help_text(ask_enabled=False, model=CLIP)
+    assert replies.start_text(ask_enabled=False, model=CLIP).startswith("Hello!")
+
+
+def test_help_and_stats_say_which_model_runs_and_which_languages_work() -> None:
+    clip_help = replies.help_text(ask_enabled=True, model=CLIP)
+    assert "openai/clip-vit-base-patch32 (CLIP)" in clip_help and "English" in clip_help
+    siglip_help = replies.help_text(ask_enabled=True, model=SIGLIP2)
+    assert "(SigLIP 2)" in siglip_help and "any language" in siglip_help
+    stats = replies.stats_text(images=1, model=SIGLIP2, device="cpu", dtype="float32")
+    assert "google/siglip2-base-patch16-224 (SigLIP 2; queries: any)" in stats
 
 
 def test_error_replies_are_for_users_not_operators() -> None:
@@ -53,15 +66,16 @@ def test_rate_limited_rounds_up_to_whole_seconds() -> None:
 
 
 def test_stats_text_escapes() -> None:
-    text = replies.stats_text(images=123287, model="a<b", device="cpu", dtype="bfloat16", store="s")
+    model = replies.ModelNote("a<b", "clip", multilingual=False)
+    text = replies.stats_text(images=123287, model=model, device="cpu", dtype="bfloat16", store="s")
     assert "Pictures indexed: 123,287" in text and "a&lt;b" in text
 
 
 def test_stats_text_shows_the_store_only_when_given() -> None:
-    public = replies.stats_text(images=3, model="m", device="cpu", dtype="float32")
+    public = replies.stats_text(images=3, model=CLIP, device="cpu", dtype="float32")
     assert "Store" not in public and "Pictures indexed: 3" in public
     assert "Store: s" in replies.stats_text(
-        images=3, model="m", device="cpu", dtype="float32", store="s"
+        images=3, model=CLIP, device="cpu", dtype="float32", store="s"
     )
 
 
