@@ -25,6 +25,7 @@ from core.config import Settings, settings_env
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY_CLIP = FIXTURES / "tiny_clip"
+TINY_SIGLIP = FIXTURES / "tiny_siglip"
 TINY_BLIP2 = FIXTURES / "tiny_blip2"
 
 SETTING_VARS = [name.upper() for name in Settings.model_fields]
