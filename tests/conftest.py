@@ -138,7 +138,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
 
 @dataclass(frozen=True)
 class ShapeIndex:
-    """A 60-picture synthetic index built with the fixture CLIP (5 of each colour × shape)."""
+    """A 60-picture synthetic index built with a fixture model (5 of each colour × shape)."""
 
     settings: Settings
     images: list  # list[tests.mini_coco.MiniImage]
@@ -146,15 +146,26 @@ class ShapeIndex:
 
 @pytest.fixture(scope="session")
 def shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
+    """The shapes indexed with the tiny CLIP."""
+    return build_shape_index(tmp_path_factory.mktemp("shape-index"), TINY_CLIP, "shapes")
+
+
+@pytest.fixture(scope="session")
+def siglip_shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
+    """The same shapes indexed with the tiny SigLIP."""
+    root = tmp_path_factory.mktemp("siglip-shape-index")
+    return build_shape_index(root, TINY_SIGLIP, "shapes_siglip")
+
+
+def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
     from core.images import load_image
     from core.models.clip import ClipEncoder
     from core.records import ImageRecord
     from core.store import Database
     from tests.mini_coco import make_mini_coco
 
-    root = tmp_path_factory.mktemp("shape-index")
     images = make_mini_coco(root / "coco", {"train2014": 40, "val2014": 20}, seed=11)
-    settings = make_settings(root, collection="shapes")
+    settings = make_settings(root, clip_model=str(model), collection=collection)
     encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
     vectors = encoder.embed_images([load_image(image.path) for image in images])
     records = [
