@@ -24,7 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench import bot_load, fidelity, index_throughput, memory, query_latency, vqa_latency
+from bench import (
+    bot_load,
+    fidelity,
+    index_throughput,
+    memory,
+    model_families,
+    query_latency,
+    vqa_latency,
+)
 from bench.common import CACHE, RESULTS, machine, write_json
 
 SECTIONS = {
@@ -34,6 +42,7 @@ SECTIONS = {
     "memory": memory,
     "fidelity": fidelity,
     "vqa": vqa_latency,
+    "models": model_families,
 }
 
 
