@@ -90,6 +90,30 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path):
+    """`python -m core ...` in this process (fast), with `settings` in the environment."""
+    from core.__main__ import main as cli_main
+
+    def run(settings: Settings, *args: str) -> CliResult:
+        monkeypatch.chdir(tmp_path)
+        for name, value in settings_env(settings).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        code = cli_main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@dataclass(frozen=True)
 class ChromaServer:
     host: str
     port: int

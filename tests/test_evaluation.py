@@ -14,7 +14,6 @@ import pytest
 
 from core import indexing
 from core.__main__ import main as cli_main
-from core.config import Settings, settings_env
 from core.datasets import CocoReader
 from core.evaluation import (
     TIE_TOLERANCE,
@@ -29,7 +28,7 @@ from core.evaluation import (
 from core.images import decode_image
 from core.models.clip import ClipEncoder
 from core.search import SearchService
-from tests.conftest import make_settings
+from tests.conftest import CliResult, make_settings
 from tests.mini_coco import make_mini_coco
 
 KEYS = {"model", "images", "captions", "text_to_image", "image_to_text"}
@@ -176,29 +175,6 @@ def independent(encoder: ClipEncoder, images: list[tuple[Path, list[str]]]) -> d
         "text_to_image": brute_recalls(brute_text_to_image(sim, owner, TIE_TOLERANCE)),
         "image_to_text": brute_recalls(brute_image_to_text(sim, owner, TIE_TOLERANCE)),
     }
-
-
-@dataclass(frozen=True)
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path):
-    """`python -m core ...` in this process, with `settings` in the environment."""
-
-    def run(settings: Settings, *args: str) -> CliResult:
-        monkeypatch.chdir(tmp_path)
-        for name, value in settings_env(settings).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        code = cli_main(list(args))
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 def check_json(result: CliResult, expected: dict) -> dict:

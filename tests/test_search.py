@@ -3,14 +3,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.__main__ import main as cli_main
-from core.config import Settings, settings_env
 from core.errors import BadImage, EmptyQuery, IndexEmpty
 from core.images import load_image
 from core.models.clip import ClipEncoder
@@ -126,29 +124,6 @@ def test_empty_collection_is_index_empty(tmp_path: Path) -> None:
     )
     with pytest.raises(IndexEmpty, match="index is empty"):
         SearchService(encoder, store).by_text("a red circle", 5)
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path):
-    """`python -m core ...` in this process (fast), with `settings` in the environment."""
-
-    def run(settings: Settings, *args: str) -> CliResult:
-        monkeypatch.chdir(tmp_path)
-        for name, value in settings_env(settings).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        code = cli_main(list(args))
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 def test_cli_as_a_real_subprocess(shape_index: ShapeIndex, tmp_path: Path) -> None:
