@@ -118,7 +118,7 @@ def test_start_help_and_stats(bot: RunningBot) -> None:
     assert "Model: tiny_clip (CLIP" in stats.text  # a local model by its name, not its path
     [admin_stats] = ask(bot, "/stats", ADMIN)
     assert "Pictures indexed: 72" in admin_stats.text
-    assert f"Model: {bot.settings.clip_model}\n" in admin_stats.text
+    assert f"Model: {bot.settings.clip_model} (CLIP" in admin_stats.text
     assert f"Store: embedded Chroma in {bot.settings.chroma_path}" in admin_stats.text
 
 

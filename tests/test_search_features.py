@@ -19,7 +19,6 @@ from core.store import Database
 from tests.conftest import ShapeIndex, make_settings
 from tests.fixtures.shapes import LABELS, caption
 from tests.mini_coco import make_mini_coco
-from tests.test_search import run_cli  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +206,7 @@ def test_a_folder_index_has_no_categories(shape_index: ShapeIndex, service: Sear
         service.prepare(Query(text="#dog"))
 
 
-def test_cli_where(coco_index, run_cli) -> None:  # noqa: F811
+def test_cli_where(coco_index, run_cli) -> None:
     settings, made = coco_index
     result = run_cli(settings, "search", "--where", "cat,dog", "a red circle", "--k", "5")
     assert result.returncode == 0, result.stderr
