@@ -10,6 +10,7 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from core.errors import ConfigError, ModelUnavailable
+from core.models import clip
 from core.models.clip import ClipEncoder
 from core.models.runtime import LazyModel, cpu_has_native_bf16, resolve_device, resolve_dtype
 from tests.conftest import TINY_CLIP, in_hf_cache
@@ -117,13 +118,13 @@ def test_semantics_survive_the_encoder(fp32: ClipEncoder) -> None:
 
 def test_loading_is_lazy_and_happens_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    real = CLIPModel.from_pretrained
+    real = clip.load_streamed  # the weights are streamed into the model (from_config)
 
     def counting(*args, **kwargs):
-        loads.append(args[0])
+        loads.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(CLIPModel, "from_pretrained", counting)
+    monkeypatch.setattr(clip, "load_streamed", counting)
     encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     assert not encoder.loaded and loads == []
     results: list[np.ndarray] = []

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +29,16 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedModel, 
 
 from core.config import Settings
 from core.errors import ModelUnavailable
-from core.models import families
+from core.models import families, tuning
 from core.models.families import Family
-from core.models.runtime import LazyModel, load_pretrained, resolve_device, resolve_dtype
+from core.models.runtime import (
+    DTYPES,
+    LazyModel,
+    load_pretrained,
+    load_streamed,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +62,118 @@ class ClipEncoder:
     under the lock and may run in parallel from other threads.
     """
 
-    def __init__(self, model_name: str, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        tuning_cache: Path | None = None,
+        tune_batch: bool = False,
+    ) -> None:
+        """`dtype="auto"`: measured on first load (`core.models.tuning`), cached in
+        `tuning_cache` when given; `tune_batch`: also measure the best image batch size
+        (`tuning.batch_size`, for the index builder)."""
         self.model_name = model_name
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self._dtype = None if dtype == "auto" else resolve_dtype(dtype, self.device)
+        self._tuning_cache = tuning.TuningCache(tuning_cache) if tuning_cache else None
+        self._tune_batch = tune_batch
+        self.tuning: tuning.Tuning | None = None
+        """How `dtype="auto"` and the batch size were chosen (None when set explicitly)."""
         self._model = LazyModel(self._load)
         self._infer_lock = threading.Lock()
         self._compiled_image_features: Callable[..., object] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ClipEncoder:
-        """The encoder CLIP_MODEL, DEVICE and DTYPE describe."""
-        return cls(settings.clip_model, device=settings.device, dtype=settings.dtype)
+    def from_settings(cls, settings: Settings, *, tune_batch: bool = False) -> ClipEncoder:
+        """The encoder CLIP_MODEL, DEVICE and DTYPE describe; DTYPE=auto is cached in
+        `<CHROMA_PATH>/hardware-tuning.json`."""
+        return cls(
+            settings.clip_model,
+            device=settings.device,
+            dtype=settings.dtype,
+            tuning_cache=Path(settings.chroma_path) / tuning.CACHE_NAME,
+            tune_batch=tune_batch,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The inference dtype (with DTYPE=auto, known once loaded: this loads)."""
+        if self._dtype is None:
+            self._model.get()
+        assert self._dtype is not None
+        return self._dtype
 
     def _load(self) -> _Loaded:
         name = self.model_name
         config = load_pretrained("CLIP", name, lambda: AutoConfig.from_pretrained(name))
         families.check_model_type(name, config)
-        log.info("loading %s %s on %s as %s", config.model_type, name, self.device, self.dtype)
-        model = load_pretrained(
-            "CLIP", name, lambda: AutoModel.from_pretrained(name, dtype=self.dtype)
-        )
         processor = load_pretrained("CLIP", name, lambda: _processor(name))
+        key = tuning.key_for(name, self.device)
+        cached = self._tuning_cache.get(key) if self._tuning_cache else None
+        if self._dtype is None and cached is not None:
+            self.tuning, self._dtype = cached, DTYPES[cached.dtype]
+            log.info("DTYPE auto → %s", cached.dtype_line(tuning.cpu_name()))
+            if self._tune_batch and cached.batch_size is not None:
+                log.info("--batch-size auto → %s", cached.batch_line())
+        model = None
+        if self._dtype is None:
+            model, family = self._load_model(name, torch.float32, processor)
+            self.tuning = self._measure_dtype(model, family)
+            self._dtype = DTYPES[self.tuning.dtype]
+            if model.dtype != self._dtype:  # it ended in the last candidate
+                model = None
+        if model is None:
+            model, family = self._load_model(name, self._dtype, processor)
+        if self._tune_batch and (self.tuning is None or self.tuning.batch_size is None):
+            self._measure_batches(model, family)
+        if self._tuning_cache is not None and self.tuning and self.tuning.dtype_rates:
+            self._tuning_cache.put(key, self.tuning)  # only what DTYPE=auto chose
+        return _Loaded(model, processor, family)
+
+    def _load_model(
+        self, name: str, dtype: torch.dtype, processor: ProcessorMixin
+    ) -> tuple[PreTrainedModel, Family]:
+        log.info("loading %s on %s as %s", name, self.device, dtype)
+
+        def normally() -> PreTrainedModel:
+            return AutoModel.from_pretrained(name, dtype=dtype)
+
+        model = load_pretrained(
+            "CLIP", name, lambda: load_streamed(AutoModel, name, dtype, normally)
+        )
         family = families.detect(name, model.config, processor)
         model.to(self.device).eval()
-        return _Loaded(model, processor, family)
+        return model, family
+
+    def _measure_dtype(self, model: PreTrainedModel, family: Family) -> tuning.Tuning:
+        """Time the image tower per candidate dtype (`model` is converted in place)."""
+        pixels = tuning.probe_pixels(tuning.PROBE_BATCH, family.input_size).to(self.device)
+        rates, cosines = tuning.measure_dtypes(
+            model, _image_tower, pixels, tuning.dtype_candidates(self.device)
+        )
+        chosen, rejected = tuning.choose_dtype(rates, cosines)
+        for dtype, cosine in rejected.items():
+            log.warning("DTYPE auto: %s rejected, cosine with float32 %.4f", dtype, cosine)
+        found = tuning.Tuning(chosen, {d: round(r, 1) for d, r in rates.items()}, rejected)
+        log.info("DTYPE auto → %s", found.dtype_line(tuning.cpu_name()))
+        return found
+
+    def _measure_batches(self, model: PreTrainedModel, family: Family) -> None:
+        dtype = self._dtype
+        size = family.input_size
+        rates = tuning.measure_batches(
+            lambda pixels: _image_tower(model, pixels),
+            lambda n: tuning.probe_pixels(n, size).to(self.device, dtype),
+        )
+        if self.tuning is None:  # DTYPE set explicitly: only the batch is tuned
+            name = str(dtype).removeprefix("torch.")
+            self.tuning = tuning.Tuning(name, {}, batch_size=None)
+        self.tuning.batch_size = tuning.choose_batch(rates)
+        self.tuning.batch_rates = {str(b): round(r, 1) for b, r in rates.items()}
+        self.tuning.cached = False
+        log.info("--batch-size auto → %s", self.tuning.batch_line())
 
     def load(self) -> None:
         """Load the weights now instead of on first use (raises `ModelUnavailable`)."""
@@ -198,6 +293,11 @@ def _processor(name: str) -> ProcessorMixin:
             f"({why}): SigLIP's tokenizer needs `pip install sentencepiece` "
             "(or `pip install .[siglip]`)"
         ) from err
+
+
+def _image_tower(model: PreTrainedModel, pixels: torch.Tensor) -> torch.Tensor:
+    features = model.get_image_features(pixel_values=pixels)
+    return getattr(features, "pooler_output", features)
 
 
 def _normalised(features: object) -> np.ndarray:
