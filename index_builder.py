@@ -37,6 +37,11 @@ CPU_IMAGES_PER_S = 29
 """Measured end to end on a 2-core AMD EPYC in bf16 (README, Benchmarks): for estimates."""
 
 
+def batch_size(text: str) -> int | str:
+    """`auto` or a positive whole number."""
+    return "auto" if text.strip().lower() == "auto" else positive(text)
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -117,10 +122,12 @@ def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
 def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--batch-size",
-        type=positive,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="N",
-        help=f"pictures per model call (default {DEFAULT_BATCH_SIZE}; 256+ on a GPU)",
+        type=batch_size,
+        default="auto",
+        metavar="N|auto",
+        help="pictures per model call; auto (default) measures batches 16, 32, 64 and 128 "
+        "on first use (a few seconds) and caches the fastest in CHROMA_PATH/"
+        f"hardware-tuning.json; N skips that (e.g. {DEFAULT_BATCH_SIZE}; 256+ on a GPU)",
     )
     parser.add_argument(
         "--workers",
@@ -241,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(coco_root=args.coco_root, collection=args.collection)
         reader = prepare_source(settings, args)
+        encoder, batch = tuned_encoder(settings, args.batch_size)
         summary = run(
             settings,
             reader,
             limit=args.limit,
-            batch_size=args.batch_size,
+            batch_size=batch,
+            encoder=encoder,
             workers=args.workers,
             rebuild=args.rebuild,
             with_captions=args.with_captions,
@@ -262,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(describe(summary))
     return 130 if summary.interrupted else 0
+
+
+def tuned_encoder(settings: Settings, batch: int | str):
+    """The CLIP encoder, loaded; with DTYPE=auto or `--batch-size auto`, the choice is
+    measured (or read from CHROMA_PATH/hardware-tuning.json) and logged first."""
+    from core.models.clip import ClipEncoder
+
+    encoder = ClipEncoder.from_settings(settings, tune_batch=batch == "auto")
+    encoder.load()  # logs "DTYPE auto → ..." and "--batch-size auto → ..."
+    if batch == "auto":
+        assert encoder.tuning is not None and encoder.tuning.batch_size is not None
+        return encoder, encoder.tuning.batch_size
+    return encoder, batch
 
 
 def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:

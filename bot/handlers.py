@@ -136,6 +136,7 @@ async def stats(update: Update, context: Context) -> None:
             device=s.device,
             dtype=s.dtype,
             store=s.store if admin else None,
+            tuned=s.tuned,
         )
     )
 

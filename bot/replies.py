@@ -153,15 +153,24 @@ def rate_limited(retry_in_s: float) -> str:
 
 
 def stats_text(
-    *, images: int, model: ModelNote, device: str, dtype: str, store: str | None = None
+    *,
+    images: int,
+    model: ModelNote,
+    device: str,
+    dtype: str,
+    store: str | None = None,
+    tuned: str | None = None,
 ) -> str:
-    """/stats; `store` (where the data lives) only for admins."""
+    """/stats; `store` (where the data lives) only for admins; `tuned`: how DTYPE=auto
+    chose."""
     family = FAMILY_NAMES.get(model.family, model.family)
     languages = "any" if model.multilingual else "English"
     text = (
         f"Pictures indexed: {images:,}\nModel: {model.name} ({family}; queries: {languages})"
         f"\nDevice: {device} ({dtype})"
     )
+    if tuned is not None:
+        text += f"\nTuned: {tuned}"
     if store is not None:
         text += f"\nStore: {store}"
     return html.escape(text, quote=False)

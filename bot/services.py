@@ -70,6 +70,8 @@ class Stats:
     device: str
     dtype: str
     store: str
+    tuned: str | None = None
+    """How DTYPE=auto chose ("bfloat16, batch 32 (measured)"); None when DTYPE is set."""
 
 
 class Services:
@@ -283,6 +285,7 @@ class Services:
             device=str(self.encoder.device),
             dtype=str(self.encoder.dtype).removeprefix("torch."),
             store=search.store.description,
+            tuned=tuning.summary() if (tuning := self.encoder.tuning) else None,
         )
 
 
