@@ -132,7 +132,13 @@ def test_an_explicit_dtype_measures_nothing(
     assert encoder.tuning is None and not path.exists()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_already_in_the_dtype_are_mapped_not_streamed() -> None:
+    assert runtime.load_streamed(AutoModel, str(TINY_CLIP), torch.float32, lambda: "mapped") == (
+        "mapped"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_streamed_loading_gives_the_weights_from_pretrained_gives(dtype: torch.dtype) -> None:
     reference = AutoModel.from_pretrained(TINY_CLIP, dtype=dtype)
 

@@ -287,7 +287,9 @@ def load_streamed(model_class: type, name: str, dtype: torch.dtype, fallback: Ca
     from transformers.initialization import no_init_weights
 
     path = _single_safetensors(name)
-    if path is None:
+    if path is None or _stored_as(path, dtype):
+        # Already in `dtype`: transformers maps the file without copying, and pages in
+        # only what is used (a bot that only gets text queries never reads the image tower).
         return fallback()
     config = AutoConfig.from_pretrained(name)
     with no_init_weights():
@@ -318,6 +320,18 @@ def load_streamed(model_class: type, name: str, dtype: torch.dtype, fallback: Ca
         log.debug("%s: %d weights not in the checkpoint; loading normally", name, len(state))
         return fallback()
     return model
+
+
+def _stored_as(path: Path, dtype: torch.dtype) -> bool:
+    """Whether every floating-point tensor in the safetensors file is already `dtype`."""
+    with open(path, "rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    kinds = {
+        _SAFETENSORS_DTYPES.get(info.get("dtype", ""))
+        for key, info in header.items()
+        if key != "__metadata__"
+    }
+    return {kind for kind in kinds if kind is None or kind.is_floating_point} == {dtype}
 
 
 def _single_safetensors(name: str) -> Path | None:
