@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     device: Device = Field("auto", description="torch device: auto picks cuda when present")
     dtype: DType = Field(
-        "auto", description="inference dtype: auto = fp16 on cuda, bf16 on CPUs with native bf16"
+        "auto", description="inference dtype: auto = measured once per machine, then cached"
     )
     top_k: int = Field(
         5, ge=1, le=10, description="results per search (a Telegram album holds 2-10)"
