@@ -65,6 +65,7 @@ def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
     store = Database(settings).open(
         name, ImageRecord, model=settings.clip_model, dim=vectors.shape[1], create=True, hnsw=hnsw
     )
+    store.add_roots([str(photo.resolve().parent)])  # the search sends only pictures under a root
     started = time.perf_counter()
     store.upsert(records, vectors)
     return store, len(vectors) / (time.perf_counter() - started)
