@@ -65,19 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     summary_path = RESULTS / "summary.json"
-    summary: dict = {}
+    summary: dict = {"sections": {}}
     if args.only and summary_path.exists():  # keep the other sections' last numbers
         import json
 
-        summary = json.loads(summary_path.read_text())
-    summary.update(
-        {
-            "machine": machine(),
-            "date": datetime.date.today().isoformat(),
-            "quick": args.quick,
-        }
-    )
-    print(f"# Benchmarks on {summary['machine']}, {summary['date']}", flush=True)
+        summary = _sectioned(json.loads(summary_path.read_text()))
+    stamp = {
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "quick": args.quick,
+    }
+    print(f"# Benchmarks on {stamp['machine']}, {stamp['date']}", flush=True)
     for name, module in SECTIONS.items():
         if args.only and name not in args.only:
             continue
@@ -87,14 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(Tee(sys.stdout, tables)):
             result = module.run(args.quick, workdir / name)
         (RESULTS / f"{name}.md").write_text(
-            f"Measured on {summary['machine']}, {summary['date']}"
+            f"Measured on {stamp['machine']}, {stamp['date']}"
             f"{' (--quick)' if args.quick else ''}.\n{tables.getvalue()}\n"
         )
         result["section_s"] = round(time.perf_counter() - started, 1)
-        write_json(name, result)
-        summary.update(
-            {k: v for k, v in result.items() if k != "section_s" and not isinstance(v, dict)}
-        )
+        write_json(name, {**stamp, **result})
+        # Each section carries its own machine and date: a partial rerun (--only) never
+        # relabels the sections it did not run.
+        summary["sections"][name] = {
+            **stamp,
+            **{k: v for k, v in result.items() if not isinstance(v, dict)},
+        }
         write_json("summary", summary)  # after every section: a later failure loses nothing
         (RESULTS / "summary.md").write_text(
             "\n".join(
@@ -105,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\nwrote {summary_path}")
     return 0
+
+
+def _sectioned(old: dict) -> dict:
+    """summary.json as {"sections": {name: {machine, date, quick, numbers...}}}; a file in
+    the older flat layout (one machine and date for everything) is dropped, since which
+    section was measured where cannot be told from it."""
+    sections = old.get("sections")
+    return {"sections": sections if isinstance(sections, dict) else {}}
 
 
 class Tee(io.TextIOBase):

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -86,6 +88,15 @@ class IndexSummary:
     """The step the run was in last ("removing entries whose files are gone", ...)."""
     interrupted: bool = False
     """Stopped by Ctrl-C during `stage`; the counts say what was done until then."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent embedding images, by step: decode_cpu and preprocess_cpu (CPU time of
+    the decode threads), copies and model (the model's thread), store (the writer thread),
+    waiting_for_decode and waiting_for_store (the model's thread idle)."""
+
+    def breakdown(self) -> str:
+        """Milliseconds per indexed image by step, in one line."""
+        n = max(1, self.indexed)
+        return " · ".join(f"{name} {s / n * 1000:.2f} ms" for name, s in self.timings.items())
 
     @property
     def images_per_s(self) -> float:
@@ -378,55 +389,175 @@ def _embed_images(
     workers: int,
     progress: bool,
 ) -> None:
-    """Decode and preprocess in `workers` threads, embed in batches, store each batch
-    (counted in `summary.indexed` as soon as it is stored, so an interruption reports it)."""
-    input_size = encoder.input_size
+    """Decode and preprocess in `workers` threads, embed in batches on this thread, store
+    each batch from a writer thread (counted in `summary.indexed` once it is stored, so an
+    interruption reports exactly what was stored).
 
-    def prepare(record: ImageRecord) -> tuple[ImageRecord, np.ndarray]:
+    The model is the one thing that must never wait: decoding runs ahead by up to two
+    batches and the writer takes up to `WRITE_QUEUE` batches, both in threads of lower
+    CPU priority (`HELPER_NICE`) than the model's, so on a machine with few cores they use
+    what the model leaves idle instead of stalling its threads.
+    """
+    input_size = encoder.input_size
+    times = summary.timings
+
+    def prepare(record: ImageRecord) -> tuple[ImageRecord, np.ndarray, float, float]:
+        started = time.thread_time()
         decoded = decode_image(record.path, min_side=input_size, max_pixels=max_pixels)
+        decoded_at = time.thread_time()
         if not record.width:
             record = replace(record, width=decoded.width, height=decoded.height)
-        return record, encoder.preprocess([decoded.image])[0]
+        pixels = encoder.preprocess([decoded.image])[0]
+        return record, pixels, decoded_at - started, time.thread_time() - decoded_at
 
     batch: list[tuple[ImageRecord, np.ndarray]] = []
+    writer = _Writer(store, summary)
 
     def flush() -> None:
         if batch:
-            vectors = encoder.embed_pixels(np.stack([pixels for _, pixels in batch]), batch_size)
-            store.upsert([record for record, _ in batch], vectors)
-            summary.indexed += len(batch)
+            started = time.perf_counter()
+            pixels = np.stack([pixels for _, pixels in batch])
+            stacked = time.perf_counter()
+            vectors = encoder.embed_pixels(pixels, batch_size)
+            embedded = time.perf_counter()
+            writer.put([record for record, _ in batch], vectors)
+            _add(times, copies=stacked - started, model=embedded - stacked)
+            _add(times, waiting_for_store=time.perf_counter() - embedded)
             batch.clear()
 
-    with tqdm(
-        total=len(records),
-        unit="img",
-        desc="embedding images",
-        disable=not progress or not records,
-        smoothing=0.1,
-    ) as bar:
+    with (
+        tqdm(
+            total=len(records),
+            unit="img",
+            desc="embedding images",
+            disable=not progress or not records,
+            smoothing=0.1,
+        ) as bar,
+        writer,
+    ):
         window = max(2 * batch_size, 4 * workers)
-        for record, result in _bounded_map(prepare, records, workers, window):
+        waited = time.perf_counter()
+        for record, result in _bounded_map(prepare, records, workers, window, HELPER_NICE):
+            _add(times, waiting_for_decode=time.perf_counter() - waited)
             if isinstance(result, BaseException):
                 reason = str(result) if isinstance(result, BadImage) else repr(result)
                 log.warning("skipped %s: %s", record.path, reason)
                 summary.bad.append((record.path, reason))
             else:
-                batch.append(result)
+                record, pixels, decode_s, preprocess_s = result
+                _add(times, decode_cpu=decode_s, preprocess_cpu=preprocess_s)
+                batch.append((record, pixels))
                 if len(batch) >= batch_size:
                     flush()
             bar.update(1)
+            waited = time.perf_counter()
         flush()
+    if summary.indexed:
+        log.info("per image: %s", summary.breakdown())
+
+
+WRITE_QUEUE = 2
+"""Embedded batches waiting for the store; the model waits only when the store is further
+behind than this."""
+HELPER_NICE = 5
+"""How much lower the CPU priority of the decode and writer threads is than the model's
+(Linux `nice` steps; 0 = the same)."""
+
+
+class _Writer:
+    """Stores embedded batches in a thread of its own, in order, behind a bounded queue.
+
+    `summary.indexed` counts a batch once its upsert returned. Leaving the block (also by
+    Ctrl-C) lets the batch being written finish and drops the batches still queued, so the
+    count is exactly what the store holds; an error in the writer (including a
+    KeyboardInterrupt raised inside `upsert`) is raised again on the caller's thread.
+    """
+
+    def __init__(self, store: VectorStore[ImageRecord], summary: IndexSummary) -> None:
+        self.store, self.summary = store, summary
+        self.queue: queue.Queue[tuple[list[ImageRecord], np.ndarray] | None] = queue.Queue(
+            WRITE_QUEUE
+        )
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def put(self, records: list[ImageRecord], vectors: np.ndarray) -> None:
+        while True:
+            self._raise()
+            try:
+                self.queue.put((records, vectors), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if error is not None:
+            self.stop.set()  # drop what is queued: it was never stored, never counted
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.thread.join()
+        if error is None:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _run(self) -> None:
+        _lower_priority(HELPER_NICE)
+        while True:
+            item = self.queue.get()
+            if item is None or self.stop.is_set():
+                return
+            records, vectors = item
+            started = time.perf_counter()
+            try:
+                self.store.upsert(records, vectors)
+            except BaseException as err:
+                self.error = err
+                return
+            _add(self.summary.timings, store=time.perf_counter() - started)
+            self.summary.indexed += len(records)
+
+
+def _add(times: dict[str, float], **seconds: float) -> None:
+    for name, value in seconds.items():
+        times[name] = times.get(name, 0.0) + value
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (Linux: per thread); elsewhere, or
+    when not allowed, leave it."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _bounded_map(
-    func: Callable[[T], U], items: Iterable[T], workers: int, window: int
+    func: Callable[[T], U], items: Iterable[T], workers: int, window: int, nice: int = 0
 ) -> Iterator[tuple[T, U | BaseException]]:
     """`func` over `items` in a thread pool, in order, with at most `window` in flight.
 
     Yields (item, result) or (item, the exception it raised): one failure never stops the
     rest. Bounded, so a slow consumer never makes the pending results pile up in memory.
+    The pool's threads run `nice` steps below the caller's CPU priority.
     """
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, workers),
+        thread_name_prefix="decode",
+        initializer=_lower_priority,
+        initargs=(nice,),
+    )
     pending: deque[tuple[T, Future[U]]] = deque()
     try:
         for item in items:
