@@ -951,7 +951,7 @@ class FakeTelegram:
     def wait_for(
         self,
         what: str | Callable[[Call], bool],
-        timeout: float = 10.0,
+        timeout: float = 60.0,
         *,
         since: int = 0,
         ok: bool | None = None,
@@ -1021,7 +1021,23 @@ class FakeTelegram:
         with self._cond:
             return copy.deepcopy(self._updates)
 
-    def wait_updates_consumed(self, timeout: float = 10.0) -> None:
+    @property
+    def polls(self) -> int:
+        """How many getUpdates calls have arrived so far (held long polls included)."""
+        with self._cond:
+            return self._poll_generation
+
+    def wait_polls(self, count: int, timeout: float = 60.0) -> None:
+        """Block until `polls` reaches `count`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._poll_generation < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self._poll_generation} polls of {count} in {timeout}s")
+                self._cond.wait(left)
+
+    def wait_updates_consumed(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._updates:

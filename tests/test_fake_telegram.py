@@ -108,10 +108,11 @@ def test_unconfirmed_updates_are_delivered_again(tg: FakeTelegram) -> None:
 def test_two_pollers_conflict_like_two_bot_instances(tg: FakeTelegram) -> None:
     async def main() -> tuple[BaseException | None, list[telegram.Update]]:
         async with make_bot(tg) as first, make_bot(tg) as second:
-            held = asyncio.create_task(first.get_updates(timeout=3))
-            await asyncio.sleep(0.3)
-            newer = asyncio.create_task(second.get_updates(timeout=3))
-            await asyncio.sleep(0.3)
+            polls = tg.polls
+            held = asyncio.create_task(first.get_updates(timeout=60))
+            await asyncio.to_thread(tg.wait_polls, polls + 1)  # the first poll is held
+            newer = asyncio.create_task(second.get_updates(timeout=60))
+            await asyncio.to_thread(tg.wait_polls, polls + 2)  # the newer one took over
             tg.inject_text("for the newer poller")
             updates = list(await newer)
             return (await asyncio.gather(held, return_exceptions=True))[0], updates
@@ -482,7 +483,7 @@ def test_webhook_delivery_and_get_updates_conflict(tg: FakeTelegram) -> None:
 
         asyncio.run(setup())
         sent = tg.inject_text("via webhook")
-        tg.wait_updates_consumed(timeout=5)
+        tg.wait_updates_consumed(timeout=60)
         assert _Hook.received[0][0]["message"]["message_id"] == sent["message_id"]
         assert _Hook.received[0][1] == "s3cret"
         assert tg.webhook_deliveries[0][1] == 200
