@@ -3,6 +3,7 @@
 Batch-while-busy: when the worker is idle a request runs at once (no added latency); the
 requests that arrive while it is busy wait and then run together in one call. Under load
 this turns N encoder calls into a few, and the event loop never runs the model itself.
+A batch that fails is run again one request at a time, so one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -54,15 +55,42 @@ class MicroBatcher(Generic[T, R]):
             if not batch:
                 continue
             self.batches += 1
+            outcomes = await loop.run_in_executor(
+                self._executor, self._run_isolated, [item for item, _ in batch]
+            )
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, _Failed):
+                    future.set_exception(outcome.error)
+                else:
+                    future.set_result(outcome)
+
+    def _run_isolated(self, items: list[T]) -> list[R | _Failed]:
+        """The batch call; when it raises, each item alone, so one bad request (an
+        unreadable query, a model error on one input) fails only itself."""
+        try:
+            results = list(self._batch_fn(items))
+            if len(results) != len(items):
+                raise ValueError(f"batch_fn gave {len(results)} results for {len(items)} items")
+            return results
+        except Exception as err:
+            if len(items) == 1:
+                return [_Failed(err)]
+        outcomes: list[R | _Failed] = []
+        for item in items:
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._batch_fn, [item for item, _ in batch]
-                )
+                [result] = self._batch_fn([item])
+                outcomes.append(result)
             except Exception as err:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                outcomes.append(_Failed(err))
+        return outcomes
+
+
+class _Failed:
+    """One request's error, carried back from the worker thread."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error

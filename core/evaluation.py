@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -30,10 +31,12 @@ from core.config import Settings
 from core.datasets import COCO_SPLITS, CocoReader
 from core.errors import BadEvalInput, BadImage, DatasetError
 from core.images import decode_image
-from core.models.clip import ClipEncoder
 from core.records import CaptionRecord, ImageRecord
 from core.search import SearchService
 from core.store import Database, Match, VectorStore
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is used
+    from core.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +303,8 @@ class Evaluator:
         progress: bool = True,
     ) -> None:
         self.settings = settings
+        from core.models.clip import ClipEncoder  # here: it imports torch
+
         self.encoder = encoder or ClipEncoder.from_settings(settings)
         self.use_index = use_index
         self.progress = progress

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -42,9 +42,11 @@ from core.config import Settings
 from core.datasets import Reader, Scan
 from core.errors import BadImage, StoreBusy, StoreUnavailable, UnsafeRemoval
 from core.images import decode_image
-from core.models.clip import ClipEncoder
 from core.records import CaptionRecord, ImageRecord
 from core.store import Database, VectorStore
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is used
+    from core.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,8 @@ def run(
             log.warning(
                 "%d pictures listed but missing on disk (see the report)", len(scan.missing)
             )
+        from core.models.clip import ClipEncoder  # here: it imports torch
+
         encoder = encoder or ClipEncoder.from_settings(settings)
         encoder.load()
         summary = IndexSummary(

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -15,7 +16,6 @@ from core.config import Settings
 from core.errors import EmptyQuery, IndexEmpty, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
 from core.indexed_files import IndexedFiles
-from core.models.clip import ClipEncoder
 from core.query import (
     HASHTAG_PROMPT,
     MINUS_WEIGHT,
@@ -27,6 +27,9 @@ from core.query import (
 )
 from core.records import CaptionRecord, ImageRecord
 from core.store import Database, Match, VectorStore
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is used
+    from core.models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,8 @@ class SearchService:
         """Load the encoder and open the configured collection, and its captions collection
         when there is one (raises `IndexEmpty`, `ModelMismatch`, `ModelUnavailable`,
         `StoreUnavailable`)."""
+        from core.models.clip import ClipEncoder  # here: it imports torch
+
         encoder = encoder or ClipEncoder.from_settings(settings)
         encoder.load()
         db = Database(settings)

@@ -272,6 +272,30 @@ class _Fault:
     description: str | None
     delay: float
     times: int
+    where: Callable[[dict[str, Any]], bool] | None = None
+    gate: Hold | None = None
+
+    def applies(self, params: dict[str, Any]) -> bool:
+        return self.where is None or bool(self.where(params))
+
+
+class Hold:
+    """Calls held by `FakeTelegram.hold`: `wait_arrived()` until one is held, `release()`."""
+
+    def __init__(self) -> None:
+        self._arrived = threading.Event()
+        self._released = threading.Event()
+
+    def wait_arrived(self, timeout: float = 60) -> None:
+        if not self._arrived.wait(timeout):
+            raise AssertionError(f"no held call arrived within {timeout}s")
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _hold(self) -> None:
+        self._arrived.set()
+        self._released.wait()
 
 
 @dataclass
@@ -797,6 +821,7 @@ class FakeTelegram:
         self._media_groups = itertools.count(13_000_000_000_000_000)
         self._faults: dict[str, deque[_Fault]] = {}
         self._outages: list[_Outage] = []
+        self._gates: list[Hold] = []
         self._blocked: set[int] = set()
         self._users: dict[int, dict[str, Any]] = {}
         self._callback_queries: dict[str, bool] = {}  # id -> answered
@@ -858,6 +883,9 @@ class FakeTelegram:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            gates = list(self._gates)
+        for gate in gates:  # held calls end
+            gate.release()
         self._server.shutdown()
         with self._cond:
             conns = list(self._connections)
@@ -923,7 +951,7 @@ class FakeTelegram:
     def wait_for(
         self,
         what: str | Callable[[Call], bool],
-        timeout: float = 10.0,
+        timeout: float = 60.0,
         *,
         since: int = 0,
         ok: bool | None = None,
@@ -993,7 +1021,23 @@ class FakeTelegram:
         with self._cond:
             return copy.deepcopy(self._updates)
 
-    def wait_updates_consumed(self, timeout: float = 10.0) -> None:
+    @property
+    def polls(self) -> int:
+        """How many getUpdates calls have arrived so far (held long polls included)."""
+        with self._cond:
+            return self._poll_generation
+
+    def wait_polls(self, count: int, timeout: float = 60.0) -> None:
+        """Block until `polls` reaches `count`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._poll_generation < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self._poll_generation} polls of {count} in {timeout}s")
+                self._cond.wait(left)
+
+    def wait_updates_consumed(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._updates:
@@ -1038,21 +1082,57 @@ class FakeTelegram:
         times: int = 1,
         description: str | None = None,
         delay: float = 0.0,
+        chat_id: int | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        gate: Hold | None = None,
     ) -> None:
         """Make the next `times` calls of `method` fail, after `delay` seconds.
 
         status: 429 (flood control with retry_after), 502/503/504 (nginx HTML page, not
         JSON), any other int (Telegram error JSON with `description`), "disconnect" (close
         the connection without an answer), or 200 with a delay (a slow but good answer).
+        Only calls to `chat_id`, or whose params satisfy `where`, get the fault (so a test
+        never races with other chats on which request gets it); with `gate`, the call is
+        held until the gate is set (or the fake stops).
         """
+        if chat_id is not None:
+            outer = where
+
+            def where(params: dict[str, Any]) -> bool:
+                return params.get("chat_id") == chat_id and (outer is None or outer(params))
+
         with self._cond:
             self._faults.setdefault(method.lower(), deque()).append(
-                _Fault(status, retry_after, description, delay, times)
+                _Fault(status, retry_after, description, delay, times, where, gate)
             )
 
-    def slow(self, method: str, seconds: float, *, times: int = 1) -> None:
+    def slow(
+        self,
+        method: str,
+        seconds: float,
+        *,
+        times: int = 1,
+        chat_id: int | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         """Answer the next `times` calls of `method` normally, but only after `seconds`."""
-        self.fail(method, 200, delay=seconds, times=times)
+        self.fail(method, 200, delay=seconds, times=times, chat_id=chat_id, where=where)
+
+    def hold(
+        self,
+        method: str,
+        *,
+        times: int = 1,
+        chat_id: int | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Hold:
+        """Answer the next `times` matching calls of `method` normally, but only once the
+        returned hold is released: a slow call whose end the test decides, not a clock."""
+        gate = Hold()
+        with self._cond:
+            self._gates.append(gate)
+        self.fail(method, 200, times=times, chat_id=chat_id, where=where, gate=gate)
+        return gate
 
     def outage(
         self,
@@ -1074,16 +1154,20 @@ class FakeTelegram:
             )
 
     def clear_faults(self) -> None:
+        """Forget the faults not yet taken; held calls go on."""
         with self._cond:
             self._faults.clear()
             self._outages.clear()
+            gates = list(self._gates)
+        for gate in gates:
+            gate.release()
 
     def block(self, user_id: int) -> None:
         """The user blocked the bot: sends to their chat get 403 Forbidden."""
         with self._cond:
             self._blocked.add(user_id)
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
         with self._cond:
             now = time.monotonic()
             self._outages = [o for o in self._outages if o.until > now]
@@ -1091,12 +1175,12 @@ class FakeTelegram:
                 if o.methods is None or method.lower() in o.methods:
                     return _Fault(o.status, o.retry_after, None, 0.0, 1)
             queue = self._faults.get(method.lower())
-            if not queue:
+            fault = next((f for f in queue or () if f.applies(params)), None)
+            if fault is None:
                 return None
-            fault = queue[0]
             fault.times -= 1
             if fault.times <= 0:
-                queue.popleft()
+                queue.remove(fault)
             return fault
 
     # ----------------------------------------------------------------- injecting updates
@@ -1522,8 +1606,10 @@ class FakeTelegram:
             self._finish_call(h, call, err.status, None, err)
             return
 
-        fault = self._take_fault(method)
+        fault = self._take_fault(method, call.params)
         if fault is not None:
+            if fault.gate is not None:
+                fault.gate._hold()
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.status != 200:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -16,7 +15,6 @@ def test_concurrent_requests_share_batches_and_keep_their_results() -> None:
     def square_all(items: list[int]) -> list[int]:
         calls.append(items)
         threads.add(threading.current_thread().name)
-        time.sleep(0.05)  # a slow model call, during which more requests arrive
         return [i * i for i in items]
 
     async def main() -> list[int]:
@@ -26,7 +24,7 @@ def test_concurrent_requests_share_batches_and_keep_their_results() -> None:
     results = asyncio.run(main())
     assert results == [i * i for i in range(20)]
     assert sum(len(c) for c in calls) == 20
-    assert len(calls) <= 4  # 20 requests, batches of up to 8: 3 calls, not 20
+    assert [len(c) for c in calls] == [8, 8, 4]  # 20 requests gathered in one tick: 3 calls
     assert all(len(c) <= 8 for c in calls)
     assert threading.main_thread().name not in threads  # never on the event loop's thread
 
@@ -42,22 +40,59 @@ def test_an_idle_batcher_runs_a_request_at_once() -> None:
     assert asyncio.run(main()) == ("A", 2)
 
 
-def test_a_failing_batch_fails_its_requests_only() -> None:
+def test_one_bad_request_fails_alone_in_a_real_batch() -> None:
+    """Several requests gathered into one batch, one of them bad: the batch call fails, yet
+    only the bad request gets the error; the others get their results."""
+    calls: list[list[str]] = []
+    first_running = threading.Event()
+    release = threading.Event()
+
     def fail_on_bad(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        if items == ["first"]:
+            first_running.set()
+            release.wait(60)  # busy: the next requests queue into one batch
         if "bad" in items:
             raise ValueError("boom")
-        return items
+        return [item.upper() for item in items]
 
-    async def main() -> tuple[object, str]:
-        batcher = MicroBatcher(fail_on_bad, max_batch=1)
-        failed, ok = await asyncio.gather(
-            batcher.submit("bad"), batcher.submit("good"), return_exceptions=True
-        )
-        return failed, ok
+    async def main() -> tuple[str, list[object]]:
+        batcher = MicroBatcher(fail_on_bad, max_batch=8)
+        first = asyncio.create_task(batcher.submit("first"))
+        await asyncio.to_thread(first_running.wait, 60)
+        queued = [asyncio.create_task(batcher.submit(i)) for i in ("a", "bad", "b", "c")]
+        await asyncio.sleep(0)  # all four are queued behind the running call
+        release.set()
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        return await first, results
 
-    failed, ok = asyncio.run(main())
-    assert isinstance(failed, ValueError)
-    assert ok == "good"
+    first, (a, bad, b, c) = asyncio.run(main())
+    assert first == "FIRST"
+    assert calls[1] == ["a", "bad", "b", "c"]  # a real batch of four
+    assert isinstance(bad, ValueError) and str(bad) == "boom"
+    assert (a, b, c) == ("A", "B", "C")
+    assert sorted(map(tuple, calls[2:])) == [("a",), ("b",), ("bad",), ("c",)]
+
+
+def test_a_failing_single_request_gets_its_error() -> None:
+    def fail(items: list[str]) -> list[str]:
+        raise ValueError("boom")
+
+    async def main() -> object:
+        batcher = MicroBatcher(fail)
+        return (await asyncio.gather(batcher.submit("x"), return_exceptions=True))[0]
+
+    error = asyncio.run(main())
+    assert isinstance(error, ValueError) and str(error) == "boom"
+
+
+def test_a_short_answer_fails_the_batch_not_silently() -> None:
+    async def main() -> object:
+        batcher = MicroBatcher(lambda items: [])
+        return (await asyncio.gather(batcher.submit("x"), return_exceptions=True))[0]
+
+    error = asyncio.run(main())
+    assert isinstance(error, ValueError) and "0 results for 1 items" in str(error)
 
 
 def test_a_cancelled_request_does_not_break_the_others() -> None:

@@ -184,7 +184,7 @@ def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, moment: str) -> N
     with FakeTelegram(hide_button_messages=True) as tg:
         if moment == "connecting":
             tg.fail("getMe", 200)  # the token check: at once
-            tg.slow("getMe", 20)  # python-telegram-bot's own getMe: slow
+            connecting = tg.hold("getMe")  # python-telegram-bot's own getMe: held
         log_path = tmp_path / "bot.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
@@ -199,7 +199,7 @@ def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, moment: str) -> N
                 wait_for_line(log_path, "Telegram accepted the token", proc)
             else:
                 wait_for_line(log_path, "long polling", proc)
-                time.sleep(1.0)  # inside the slow getMe
+                connecting.wait_arrived()  # inside the held getMe
             proc.terminate()
             proc.wait(60)
         finally:

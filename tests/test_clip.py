@@ -215,24 +215,55 @@ def test_real_default_model_matches_the_reference() -> None:
     assert (encoder.dim, encoder.input_size) == (512, 224)
 
 
-def test_compiled_image_tower_gives_the_same_vectors(fp32: ClipEncoder) -> None:
+def counting_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make torch.compile's result record the batch size of each call it runs: the proof
+    that the compiled function, not the eager model, made the vectors."""
+    real = torch.compile
+    batches: list[int] = []
+
+    def compile_and_count(fn, *args, **kwargs):
+        compiled = real(fn, *args, **kwargs)
+
+        def run(*a, **kw):
+            batches.append(len(kw["pixel_values"]))
+            return compiled(*a, **kw)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_and_count)
+    return batches
+
+
+def test_compiled_image_tower_gives_the_same_vectors(
+    fp32: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = counting_compile(monkeypatch)
     compiled = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     compiled.compile(batch_size=4)
+    warm_up = len(batches)
+    assert warm_up >= 1  # compile() ran the compiled function once, to compile it now
     images = pictures(6)  # a full batch of 4, then 2 padded to 4
     np.testing.assert_allclose(
         compiled.embed_images(images, batch_size=4), fp32.embed_images(images), atol=1e-5
     )
+    assert batches[warm_up:] == [4, 4]  # both batches ran compiled, at the one compiled shape
 
 
 def test_a_failing_compile_falls_back_to_eager(
     fp32: ClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tries: list[int] = []
+
     def broken(*args, **kwargs):
+        tries.append(len(kwargs["pixel_values"]))
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", lambda fn: broken)
     encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     encoder.compile(batch_size=4)
-    np.testing.assert_allclose(
-        encoder.embed_images(pictures(3)), fp32.embed_images(pictures(3)), atol=1e-5
-    )
+    assert len(tries) == 1  # the compiled function was tried once, then dropped
+    for _ in range(2):
+        np.testing.assert_allclose(
+            encoder.embed_images(pictures(3)), fp32.embed_images(pictures(3)), atol=1e-5
+        )
+    assert len(tries) == 1  # eager from then on: it is not tried again

@@ -29,6 +29,7 @@ from core.store import Database, VectorStore
 from tests.conftest import ROOT, ChromaServer, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
 from tests.mini_coco import CAPTION_TEMPLATES, coco_file_name, make_mini_coco
+from tests.test_clip import counting_compile
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +98,18 @@ def test_built_index_is_searchable(tmp_path: Path, encoder: ClipEncoder) -> None
     assert stored.id == str(image.id) and stored.score > 0.98
 
 
-def test_compiled_build_stores_the_same_vectors(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_compiled_build_stores_the_same_vectors(
+    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 10})
     compiled = ClipEncoder(
         str(ROOT / "tests" / "fixtures" / "tiny_clip"), device="cpu", dtype="float32"
     )
+    batches = counting_compile(monkeypatch)
     summary = index(settings, compiled, splits=("val2014",), compile_model=True, batch_size=4)
     assert summary.indexed == 10
+    assert sum(batches) >= 12 and set(batches) == {4}  # 10 pictures (+ warm-up) ran compiled
     hit = SearchService(encoder, images_store(settings, encoder)).by_image(
         load_image(made[0].path), 1
     )[0]

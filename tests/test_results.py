@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -162,10 +163,16 @@ def press(tg: FakeTelegram, message: Sent, label: str, user: int = USER, n: int 
 
 
 def press_data(tg: FakeTelegram, message: Sent, data: str, user: int = USER, n: int = 2) -> list:
+    """Press, as a user would: again when told the previous press is still being finished
+    (its page is out, but the bot may still be tidying up after it)."""
     since = len(tg.sent_to(USER))
-    query = tg.inject_callback_query(data, message.messages[0], user_id=user)
-    tg.callback_answer(query["id"])
-    return tg.wait_sent(USER, n, since=since) if n else []
+    for _ in range(600):
+        query = tg.inject_callback_query(data, message.messages[0], user_id=user)
+        answer = tg.callback_answer(query["id"], timeout=60)
+        if answer.params.get("text") != replies.BUTTON_BUSY:
+            break
+        time.sleep(0.05)
+    return tg.wait_sent(USER, n, since=since, timeout=60) if n else []
 
 
 def button_data(message: Sent | dict[str, Any]) -> dict[str, str]:

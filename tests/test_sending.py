@@ -127,16 +127,23 @@ def test_records_outside_the_roots_are_never_sent(tmp_path: Path) -> None:
 
 
 def test_chat_action_repeats_while_working(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("bot.sending.CHAT_ACTION_EVERY_S", 0.2)
+    """Repeated while the work goes on (however slowly the machine runs), none after."""
+    monkeypatch.setattr("bot.sending.CHAT_ACTION_EVERY_S", 0.05)
     with FakeTelegram() as tg:
 
-        async def main() -> None:
+        async def main() -> tuple[int, int]:
             async with Bot(tg.token, base_url=tg.base_url) as bot:
-                async with chat_action(bot, 5):
-                    await asyncio.sleep(0.7)
-                await asyncio.sleep(0.3)
+                async with chat_action(bot, 5):  # the "work": until the action was repeated
+                    await asyncio.to_thread(tg.wait_for, "sendChatAction", 60, count=3)
+                at_end = len(tg.calls("sendChatAction"))
+                await bot.get_me()  # the bot is still working, it sends nothing more
+                for _ in range(10):
+                    await asyncio.sleep(0.05)  # ten intervals: ten repeats if it went on
+                return at_end, len(tg.calls("sendChatAction"))
 
-        asyncio.run(main())
+        at_end, after = asyncio.run(main())
+        assert at_end >= 3  # repeated while working
+        assert after <= at_end + 1  # stopped (one may have been on its way when it ended)
         actions = tg.calls("sendChatAction")
-        assert 3 <= len(actions) <= 5  # repeated while working, stopped after
         assert {c.params["action"] for c in actions} == {"upload_photo"}
+        assert {c.params["chat_id"] for c in actions} == {5}
