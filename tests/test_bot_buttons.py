@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,15 @@ def press(
     tg: FakeTelegram, message: Sent, data: str, user: int, n: int = 2, as_user: int | None = None
 ) -> tuple[dict[str, Any], list[Sent]]:
     """Press a button whose data is `data` under `message`: its answer, and the `n` things
-    sent to `user` after it."""
+    sent to `user` after it. As a user would, press again when told the previous press is
+    still being finished (its page is out, the bot may still be closing it)."""
     since = len(tg.sent_to(user))
-    query = tg.inject_callback_query(data, message.messages[0], user_id=as_user or user)
-    answer = tg.callback_answer(query["id"], timeout=30).params
+    for _ in range(600):
+        query = tg.inject_callback_query(data, message.messages[0], user_id=as_user or user)
+        answer = tg.callback_answer(query["id"], timeout=30).params
+        if answer.get("text") != replies.BUTTON_BUSY:
+            break
+        time.sleep(0.05)
     return answer, (tg.wait_sent(user, n, timeout=60, since=since) if n else [])
 
 
