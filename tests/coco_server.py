@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 import zipfile
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -129,10 +130,17 @@ class CocoServer(LocalHttpServer):
         with self._lock:
             self._faults[path].extend([Fault(**what)] * times)  # type: ignore[arg-type]
 
-    def gets(self, path: str | None = None) -> list[Seen]:
-        """The GET requests received (of `path`, when given)."""
-        with self._lock:
-            return [r for r in self.requests if r.method == "GET" and path in (None, r.path)]
+    def gets(self, path: str | None = None, *, at_least: int = 0) -> list[Seen]:
+        """The GET requests received (of `path`, when given). A request is recorded once it
+        is answered, so the client may see the answer first: `at_least` waits (up to 10 s)
+        until that many are recorded."""
+        deadline = time.monotonic() + 10
+        while True:
+            with self._lock:
+                seen = [r for r in self.requests if r.method == "GET" and path in (None, r.path)]
+            if len(seen) >= at_least or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.01)
 
     def clear(self) -> None:
         with self._lock:
