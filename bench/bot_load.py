@@ -5,8 +5,6 @@ Also the bot's peak memory with CLIP loaded."""
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from bench.common import (
     make_photos,
     peak_rss_mb,
     percentile,
+    start_bot,
     subprocess_env,
     table,
     vit_b32_dir,
@@ -58,21 +57,10 @@ def one_run(settings, users: int, per_user: int, micro_batch: bool, workdir: Pat
     # Each run starts with no file_ids: the fake server forgets its files between runs.
     for cache in settings.chroma_path.glob("*-telegram-file-ids.sqlite3*"):
         cache.unlink()
-    with FakeTelegram() as tg, open(log_path, "w") as log:
+    with FakeTelegram() as tg:
         env = subprocess_env(settings.model_copy(update={"micro_batch": micro_batch}), **tg.env())
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot"],
-            env=env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_bot(env, workdir, log_path)
         try:
-            deadline = time.monotonic() + 300
-            while "Application started" not in log_path.read_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the bot did not start: {log_path.read_text()}")
-                time.sleep(0.2)
             user_ids = list(range(5000, 5000 + users))
             queries = iter(distinct_queries(users * per_user))
             started = time.monotonic()

@@ -309,3 +309,19 @@ def subprocess_env(settings, **extra: str) -> dict[str, str]:
     env["HF_HUB_OFFLINE"] = "1"
     env.update(extra)
     return env
+
+
+def start_bot(env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen:
+    """`python -m bot` with `env`, its output in `log_path`; returns once it polls Telegram
+    (raises RuntimeError, the bot stopped, when it does not start within 5 minutes)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 300
+    while "Application started" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the bot did not start: {log_path.read_text()}")
+        time.sleep(0.2)
+    return proc

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.common import (
     bench_settings,
     make_photos,
     peak_rss_mb,
+    start_bot,
     subprocess_env,
     table,
     vit_b32_dir,
@@ -53,20 +53,9 @@ def bot_rss(settings, workdir: Path, label: str) -> dict:
     from tests.fake_telegram import FakeTelegram
 
     log_path = workdir / f"bot-memory-{label}.log"
-    with FakeTelegram() as tg, open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot"],
-            env=subprocess_env(settings, **tg.env()),
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    with FakeTelegram() as tg:
+        proc = start_bot(subprocess_env(settings, **tg.env()), workdir, log_path)
         try:
-            deadline = time.monotonic() + 300
-            while "Application started" not in log_path.read_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the bot did not start: {log_path.read_text()}")
-                time.sleep(0.2)
             started_mb = peak_rss_mb(proc.pid)
             tg.inject_text("a dog on a beach", user_id=5000)
             tg.wait_sent(5000, 1, timeout=300)
