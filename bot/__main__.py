@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -137,6 +138,11 @@ def start(settings: Settings, secret: str | None, *, check_only: bool = False) -
         run(settings, secret, check_only=check_only)
     except KeyboardInterrupt:
         log.info("stopped")
+        # An interrupt during start-up may land inside a half-done `import torch`, whose
+        # threads can then hang the interpreter's shutdown; nothing is open yet that needs
+        # closing (Telegram is not polled, the file_id cache not opened): leave at once.
+        logging.shutdown()
+        os._exit(0)
     except SearchBotError as err:
         log.error("cannot start: %s", err)
         return err.exit_code

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
+import threading
 from collections.abc import Iterable
 from types import FrameType
 from urllib.parse import quote
@@ -105,11 +107,25 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+STOP_GRACE_S = 5.0
+"""After a SIGTERM during start-up, the process ends within this long even if a library
+swallowed the interrupt (or left a thread that would hold up the interpreter's exit)."""
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM stops start-up like Ctrl-C (KeyboardInterrupt), which `main` turns into a clean
     exit; once the bot runs, python-telegram-bot handles both signals itself."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        watchdog = threading.Timer(STOP_GRACE_S, _leave)
+        watchdog.daemon = True
+        watchdog.start()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _leave() -> None:
+    log.warning("start-up did not stop within %.0f s of SIGTERM: leaving now", STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(0)
