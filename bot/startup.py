@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 from collections.abc import Iterable
 from types import FrameType
@@ -117,15 +118,25 @@ def stop_on_sigterm() -> None:
     exit; once the bot runs, python-telegram-bot handles both signals itself."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        watchdog = threading.Timer(STOP_GRACE_S, _leave)
+        watchdog = threading.Timer(STOP_GRACE_S, _leave)  # in case it is swallowed elsewhere
         watchdog.daemon = True
         watchdog.start()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    previous = sys.unraisablehook
+
+    def unraisable(info: object) -> None:
+        # The interrupt landed in a finalizer (e.g. an event loop's __del__), which swallows
+        # it: stop here, as the interrupt meant.
+        if isinstance(getattr(info, "exc_value", None), KeyboardInterrupt):
+            _leave()
+        previous(info)  # type: ignore[arg-type]
+
+    sys.unraisablehook = unraisable
 
 
 def _leave() -> None:
-    log.warning("start-up did not stop within %.0f s of SIGTERM: leaving now", STOP_GRACE_S)
+    log.info("stopped")
     logging.shutdown()
     os._exit(0)
