@@ -75,7 +75,7 @@ def ceiling(clip: Path, quick: bool) -> dict:
     full batches of the largest size."""
     import torch
 
-    from core.models.clip import ClipEncoder
+    from core.models.clip import ClipEncoder, bf16_bits
 
     encoder = ClipEncoder(str(clip), device=DEVICE, dtype="auto")
     encoder.load()
@@ -84,6 +84,8 @@ def ceiling(clip: Path, quick: bool) -> dict:
     compiled_batches = (int(BATCH),) if quick else batches
     count = 2 * max(batches)
     pixels = np.random.default_rng(0).normal(size=(count, 3, 224, 224)).astype(np.float32)
+    if encoder.dtype == torch.bfloat16:
+        pixels = bf16_bits(pixels)  # ready as the builder hands them over: no conversion
 
     def median_rate(batch: int) -> float:
         encoder.embed_pixels(pixels[:batch], batch_size=batch)  # warm-up at this shape

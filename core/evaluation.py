@@ -408,7 +408,7 @@ class Evaluator:
             )
         except BadImage as err:
             return err
-        return self.encoder.preprocess([decoded.image])[0]
+        return self.encoder.model_pixels(decoded.image)
 
     def _text_vectors(self, got: _Vectors) -> None:
         """Every caption of the kept pictures, each distinct text embedded once."""

@@ -411,7 +411,7 @@ def _embed_images(
         decoded_at = time.thread_time()
         if not record.width:
             record = replace(record, width=decoded.width, height=decoded.height)
-        pixels = encoder.preprocess([decoded.image])[0]
+        pixels = encoder.model_pixels(decoded.image)
         return record, pixels, decoded_at - started, time.thread_time() - decoded_at
 
     batch: list[tuple[ImageRecord, np.ndarray]] = []
