@@ -380,9 +380,10 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
         index_builder.main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    flags = ["--coco-root", "--split", "--folder", "--limit", "--batch-size", "--workers"]
-    for flag in [*flags, "--rebuild", "--with-captions", "--compile", "--prune", "--wait"]:
+    flags = ["--coco-root", "--split", "--folder", "--limit", "--shard", "--batch-size"]
+    for flag in [*flags, "--workers", "--rebuild", "--with-captions", "--compile", "--prune"]:
         assert flag in text
+    assert "--wait" in text
 
 
 def signal_mid_run(settings: Settings, sig: signal.Signals, total: int) -> subprocess.Popen:
@@ -763,6 +764,8 @@ def test_folder_shards_build_the_union_and_limit_counts_within_a_shard(
         again = index(settings, encoder, reader=reader, shard=shard)
         assert again.up_to_date and (again.unchanged, again.total) == (len(part), len(every))
     assert index(settings, encoder, reader=reader).up_to_date  # unsharded: the same index
+    for shard in (Shard(0, 2), Shard(1, 2)):  # another N finds every entry stored
+        assert index(settings, encoder, reader=reader, shard=shard).up_to_date
 
 
 def test_a_shards_refresh_removes_only_its_own_vanished_entries(
