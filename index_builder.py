@@ -5,12 +5,14 @@
     python index_builder.py --split val2014 --limit 10000
     python index_builder.py --folder ~/Pictures     # your own photos
     python index_builder.py --urls list.tsv         # a caption + URL list (Conceptual Captions)
+    CHROMA_HOST=10.0.0.5 python index_builder.py --shard 0/4   # 1 of 4 builders, one server
 
 Safe to stop at any moment (Ctrl-C, kill, power loss) and to rerun: it continues where it
 stopped and, later, refreshes (adds new pictures, re-embeds changed ones, removes gone ones).
 A refresh that would remove more than 10% of a source's entries (an empty or unmounted
 folder?) changes nothing unless --prune confirms it. One builder at a time per embedded
-store: a second one stops at once, or waits with --wait.
+store: a second one stops at once, or waits with --wait. On a Chroma server, builders of
+different shards (--shard I/N) run at once, each indexing and refreshing only its shard.
 Exit codes: 0 done, 1 runtime error (another builder running included), 2 bad arguments or
 settings or a removal that needs --prune, 130 interrupted.
 """
@@ -26,7 +28,14 @@ from core.coco_download import ensure_coco, format_size, plan_coco
 from core.config import Settings, load_settings
 from core.datasets import COCO_SPLITS, CocoReader, FolderReader, Reader
 from core.errors import DownloadError, SearchBotError
-from core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, IndexSummary, run
+from core.indexing import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_WORKERS,
+    REBUILD_WITH_SHARD,
+    IndexSummary,
+    run,
+)
+from core.shards import EVERYTHING, Shard
 from core.url_downloads import DownloadSummary, download_url_list
 from core.url_lists import UrlListReader
 
@@ -47,6 +56,14 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def shard(text: str) -> Shard:
+    """`I/N`: shard I (from 0) of N."""
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +132,19 @@ def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
         type=positive,
         metavar="N",
         help="index only the first N pictures (by id; with --urls the first N valid ones in "
-        "list order, and only those are downloaded), e.g. a 10k subset to try things out",
+        "list order, and only those are downloaded), e.g. a 10k subset to try things out; "
+        "with --shard, the first N of the shard",
+    )
+    parser.add_argument(
+        "--shard",
+        type=shard,
+        default=EVERYTHING,
+        metavar="I/N",
+        help="index only shard I (counted from 0) of N: the pictures whose id hashes to I "
+        "modulo N, the same on every host and run. N builders with 0/N .. N-1/N on N hosts "
+        "fill one Chroma server (CHROMA_HOST) together, at the same time; each one adds, "
+        "re-embeds and removes only its own shard's entries (and with --urls downloads only "
+        "its shard's pictures). Works with COCO, --folder and --urls; not with --rebuild",
     )
 
 
@@ -241,10 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.download and (args.folder or args.urls):
         parser.error("--download fetches COCO2014: it does not go with --folder or --urls")
+    if args.rebuild and not args.shard.whole:
+        parser.error(REBUILD_WITH_SHARD)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.shard.whole:
+        log.info(
+            "shard %s: this builder takes only the pictures whose id falls in shard %d of %d",
+            args.shard,
+            args.shard.index,
+            args.shard.count,
+        )
     try:
         settings = load_settings(coco_root=args.coco_root, collection=args.collection)
         reader = prepare_source(settings, args)
@@ -262,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             wait=args.wait,
             progress=not args.no_progress,
             compile_model=args.compile,
+            shard=args.shard,
         )
     except SearchBotError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -298,6 +337,7 @@ def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
             allow_private=args.allow_private_urls,
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
+            shard=args.shard,
         )
         if not fetched.valid:
             raise DownloadError(
@@ -307,12 +347,19 @@ def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
         return UrlListReader(args.urls, settings.data_dir)
     splits = COCO_SPLITS if args.split == "all" else (args.split,)
     if args.download:
-        fetch_coco(settings, splits, limit=args.limit, progress=not args.no_progress)
+        fetch_coco(
+            settings, splits, limit=args.limit, shard=args.shard, progress=not args.no_progress
+        )
     return CocoReader(settings.coco_root, splits)
 
 
 def fetch_coco(
-    settings: Settings, splits: tuple[str, ...], *, limit: int | None, progress: bool
+    settings: Settings,
+    splits: tuple[str, ...],
+    *,
+    limit: int | None,
+    shard: Shard = EVERYTHING,
+    progress: bool,
 ) -> None:
     """Say what will be downloaded (sizes) and about how long indexing takes, then fetch."""
     plan = plan_coco(settings, splits)
@@ -326,7 +373,7 @@ def fetch_coco(
     for item in plan:
         log.info("to download: %s (%s; %s)", item.url, format_size(item.to_fetch), item.reason)
     total = sum(item.to_fetch or 0 for item in plan)
-    pictures = sum(COCO_PICTURES[split] for split in splits)
+    pictures = sum(COCO_PICTURES[split] for split in splits) // shard.count
     if limit is not None and limit < pictures:
         log.info(
             "--limit %s indexes only the first %s pictures, but COCO has no partial download: "
@@ -361,6 +408,8 @@ def describe_download(fetched: DownloadSummary) -> str:
         line += f"; {fetched.failed_count:,} failed ({reasons})"
     if fetched.skipped_failed:
         line += f"; {fetched.skipped_failed:,} that failed before skipped (--retry-failed)"
+    if fetched.other_shards:
+        line += f"; {fetched.other_shards:,} left to the other shards' builders"
     if fetched.bad_rows:
         line += f"; {fetched.bad_rows:,} bad rows"
     if fetched.failed_count or fetched.skipped_failed:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -38,10 +38,29 @@ FOLDER_SPLIT_PREFIX = "folder:"
 
 @dataclass
 class Scan:
-    """What a reader found: records of files that exist, and paths listed but missing."""
+    """What a reader found: records of files that exist, and records listed but missing."""
 
     records: list[ImageRecord] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    absent: list[ImageRecord] = field(default_factory=list)
+    """Records whose file is missing on disk."""
+
+    @property
+    def missing(self) -> list[str]:
+        """The paths of the records whose file is missing on disk."""
+        return [record.path for record in self.absent]
+
+    def add(self, record: ImageRecord) -> None:
+        """Add `record` with its file's size and mtime, or to `absent` when there is none."""
+        try:
+            stat = os.stat(record.path)
+        except OSError:
+            self.absent.append(record)
+            return
+        self.records.append(replace(record, file_size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+
+    def only(self, keep: Callable[[str], bool]) -> Scan:
+        """The records (present and absent) whose id `keep` accepts, in the same order."""
+        return Scan([r for r in self.records if keep(r.id)], [r for r in self.absent if keep(r.id)])
 
 
 class Reader(Protocol):
@@ -58,16 +77,6 @@ class Reader(Protocol):
     def scan(self) -> Scan: ...
 
     def owns(self, split: str) -> bool: ...
-
-
-def _stamped(record: ImageRecord, scan: Scan) -> None:
-    """Add `record` to `scan` with its file size and mtime, or note it as missing."""
-    try:
-        stat = os.stat(record.path)
-    except OSError:
-        scan.missing.append(record.path)
-        return
-    scan.records.append(replace(record, file_size=stat.st_size, mtime_ns=stat.st_mtime_ns))
 
 
 class CocoReader:
@@ -109,7 +118,7 @@ class CocoReader:
                     captions=captions,
                     categories=categories.get(image_id, ()),
                 )
-                _stamped(record, scan)
+                scan.add(record)
         scan.records.sort(key=lambda r: int(r.id))
         return scan
 
@@ -225,7 +234,7 @@ class FolderReader:
                 record = ImageRecord(
                     id=folder_image_id(str(self.root), relative), path=str(path), split=self.split
                 )
-                _stamped(record, scan)
+                scan.add(record)
         return scan
 
 

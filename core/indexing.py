@@ -11,6 +11,9 @@ Used by index_builder.py (the CLI) and by the tests and benchmarks that build an
   unmounted folder) stops before changing anything unless `prune` confirms it; one builder
   at a time writes to an embedded store (a lock file next to it); the folders the index is
   built from are recorded in the collection before the first picture is stored.
+- Sharded: with `shard` (core.shards) a run takes only its shard's pictures, and every rule
+  above (new, changed, removed, the removal guard, captions) applies to that shard alone,
+  so N builders of N shards fill one Chroma server together, at the same time.
 - Honest: an interruption (Ctrl-C) after the scan is caught, and the summary says exactly
   what was dropped, removed and stored until then.
 - Fast: decoding, JPEG draft scaling and preprocessing run in worker threads while the
@@ -40,9 +43,10 @@ from tqdm import tqdm
 
 from core.config import Settings
 from core.datasets import Reader, Scan
-from core.errors import BadImage, StoreBusy, StoreUnavailable, UnsafeRemoval
+from core.errors import BadImage, ConfigError, StoreBusy, StoreUnavailable, UnsafeRemoval
 from core.images import decode_image
 from core.records import CaptionRecord, ImageRecord
+from core.shards import EVERYTHING, Shard
 from core.store import Database, VectorStore
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
@@ -58,6 +62,11 @@ MAX_UNCONFIRMED_REMOVAL = 0.10
 """A refresh may remove at most this share of a source's stored entries without `prune`."""
 LOCK_NAME = "index_builder.lock"
 """The lock file in CHROMA_PATH that keeps a second builder off an embedded store."""
+REBUILD_WITH_SHARD = (
+    "--rebuild drops the whole collection, every shard's entries with it, so it does not go "
+    "with --shard: build the new index into another COLLECTION with every shard's builder "
+    "(the bots keep searching the old one meanwhile), then point the bots at it"
+)
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -140,6 +149,7 @@ def plan(scan: Scan, stored: dict[str, tuple[str, int, int]], limit: int | None)
 
 @dataclass(frozen=True)
 class _Options:
+    shard: Shard
     limit: int | None
     batch_size: int
     workers: int
@@ -181,8 +191,10 @@ def run(
     progress: bool = True,
     compile_model: bool = False,
     encoder: ClipEncoder | None = None,
+    shard: Shard = EVERYTHING,
 ) -> IndexSummary:
-    """Bring the collection `settings.collection` up to date with `reader`'s pictures.
+    """Bring the collection `settings.collection` up to date with `reader`'s pictures (of
+    `shard` only: the others' entries are never touched; `limit` counts within it).
 
     `prune`: confirm a removal of more than `MAX_UNCONFIRMED_REMOVAL` of this source's
     entries (else `UnsafeRemoval`, nothing changed). `wait`: wait for another builder on
@@ -191,23 +203,19 @@ def run(
     caught: the summary is `interrupted` and says what was done.
     """
     started = time.perf_counter()
+    if rebuild and not shard.whole:
+        raise ConfigError(REBUILD_WITH_SHARD)
     options = _Options(
-        limit, batch_size, workers, rebuild, with_captions, prune, progress, compile_model
+        shard, limit, batch_size, workers, rebuild, with_captions, prune, progress, compile_model
     )
+    source = reader.description if shard.whole else f"{reader.description}, shard {shard}"
     with builder_lock(settings, wait=wait):
-        log.info("scanning %s", reader.description)
-        scan = reader.scan()  # before loading any model: a broken dataset fails fast
-        if scan.missing:
-            log.warning(
-                "%d pictures listed but missing on disk (see the report)", len(scan.missing)
-            )
+        scan = _scan(reader, source, shard)  # before loading any model: fails fast
         from core.models.clip import ClipEncoder  # here: it imports torch
 
         encoder = encoder or ClipEncoder.from_settings(settings)
         encoder.load()
-        summary = IndexSummary(
-            source=reader.description, collection=settings.collection, missing=scan.missing
-        )
+        summary = IndexSummary(source=source, collection=settings.collection, missing=scan.missing)
         job = _Job(settings, reader, scan, encoder, Database(settings), options, summary)
         try:
             _update(job)
@@ -216,9 +224,27 @@ def run(
             log.warning("interrupted while %s", summary.stage)
         info = job.db.info(settings.collection)
         summary.total = info.count if info else 0
-        summary.report = _write_report(settings, summary)
+        summary.report = _write_report(settings, summary, shard)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _scan(reader: Reader, source: str, shard: Shard) -> Scan:
+    """`reader`'s pictures of `shard`, logged."""
+    log.info("scanning %s", source)
+    scan = reader.scan()
+    if not shard.whole:
+        everything = len(scan.records) + len(scan.absent)
+        scan = scan.only(shard.holds)
+        log.info(
+            "shard %s: %d of the source's %d pictures (the others are other shards')",
+            shard,
+            len(scan.records) + len(scan.absent),
+            everything,
+        )
+    if scan.missing:
+        log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
+    return scan
 
 
 def _update(job: _Job) -> None:
@@ -234,7 +260,7 @@ def _update(job: _Job) -> None:
         dim=job.encoder.dim,
         create=True,
     )
-    stored = {r.id: r for r in store if job.reader.owns(r.split)}
+    stored = {r.id: r for r in store if _ours(job, r.split, r.id)}
     todo = plan(
         job.scan, {i: (r.path, r.file_size, r.mtime_ns) for i, r in stored.items()}, options.limit
     )
@@ -254,10 +280,27 @@ def _update(job: _Job) -> None:
             dim=job.encoder.dim,
             create=True,
         )
-        _sync_captions(
-            job.scan, options.limit, job.reader, job.encoder, captions, summary, options.progress
-        )
+        _sync_captions(job, captions)
     summary.stage = "finishing"
+    _confirm_metadata(job, store)
+
+
+def _ours(job: _Job, split: str, image_id: str) -> bool:
+    """Whether a stored entry belongs to this run: its source owns it and it is in the
+    run's shard. Nothing else is ever removed or counted by the run."""
+    return job.reader.owns(split) and job.options.shard.holds(image_id)
+
+
+def _confirm_metadata(job: _Job, store: VectorStore[ImageRecord]) -> None:
+    """Check, at the end, that the roots and categories recorded at the start are still in
+    the collection's metadata (a no-op when they are): another builder on the same server
+    may have written it meanwhile from an older copy."""
+    store.add_roots(job.reader.roots)
+    store.add_categories(_category_names(job.scan))
+
+
+def _category_names(scan: Scan) -> set[str]:
+    return {name for record in scan.records for name in record.categories}
 
 
 def _record_categories(
@@ -269,7 +312,7 @@ def _record_categories(
     """Record the categories the pictures hold in the collection (for #hashtags), and
     relabel stored pictures whose categories changed but whose file did not (an
     instances file added later): their metadata is updated, nothing is re-embedded."""
-    names = {name for record in job.scan.records for name in record.categories}
+    names = _category_names(job.scan)
     if names:
         job.summary.stage = "recording the categories"
         store.add_categories(names)
@@ -313,7 +356,7 @@ def _check_removal(job: _Job, remove: Sequence[str], stored: dict[str, ImageReco
         return
     on_disk = {r.path for r in job.scan.records}
     rekeyed = sum(1 for id_ in remove if stored[id_].path in on_disk)
-    source = job.reader.description
+    source = job.summary.source
     if rekeyed == n:
         raise UnsafeRemoval(
             f"{n:,} of the {of:,} stored entries of {source} were indexed by an older version, "
@@ -350,7 +393,7 @@ def _remove_captions_of(job: _Job, image_ids: set[str]) -> None:
     captions = job.db.open(
         job.captions_name, CaptionRecord, model=job.settings.clip_model, dim=job.encoder.dim
     )
-    ids = [c.id for c in captions if c.image_id in image_ids and job.reader.owns(c.split)]
+    ids = [c.id for c in captions if c.image_id in image_ids and _ours(job, c.split, c.image_id)]
 
     def removed(n: int) -> None:
         job.summary.captions_removed += n
@@ -581,17 +624,10 @@ def _result(item: T, future: Future[U]) -> tuple[T, U | BaseException]:
         return item, err
 
 
-def _sync_captions(
-    scan: Scan,
-    limit: int | None,
-    reader: Reader,
-    encoder: ClipEncoder,
-    store: VectorStore[CaptionRecord],
-    summary: IndexSummary,
-    progress: bool,
-) -> None:
+def _sync_captions(job: _Job, store: VectorStore[CaptionRecord]) -> None:
     """Bring the caption collection up to date: every caption of the selected pictures
-    embedded as text, captions of vanished pictures removed."""
+    embedded as text, captions of vanished pictures removed (of this run's shard only)."""
+    scan, limit, summary, progress = job.scan, job.options.limit, job.summary, job.options.progress
 
     def captions_of(records: Iterable[ImageRecord]) -> Iterator[CaptionRecord]:
         for record in records:
@@ -599,7 +635,7 @@ def _sync_captions(
                 yield CaptionRecord(f"{record.id}:{n}", record.id, text, record.split)
 
     present = {c.id for c in captions_of(scan.records)}
-    stored = {c.id: c.caption for c in store if reader.owns(c.split)}
+    stored = {c.id: c.caption for c in store if _ours(job, c.split, c.image_id)}
     selection = scan.records[:limit] if limit is not None else scan.records
     todo = [c for c in captions_of(selection) if stored.get(c.id) != c.caption]
     stale = [id_ for id_ in stored if id_ not in present]
@@ -611,7 +647,7 @@ def _sync_captions(
     ) as bar:
         for start in range(0, len(todo), CAPTION_BATCH_SIZE):
             chunk = todo[start : start + CAPTION_BATCH_SIZE]
-            store.upsert(chunk, encoder.embed_texts([c.caption for c in chunk]))
+            store.upsert(chunk, job.encoder.embed_texts([c.caption for c in chunk]))
             summary.captions_indexed += len(chunk)
             bar.update(len(chunk))
 
@@ -629,13 +665,15 @@ def _delete(store: VectorStore, ids: Sequence[str], deleted: Callable[[int], Non
         deleted(len(chunk))
 
 
-def report_path(settings: Settings) -> Path:
-    """Where the list of pictures that could not be indexed goes: next to the index."""
-    return settings.chroma_path / f"{settings.collection}-bad-images.tsv"
+def report_path(settings: Settings, shard: Shard = EVERYTHING) -> Path:
+    """Where the list of pictures that could not be indexed goes: next to the index, one
+    list per shard (builders of several shards may share a CHROMA_PATH)."""
+    part = "" if shard.whole else f"-shard-{shard.index}-of-{shard.count}"
+    return settings.chroma_path / f"{settings.collection}-bad-images{part}.tsv"
 
 
-def _write_report(settings: Settings, summary: IndexSummary) -> Path | None:
-    path = report_path(settings)
+def _write_report(settings: Settings, summary: IndexSummary, shard: Shard) -> Path | None:
+    path = report_path(settings, shard)
     rows = [(p, "missing on disk") for p in summary.missing] + summary.bad
     if not rows:
         path.unlink(missing_ok=True)
@@ -654,7 +692,8 @@ def builder_lock(settings: Settings, *, wait: bool = False) -> Iterator[None]:
     path: Chroma's embedded sqlite is per path) while the block runs.
 
     Another holder raises `StoreBusy` at once, or with `wait` is waited for. A Chroma
-    server (CHROMA_HOST) takes no lock: its operator keeps builders apart.
+    server (CHROMA_HOST) takes no lock: builders of different shards run on it at once
+    (two of the same shard would only do the same work twice: upserts by stable ids).
     """
     if settings.chroma_host:
         yield

@@ -10,6 +10,9 @@ one with another model is refused, because mixing embedding spaces silently ruin
 from __future__ import annotations
 
 import json
+import logging
+import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +35,12 @@ ROOTS_KEY = "roots"
 """Collection metadata key: JSON list of the real paths of the folders it was built from."""
 CATEGORIES_KEY = "categories"
 """Collection metadata key: JSON list of the category names its records may hold."""
+METADATA_SETTLE_S = 0.5
+"""On a server, how long a metadata write is left to settle before it is checked: another
+builder's write from a copy read before ours lands within this (see `_add_to_json_list`)."""
+METADATA_ATTEMPTS = 10
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        self._settle_s = METADATA_SETTLE_S if settings.chroma_host else 0.0
         if settings.chroma_host:
             scheme = "https" if settings.chroma_ssl else "http"
             self.description = (
@@ -162,7 +172,9 @@ class Database:
                     raise IndexEmpty(_empty_message(name)) from None
             _check_space(name, collection.metadata or {}, model, dim)
             batch = int(self._client.get_max_batch_size())
-        return VectorStore(collection, record_type, self.description, batch, self._client)
+        return VectorStore(
+            collection, record_type, self.description, batch, self._client, self._settle_s
+        )
 
     def info(self, name: str) -> CollectionInfo | None:
         """Size and model of collection `name`, or None when there is none."""
@@ -201,6 +213,17 @@ def _where_contains(contains: dict[str, Sequence[str]]) -> dict | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
+def _strings(metadata: dict, key: str) -> tuple[str, ...]:
+    """The non-empty strings of the JSON list under `key` of collection metadata."""
+    try:
+        values = json.loads(metadata.get(key) or "[]")
+    except json.JSONDecodeError:
+        return ()
+    if not isinstance(values, list):
+        return ()
+    return tuple(value for value in values if isinstance(value, str) and value)
+
+
 def _vec(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=np.float32)
 
@@ -226,8 +249,10 @@ class VectorStore(Generic[R]):
         where: str,
         max_batch: int,
         client: chromadb.api.ClientAPI,
+        settle_s: float = 0.0,
     ) -> None:
         self._collection = collection
+        self._settle_s = settle_s
         self._client = client
         self._type = record_type
         self.description = where
@@ -264,22 +289,38 @@ class VectorStore(Generic[R]):
         """The JSON list of strings under `key` of the collection's metadata (read afresh)."""
         with _reachable(self.description):
             metadata = self._client.get_collection(self.name, embedding_function=None).metadata
-        try:
-            values = json.loads((metadata or {}).get(key) or "[]")
-        except json.JSONDecodeError:
-            return ()
-        if not isinstance(values, list):
-            return ()
-        return tuple(value for value in values if isinstance(value, str) and value)
+        return _strings(metadata or {}, key)
 
     def _add_to_json_list(self, key: str, values: Iterable[str]) -> None:
-        with _reachable(self.description):
-            current = self._client.get_collection(self.name, embedding_function=None)
-            metadata = dict(current.metadata or {})
-            merged = sorted(set(self._json_list(key)) | set(values))
-            metadata[key] = json.dumps(merged)
-            # modify() replaces the whole metadata (model and dim included): pass it all.
-            current.modify(metadata=metadata)
+        """Merge `values` into the JSON list under `key`, and make sure they stay there.
+
+        Chroma has no atomic update of collection metadata: `modify()` replaces all of it,
+        so two builders on one server that read it, merge their own values and write it
+        back at once may overwrite each other's. So each writer reads it again once its
+        write has settled (a write from a copy read before it has landed by then) and
+        merges again until its values are there. No write at all when they already are."""
+        wanted = set(values)
+        if not wanted:
+            return
+        for attempt in range(METADATA_ATTEMPTS + 1):
+            with _reachable(self.description):
+                current = self._client.get_collection(self.name, embedding_function=None)
+                metadata = dict(current.metadata or {})
+                have = set(_strings(metadata, key))
+                if wanted <= have:
+                    return
+                if attempt == METADATA_ATTEMPTS:
+                    break
+                if attempt:
+                    log.info("another writer replaced the %s of %s: merging again", key, self.name)
+                metadata[key] = json.dumps(sorted(have | wanted))
+                # modify() replaces the whole metadata (model and dim included): pass it all.
+                current.modify(metadata=metadata)
+            time.sleep(self._settle_s * (1 + random.random()))  # jitter: writers fall apart
+        raise StoreUnavailable(
+            f"could not record the {key} of collection {self.name!r} in {self.description}: "
+            f"other writers replaced them {METADATA_ATTEMPTS} times in a row"
+        )
 
     def check_not_empty(self) -> None:
         """Raise `IndexEmpty` when the collection holds nothing."""

@@ -6,7 +6,8 @@ module only fetches. Knows nothing of Telegram.
 
 - Files: written atomically into the list's `Folder`, each one appended to its manifest and
   each failure recorded in its failed.tsv. A rerun fetches only what is neither there nor
-  failed before (`retry_failed` retries the failures).
+  failed before (`retry_failed` retries the failures). With a `shard` (core.shards) only
+  the URLs whose record id falls in it are fetched.
 - Validation: http/https only, connect/read timeouts and a deadline, a size limit enforced
   while streaming, bounded redirects followed by hand so every hop is checked,
   `X-Robots-Tag: noai` (and noimageai, noindex, noimageindex) respected, and the body must
@@ -43,7 +44,8 @@ from tqdm import tqdm
 
 from core.errors import BadImage, DownloadError
 from core.images import decode_image
-from core.url_lists import Folder, UrlEntry, UrlList, read_manifest, url_hash
+from core.shards import EVERYTHING, Shard
+from core.url_lists import Folder, UrlEntry, UrlList, read_manifest, url_hash, url_image_id
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class DownloadSummary:
     skipped_failed: int = 0
     """URLs that failed in an earlier run, not retried (see `retry_failed`)."""
     duplicates: int = 0
+    other_shards: int = 0
+    """URLs of the list left to the builders of other shards (`shard`)."""
     bad_rows: int = 0
     elapsed_s: float = 0.0
 
@@ -166,14 +170,15 @@ def download_url_list(
     allow_private: bool = False,
     retry_failed: bool = False,
     progress: bool = True,
+    shard: Shard = EVERYTHING,
 ) -> DownloadSummary:
     """Download the pictures of a URL list into `<data_dir>/<list name>/`, resumably.
 
-    `limit`: stop once the first `limit` valid pictures of the list (in list order) are on
-    disk. A URL that fails is recorded in the failed.tsv with its reason and not fetched
-    again unless `retry_failed`. Raises `DatasetError` for a missing or unreadable list,
-    `DownloadError` when the folder cannot be written or another run holds it. One bad URL
-    is never fatal.
+    `shard`: only the URLs whose record id falls in it. `limit`: stop once the first
+    `limit` valid pictures of the list (in list order, of the shard) are on disk. A URL that
+    fails is recorded in the failed.tsv with its reason and not fetched again unless
+    `retry_failed`. Raises `DatasetError` for a missing or unreadable list, `DownloadError`
+    when the folder cannot be written or another run holds it. One bad URL is never fatal.
     """
     started = time.perf_counter()
     url_list = UrlList.open(list_path)
@@ -195,7 +200,7 @@ def download_url_list(
     except OSError as err:
         raise DownloadError(f"cannot write to {folder.path}: {err}") from None
     try:
-        run = _Run(url_list, folder, rules, concurrency, per_host, retry_failed)
+        run = _Run(url_list, folder, rules, concurrency, per_host, retry_failed, shard)
         run.go(limit, progress)
     finally:
         lock.release()
@@ -233,8 +238,9 @@ class _Run:
         concurrency: int,
         per_host: int,
         retry_failed: bool,
+        shard: Shard,
     ) -> None:
-        self.url_list, self.folder, self.rules = url_list, folder, rules
+        self.url_list, self.folder, self.rules, self.shard = url_list, folder, rules, shard
         self.concurrency = max(1, concurrency)
         self.retry_failed = retry_failed
         self.summary = DownloadSummary(folder.path, folder.failed)
@@ -286,7 +292,11 @@ class _Run:
             self._write_failed()
 
     def _skip(self, entry: UrlEntry, seen: set[str], bar: tqdm) -> bool:
-        """True for a URL that needs no fetch: a duplicate, one on disk, one failed before."""
+        """True for a URL that needs no fetch: another shard's, a duplicate, one on disk, one
+        failed before."""
+        if not self.shard.holds(url_image_id(entry.url)):
+            self.summary.other_shards += 1
+            return True
         key = url_hash(entry.url)
         if key in seen:
             self.summary.duplicates += 1

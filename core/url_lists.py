@@ -20,7 +20,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -176,23 +175,14 @@ class UrlListReader:
             )
         scan = Scan()
         for entry in sorted(read_manifest(manifest).values(), key=lambda e: e.line):
-            path = self.folder.path / entry.file
-            try:
-                stat = os.stat(path)
-            except OSError:
-                scan.missing.append(str(path))
-                continue
-            scan.records.append(
-                ImageRecord(
-                    id=url_image_id(entry.url),
-                    path=str(path),
-                    split=self.split,
-                    captions=(entry.caption,) if entry.caption else (),
-                    file_size=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                    url=entry.url,
-                )
+            record = ImageRecord(
+                id=url_image_id(entry.url),
+                path=str(self.folder.path / entry.file),
+                split=self.split,
+                captions=(entry.caption,) if entry.caption else (),
+                url=entry.url,
             )
+            scan.add(record)
         return scan
 
 

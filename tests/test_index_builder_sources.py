@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from core.records import ImageRecord
 from core.search import SearchService
+from core.shards import Shard
 from core.store import Database
+from core.url_lists import url_image_id
 from index_builder import main
 from tests.coco_server import VAL_ZIP, CocoServer, build_coco_zips
 from tests.conftest import make_settings
@@ -110,3 +113,37 @@ def test_urls_downloads_checks_and_indexes_a_list(
         requests = server.total_requests
         assert main(["--urls", str(listing), "--allow-private-urls", "--no-progress"]) == 0
         assert server.total_requests == requests  # nothing new, failures not retried
+
+
+def test_urls_with_a_shard_download_and_index_only_that_shards_pictures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with UrlServer() as server:
+        urls = [
+            server.add(f"/{n}.jpg", Route(picture(color, shape, n)))
+            for n, (color, shape) in enumerate(LABELS * 2)
+        ]
+        listing = tmp_path / "shapes.tsv"
+        listing.write_text(
+            "".join(f"{caption(*LABELS[n % 12])}\t{url}\n" for n, url in enumerate(urls))
+        )
+        set_env(monkeypatch, tmp_path, data_dir=tmp_path / "data")
+        first = [url for url in urls if Shard(0, 2).holds(url_image_id(url))]
+        assert 0 < len(first) < len(urls)
+        argv = ["--urls", str(listing), "--allow-private-urls", "--no-progress", "--shard"]
+
+        with caplog.at_level(logging.INFO, logger="index_builder"):
+            assert main([*argv, "0/2"]) == 0
+        assert server.total_requests == len(first)  # the other shard's pictures: not fetched
+        assert f"{len(urls) - len(first)} left to the other shards' builders" in caplog.text
+        assert stored(tmp_path) == len(first)
+
+        assert main([*argv, "1/2"]) == 0
+        assert server.total_requests == len(urls)
+        assert stored(tmp_path) == len(urls)
+        db = Database(make_settings(tmp_path))
+        info = db.info("cli_sources")
+        store = db.open("cli_sources", ImageRecord, model=info.model, dim=info.dim)
+        assert sorted(r.url for r in store) == sorted(urls)
+        assert main([*argv, "0/2"]) == 0  # a rerun: nothing fetched, nothing removed
+        assert server.total_requests == len(urls) and stored(tmp_path) == len(urls)

@@ -21,14 +21,21 @@ from core.config import Settings
 from core.datasets import CocoReader, FolderReader
 from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
-from core.indexing import IndexSummary, builder_lock, report_path, run
+from core.indexing import (
+    MAX_UNCONFIRMED_REMOVAL,
+    IndexSummary,
+    builder_lock,
+    report_path,
+    run,
+)
 from core.models.clip import ClipEncoder
 from core.records import CaptionRecord, ImageRecord
 from core.search import SearchService
+from core.shards import Shard, shard_of
 from core.store import Database, VectorStore
 from tests.conftest import ROOT, ChromaServer, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
-from tests.mini_coco import CAPTION_TEMPLATES, coco_file_name, make_mini_coco
+from tests.mini_coco import CAPTION_TEMPLATES, FIRST_ID, coco_file_name, make_mini_coco
 from tests.test_clip import counting_compile
 
 
@@ -373,9 +380,10 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
         index_builder.main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    flags = ["--coco-root", "--split", "--folder", "--limit", "--batch-size", "--workers"]
-    for flag in [*flags, "--rebuild", "--with-captions", "--compile", "--prune", "--wait"]:
+    flags = ["--coco-root", "--split", "--folder", "--limit", "--shard", "--batch-size"]
+    for flag in [*flags, "--workers", "--rebuild", "--with-captions", "--compile", "--prune"]:
         assert flag in text
+    assert "--wait" in text
 
 
 def signal_mid_run(settings: Settings, sig: signal.Signals, total: int) -> subprocess.Popen:
@@ -726,3 +734,141 @@ def test_ctrl_c_before_anything_changed_says_so(
     assert index_builder.interruption(summary) == (
         "interrupted while recording the indexed folders: nothing was changed in the index"
     )
+
+
+# --- shards: N builders, each indexing and refreshing only its own part -----------------------
+
+
+def test_folder_shards_build_the_union_and_limit_counts_within_a_shard(
+    tmp_path: Path, encoder: ClipEncoder
+) -> None:
+    settings = make_settings(tmp_path)
+    folder = tmp_path / "photos"
+    folder_of(folder, 24)
+    reader = FolderReader(folder)
+    every = [r.id for r in reader.scan().records]
+    shards = [Shard(n, 3) for n in range(3)]
+    parts = [[id_ for id_ in every if shard.holds(id_)] for shard in shards]
+    assert all(parts), "a shard of the 24 pictures is empty"
+
+    first = index(settings, encoder, reader=reader, shard=shards[0], limit=1)
+    assert (first.indexed, first.beyond_limit, first.total) == (1, len(parts[0]) - 1, 1)
+    assert [r.id for r in images_store(settings, encoder)] == parts[0][:1]
+    for shard, part in zip(shards, parts, strict=True):
+        summary = index(settings, encoder, reader=reader, shard=shard)
+        assert summary.source == f"folder {folder.resolve()}, shard {shard}"
+        assert summary.removed == 0 and summary.indexed + summary.unchanged == len(part)
+    ids = [r.id for r in images_store(settings, encoder)]
+    assert len(ids) == len(set(ids)) == len(every) and set(ids) == set(every)
+    for shard, part in zip(shards, parts, strict=True):
+        again = index(settings, encoder, reader=reader, shard=shard)
+        assert again.up_to_date and (again.unchanged, again.total) == (len(part), len(every))
+    assert index(settings, encoder, reader=reader).up_to_date  # unsharded: the same index
+    for shard in (Shard(0, 2), Shard(1, 2)):  # another N finds every entry stored
+        assert index(settings, encoder, reader=reader, shard=shard).up_to_date
+
+
+def test_a_shards_refresh_removes_only_its_own_vanished_entries(
+    tmp_path: Path, encoder: ClipEncoder
+) -> None:
+    settings = coco_settings(tmp_path)
+    made = make_mini_coco(settings.coco_root, {"val2014": 40})
+    one, two = Shard(0, 2), Shard(1, 2)
+    mine = [m for m in made if one.holds(str(m.id))]
+    theirs = [m for m in made if two.holds(str(m.id))]
+    for shard in (one, two):
+        index(settings, encoder, splits=("val2014",), shard=shard, with_captions=True)
+    captions_name = f"{settings.collection}_captions"
+
+    def captioned() -> set[str]:
+        store = Database(settings).open(
+            captions_name, CaptionRecord, model=settings.clip_model, dim=encoder.dim
+        )
+        return {c.image_id for c in store}
+
+    gone = [mine[0], theirs[0]]  # a picture of each shard vanishes
+    for image in gone:
+        image.path.unlink()
+    summary = index(settings, encoder, splits=("val2014",), shard=one)
+    assert (summary.removed, summary.captions_removed) == (1, len(CAPTION_TEMPLATES))
+    assert summary.missing == [str(mine[0].path.resolve())]  # not the other shard's
+    assert report_path(settings, one).read_text().count("missing on disk") == 1
+    stored = {r.id for r in images_store(settings, encoder)}
+    assert str(mine[0].id) not in stored and str(theirs[0].id) in stored  # theirs: untouched
+    assert str(theirs[0].id) in captioned()
+    assert index(settings, encoder, splits=("val2014",), shard=two).removed == 1
+
+    # The >10% guard counts within the shard: 3 of ~19 is too many for shard 0 alone,
+    # even though it is under 10% of the whole index.
+    vanishing = mine[1:4]
+    assert MAX_UNCONFIRMED_REMOVAL * (len(mine) - 1) < 3
+    assert MAX_UNCONFIRMED_REMOVAL * (len(made) - 2) >= 3
+    for image in vanishing:
+        image.path.unlink()
+    with pytest.raises(UnsafeRemoval) as refused:
+        index(settings, encoder, splits=("val2014",), shard=one)
+    assert f"refusing to remove 3 of the {len(mine) - 1} stored entries" in str(refused.value)
+    assert "shard 0/2" in str(refused.value)
+    pruned = index(settings, encoder, splits=("val2014",), shard=one, prune=True)
+    assert (pruned.removed, pruned.total) == (3, len(made) - 5)
+    assert captioned() == {str(m.id) for m in made if m not in gone and m not in vanishing}
+
+
+def coco_shard_categories(per_split: dict[str, int]) -> dict[str, list[int]]:
+    """Categories of a mini COCO (make_mini_coco's `categories`) that tell the shards of 2
+    apart: the pictures of shard 0 hold a "dog", those of shard 1 a "cat"."""
+    ids = [FIRST_ID[split] + i * 7 for split, count in per_split.items() for i in range(count)]
+    return {
+        name: [n for n, id_ in enumerate(ids) if shard_of(str(id_), 2) == shard]
+        for shard, name in enumerate(("dog", "cat"))
+    }
+
+
+def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
+    tmp_path: Path, encoder: ClipEncoder, chroma_server: ChromaServer
+) -> None:
+    settings = coco_settings(
+        tmp_path,
+        chroma_host=chroma_server.host,
+        chroma_port=chroma_server.port,
+        collection="sharded_on_server",
+    )
+    per_split = {"train2014": 24, "val2014": 16}
+    made = make_mini_coco(
+        settings.coco_root, per_split, size=(64, 48), categories=coco_shard_categories(per_split)
+    )
+    shards = [Shard(0, 2), Shard(1, 2)]
+    parts = [{str(m.id) for m in made if shard.holds(str(m.id))} for shard in shards]
+    args = ["--batch-size", "4", "--workers", "1", "--no-progress", "--with-captions"]
+
+    def both_at_once() -> list[str]:
+        procs = [builder(settings, *args, "--shard", str(shard)) for shard in shards]
+        outs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+            outs.append(out)
+        return outs
+
+    outs = both_at_once()
+    for shard, part, out in zip(shards, parts, outs, strict=True):
+        source = f"COCO2014 train2014+val2014 in {settings.coco_root.resolve()}, shard {shard}"
+        assert out.startswith(f"{source} → collection 'sharded_on_server'\n")
+        assert f"indexed {len(part)} · unchanged 0 · removed 0" in out
+
+    store = images_store(settings, encoder)
+    ids = [r.id for r in store]
+    assert len(ids) == len(set(ids)) == store.count() == len(made)  # no duplicates, none lost
+    assert set(ids) == {str(m.id) for m in made}
+    coco = settings.coco_root.resolve()
+    assert set(store.roots()) == {str(coco / "train2014"), str(coco / "val2014")}
+    assert set(store.categories()) == {"cat", "dog"}  # each shard recorded its own
+    captions = Database(settings).open(
+        "sharded_on_server_captions", CaptionRecord, model=settings.clip_model, dim=encoder.dim
+    )
+    caption_ids = [c.id for c in captions]
+    assert len(caption_ids) == len(set(caption_ids)) == len(made) * len(CAPTION_TEMPLATES)
+
+    for part, out in zip(parts, both_at_once(), strict=True):  # a rerun of each: a no-op
+        assert f"index is up to date: {len(part)} pictures unchanged, nothing to do" in out
+    assert store.count() == len(made)

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core import store as store_module
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import CaptionRecord, ImageRecord
 from core.store import Database
@@ -190,3 +194,58 @@ def test_a_collection_dropped_under_an_open_handle_is_index_gone(
     db.open("dropped_later", ImageRecord, model="m", dim=8, create=True)  # replaced
     with pytest.raises(IndexGone):
         store.query(unit_vectors(1), k=2)  # the old handle still names the dropped one
+
+
+def test_metadata_written_by_several_builders_at_once_keeps_everyones(
+    tmp_path: Path, chroma_server: ChromaServer
+) -> None:
+    """Builders of several shards on one server create the collection and record their
+    roots and categories at the same moment: nobody's are lost (modify() replaces the
+    whole metadata, so a plain read-merge-write would lose some)."""
+    settings = make_settings(
+        tmp_path, chroma_host=chroma_server.host, chroma_port=chroma_server.port
+    )
+    writers = 6
+    start = threading.Barrier(writers)
+
+    def builder(n: int) -> None:
+        db = Database(settings)  # a client of its own, as a builder process has
+        start.wait()
+        store = db.open("shared_metadata", ImageRecord, model="m", dim=8, create=True)
+        start.wait()
+        store.add_roots([f"/data/shard{n}", "/data/common"])
+        store.add_categories([f"category {n}"])
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(builder, range(writers)))
+    store = Database(settings).open("shared_metadata", ImageRecord, model="m", dim=8)
+    assert set(store.roots()) == {f"/data/shard{n}" for n in range(writers)} | {"/data/common"}
+    assert set(store.categories()) == {f"category {n}" for n in range(writers)}
+    assert [c.name for c in Database(settings)._client.list_collections()].count(
+        "shared_metadata"
+    ) == 1
+
+
+def test_a_metadata_write_replaced_by_a_stale_one_is_merged_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another builder's write from a copy read before ours lands while ours settles: ours
+    is merged again, with theirs."""
+    db = Database(make_settings(tmp_path))
+    store = db.open("stale_metadata", ImageRecord, model="m", dim=8, create=True)
+    store.add_roots(["/data/old"])
+    collection = db._client.get_collection("stale_metadata", embedding_function=None)
+    stale = dict(collection.metadata)  # what the other builder read, before our write
+    stale["roots"] = json.dumps(["/data/old", "/data/theirs"])
+    writes = []
+
+    def other_builder_writes(seconds: float) -> None:
+        if not writes:
+            writes.append(seconds)
+            collection.modify(metadata=stale)
+
+    monkeypatch.setattr(store_module.time, "sleep", other_builder_writes)
+    store.add_roots(["/data/ours"])
+    assert writes  # the stale write did land after ours
+    assert set(store.roots()) == {"/data/old", "/data/ours", "/data/theirs"}
+    assert db.open("stale_metadata", ImageRecord, model="m", dim=8)  # model and dim kept
