@@ -17,7 +17,6 @@ on disk are collected in `missing`, not fatal; a missing or malformed annotation
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import defaultdict
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.errors import DatasetError
+from core.json_files import read_json
 from core.records import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -132,16 +132,9 @@ def _read_coco_annotations(
             f"annotation file {path} not found: download annotations_trainval2014.zip "
             f"and unzip it into {path.parent.parent} (see README, 'Get COCO2014')"
         )
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise DatasetError(
-            f"annotation file {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
-            f"{err.msg}); it may be truncated, download it again"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"annotation file {path} cannot be read: {err}") from None
+    data = read_json(
+        path, "annotation file", DatasetError, hint="; it may be truncated, download it again"
+    )
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"annotation file {path} has no 'images' list: is it a COCO file?")
     annotations = data.get("annotations", [])
@@ -185,17 +178,14 @@ def read_coco_categories(path: Path) -> dict[int, tuple[str, ...]]:
     if not path.is_file():
         log.info("%s not found: its pictures get no categories (#hashtags need it)", path)
         return {}
+    data = read_json(path, "instances file", DatasetError)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
         names = {int(c["id"]): " ".join(str(c["name"]).split()) for c in data["categories"]}
         objects: dict[int, set[str]] = defaultdict(set)
         for annotation in data["annotations"]:
             name = names.get(int(annotation["category_id"]))
             if name:
                 objects[int(annotation["image_id"])].add(name)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"instances file {path} cannot be read: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise DatasetError(
             f"instances file {path} is not a COCO instances file (categories with id and "

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from core.config import Settings
 from core.datasets import COCO_SPLITS, CocoReader
 from core.errors import BadEvalInput, BadImage, DatasetError
 from core.images import decode_image
+from core.json_files import read_json
 from core.records import CaptionRecord, ImageRecord
 from core.search import SearchService
 from core.store import Database, Match, VectorStore
@@ -255,18 +255,7 @@ def _check_limit(limit: int | None) -> None:
 
 def _read_karpathy(path: Path) -> list[tuple[int, dict]]:
     """(position, entry) of the test entries of a Karpathy split file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise BadEvalInput(f"Karpathy split file {path} not found") from None
-    except json.JSONDecodeError as err:
-        raise BadEvalInput(
-            f"Karpathy split file {path} is not valid JSON (line {err.lineno}, column "
-            f"{err.colno}: {err.msg})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadEvalInput(f"Karpathy split file {path} cannot be read: {err}") from None
+    data = read_json(path, "Karpathy split file", BadEvalInput)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise BadEvalInput(f"{path} has no 'images' list: is it Karpathy's dataset_coco.json?")
     if not all(isinstance(entry, dict) for entry in data["images"]):
