@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -265,7 +266,15 @@ def interruption(summary: IndexSummary) -> str:
     return f"{where}: {', '.join(done)}; {advice}"
 
 
+OMP_WAIT_POLICY = "PASSIVE"
+"""torch's OpenMP threads wait for work asleep, not spinning (unless OMP_WAIT_POLICY is set).
+Spinning threads take the cores the decode and writer threads need, and when anything else
+runs on the machine a spinning model thread waits on a descheduled one: measured on 2 cores
+(README, Benchmarks), the same on a quiet machine and about 3× faster beside other work."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before torch is imported
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.download and (args.folder or args.urls):

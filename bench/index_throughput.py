@@ -234,6 +234,9 @@ def run(quick: bool, workdir: Path) -> dict:
         "fp32 instead of bf16": pipeline(folder, clip, workdir, "abl_fp32", dtype="float32"),
         "1 decode thread": pipeline(folder, clip, workdir, "abl_workers1", "--workers", "1"),
         "batch 8": pipeline(folder, clip, workdir, "abl_batch8", "--batch-size", "8"),
+        "OpenMP threads spinning (OMP_WAIT_POLICY=ACTIVE)": pipeline(
+            folder, clip, workdir, "abl_spinning", env={"OMP_WAIT_POLICY": "ACTIVE"}
+        ),
     }
     eager_after = pipeline(folder, clip, workdir, "pipeline_again")  # drift check
     bound = physical_bound(default["breakdown_ms"], eager_ips)

@@ -87,3 +87,24 @@ def test_bot_check_imports_no_model_library(tmp_path: Path) -> None:
         result, names = imported(env, tmp_path, "-m", "bot", "--check")
     assert_light(result, names)
     assert "Telegram accepted the token" in result.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_builder_lets_torchs_threads_sleep_unless_told_otherwise(
+    tmp_path: Path, given: str | None, expected: str
+) -> None:
+    env = subprocess_env(make_settings(tmp_path))
+    env.pop("OMP_WAIT_POLICY", None)
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    script = (
+        "import os, sys, index_builder\n"
+        "try:\n    index_builder.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Set before torch (and its OpenMP runtime) is loaded, which is when it counts.
+    assert result.stdout.splitlines()[-1] == f"False {expected}"
