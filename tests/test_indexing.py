@@ -66,6 +66,13 @@ def coco_settings(tmp_path: Path, **overrides) -> Settings:
     return make_settings(tmp_path, coco_root=tmp_path / "coco", **overrides)
 
 
+def coco_server_settings(tmp_path: Path, server: ChromaServer, collection: str) -> Settings:
+    """`coco_settings` for a collection on the test's Chroma server."""
+    return coco_settings(
+        tmp_path, chroma_host=server.host, chroma_port=server.port, collection=collection
+    )
+
+
 def test_full_build_stores_every_picture_with_its_record(
     tmp_path: Path, encoder: ClipEncoder
 ) -> None:
@@ -308,12 +315,7 @@ def test_another_model_is_refused_unless_rebuilding(tmp_path: Path, encoder: Cli
 def test_build_against_a_chroma_server(
     tmp_path: Path, encoder: ClipEncoder, chroma_server: ChromaServer
 ) -> None:
-    settings = coco_settings(
-        tmp_path,
-        chroma_host=chroma_server.host,
-        chroma_port=chroma_server.port,
-        collection="built_on_server",
-    )
+    settings = coco_server_settings(tmp_path, chroma_server, "built_on_server")
     make_mini_coco(settings.coco_root, {"train2014": 12, "val2014": 12})
     summary = index(settings, encoder, batch_size=5)
     assert (summary.indexed, summary.total) == (24, 24)
@@ -827,12 +829,7 @@ def coco_shard_categories(per_split: dict[str, int]) -> dict[str, list[int]]:
 def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
     tmp_path: Path, encoder: ClipEncoder, chroma_server: ChromaServer
 ) -> None:
-    settings = coco_settings(
-        tmp_path,
-        chroma_host=chroma_server.host,
-        chroma_port=chroma_server.port,
-        collection="sharded_on_server",
-    )
+    settings = coco_server_settings(tmp_path, chroma_server, "sharded_on_server")
     per_split = {"train2014": 24, "val2014": 16}
     made = make_mini_coco(
         settings.coco_root, per_split, size=(64, 48), categories=coco_shard_categories(per_split)
