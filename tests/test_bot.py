@@ -243,7 +243,7 @@ def test_a_stranger_is_refused_politely(bot: RunningBot) -> None:
 
 def test_a_refusal_that_cannot_be_sent_still_refuses(bot: RunningBot) -> None:
     stranger = STRANGER + 1
-    bot.tg.fail("sendMessage", 400)
+    bot.tg.fail("sendMessage", 400, chat_id=stranger)
     bot.tg.inject_text("a red circle", user_id=stranger)
     failed = bot.tg.wait_for(
         lambda c: c.method == "sendMessage" and c.params["chat_id"] == stranger, timeout=60
