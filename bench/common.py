@@ -103,8 +103,17 @@ def timed(func: Callable[[], object]) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a running process, in MB."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of a running process now, in MB."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, name: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

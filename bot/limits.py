@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 WINDOW_S = 60.0
 NETWORK_RETRIES = 6
 RETRY_AFTER_RETRIES = 5
+LOGGED_WAIT_S = 0.001
+"""Shorter waits for the rate limit are the limiter's own overhead: not logged."""
 BEST_EFFORT = frozenset({"sendChatAction"})
 """Calls that are neither throttled nor retried: a missed "typing…" harms no one."""
 
@@ -120,11 +122,17 @@ class OncePerWindow:
 class RetryingRateLimiter(AIORateLimiter):
     """Keeps to Telegram's flood limits (30 messages/s overall, 20/min per group), waits out
     429 RetryAfter, and retries 5xx and network errors with exponential backoff, so a
-    Telegram hiccup delays a reply instead of losing it."""
+    Telegram hiccup delays a reply instead of losing it.
 
-    def __init__(self, network_retries: int = NETWORK_RETRIES) -> None:
+    Each request that had to wait for the flood limits (its turn, or a RetryAfter) logs how
+    long at DEBUG: how much of a slow reply was Telegram's rate limit, not the bot."""
+
+    def __init__(
+        self, network_retries: int = NETWORK_RETRIES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__(max_retries=RETRY_AFTER_RETRIES)
         self.network_retries = network_retries
+        self._clock = clock
 
     async def process_request(
         self,
@@ -140,9 +148,7 @@ class RetryingRateLimiter(AIORateLimiter):
         delay = 0.5
         for attempt in range(self.network_retries + 1):
             try:
-                return await super().process_request(
-                    callback, args, kwargs, endpoint, data, rate_limit_args
-                )
+                return await self._paced(callback, args, kwargs, endpoint, data, rate_limit_args)
             except (BadRequest, Forbidden, InvalidToken, Conflict):
                 raise  # our request is wrong: retrying cannot help
             except NetworkError as err:
@@ -152,3 +158,39 @@ class RetryingRateLimiter(AIORateLimiter):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
+
+    async def _paced(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, Any]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
+        """AIORateLimiter's request (flood limits, RetryAfter), timing what it waited: its
+        whole time less the time of the calls themselves."""
+        in_calls = 0.0
+
+        async def timed(*call_args: Any, **call_kwargs: Any) -> Any:
+            nonlocal in_calls
+            started = self._clock()
+            try:
+                return await callback(*call_args, **call_kwargs)
+            finally:
+                in_calls += self._clock() - started
+
+        started = self._clock()
+        try:
+            return await super().process_request(
+                timed, args, kwargs, endpoint, data, rate_limit_args
+            )
+        finally:
+            waited = self._clock() - started - in_calls
+            if waited >= LOGGED_WAIT_S:
+                log.debug(
+                    "%s to chat %s waited %.3f s for the rate limit",
+                    endpoint,
+                    data.get("chat_id"),
+                    waited,
+                )

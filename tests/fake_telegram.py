@@ -168,14 +168,16 @@ class Call:
 
     `params` are decoded (ints, bools, JSON-valued parameters as objects); `files` maps the
     multipart part name ("photo", or the `attach://` name) to the uploaded bytes. `time` is
-    `time.monotonic()` when the request arrived. `status` is the HTTP status answered (499:
-    the client hung up before the answer, as nginx logs it).
+    `time.monotonic()` when the request arrived, `received` when its whole body had arrived
+    (an album's last photo: the moment the reply was delivered). `status` is the HTTP status
+    answered (499: the client hung up before the answer, as nginx logs it).
     """
 
     method: str
     params: dict[str, Any]
     files: dict[str, bytes]
     time: float
+    received: float = 0.0
     status: int = 200
     result: Any = None
     error: str | None = None
@@ -938,10 +940,13 @@ class FakeTelegram:
 
     # ----------------------------------------------------------------- recording API
 
-    def calls(self, method: str | None = None, *, ok: bool | None = None) -> list[Call]:
-        """Recorded calls in arrival order, optionally of one method, only (un)successful."""
+    def calls(
+        self, method: str | None = None, *, ok: bool | None = None, since: int = 0
+    ) -> list[Call]:
+        """Recorded calls in the order they were recorded, optionally of one method, only
+        (un)successful, from the `since`-th (a `mark()`) on."""
         with self._cond:
-            return [c for c in self._calls if self._matches(c, method, ok)]
+            return [c for c in self._calls[since:] if self._matches(c, method, ok)]
 
     def mark(self) -> int:
         """An index into the call log, for `wait_for(..., since=tg.mark())`."""
@@ -1582,6 +1587,7 @@ class FakeTelegram:
         url = urlsplit(h.path)
         path = unquote(url.path)
         body = self._read_body(h)
+        received = time.monotonic()
         if path.startswith("/file/bot"):
             self._serve_file(h, path[len("/file/bot") :])
             return
@@ -1596,7 +1602,7 @@ class FakeTelegram:
             self._respond_json(h, 404, _error_json(404, "Not Found"))
             return
         method = self._canonical.get(method.lower(), method)
-        call = Call(method, {}, {}, started)
+        call = Call(method, {}, {}, started, received)
         try:
             raw, uploads = self._raw_params(h, url.query, body)
             call.params = {k: _decode_value(k, v) for k, v in raw.items()}

@@ -215,6 +215,27 @@ def test_send_media_group_of_uploaded_photos(tg: FakeTelegram) -> None:
             assert max(abs(a - b) for a, b in zip(img.getpixel((5, 5)), c, strict=True)) < 20
 
 
+def test_a_call_is_received_when_its_whole_body_has_arrived(tg: FakeTelegram) -> None:
+    import socket
+
+    body = b"chat_id=1000&text=" + b"x" * 2000
+    head = (
+        f"POST /bot{tg.token}/sendMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    mark = tg.mark()
+    with socket.create_connection(("127.0.0.1", tg.port)) as conn:
+        conn.sendall(head + body[:1000])
+        before_the_rest = time.monotonic()
+        conn.sendall(body[1000:])
+        conn.recv(65536)
+    (call,) = tg.calls("sendMessage", since=mark)
+    assert call.ok and call.time <= call.received
+    assert call.received >= before_the_rest  # not before its last byte was sent
+    assert tg.calls(since=tg.mark()) == []
+
+
 def test_limits_are_enforced_like_telegram(tg: FakeTelegram) -> None:
     photo = jpeg((1, 2, 3), (50, 50))
 

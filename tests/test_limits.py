@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
-from telegram.error import BadRequest, NetworkError, TimedOut
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 
 from bot.limits import AskSlots, RetryingRateLimiter, UserRateLimiter
 
@@ -133,6 +134,31 @@ def test_chat_actions_are_best_effort() -> None:
     with pytest.raises(NetworkError):
         asyncio.run(_request(RetryingRateLimiter(), callback, "sendChatAction"))
     assert calls == ["sendChatAction"]  # not retried: the next one comes in 4.5 s anyway
+
+
+def test_waits_for_the_rate_limit_are_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [100.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr("telegram.ext._aioratelimiter.asyncio.sleep", sleep)
+    callback, calls = _flaky([RetryAfter(2)])
+    limiter = RetryingRateLimiter(clock=lambda: now[0])
+
+    async def two_requests() -> None:
+        assert await _request(limiter, callback, "sendMediaGroup") is True
+        assert await _request(limiter, callback, "sendMessage") is True
+
+    with caplog.at_level(logging.DEBUG, logger="bot.limits"):
+        asyncio.run(two_requests())
+    assert calls == ["sendMediaGroup"] * 2 + ["sendMessage"]
+    # PTB waits retry_after + 0.1 s; the request that did not wait logs nothing.
+    assert [r.getMessage() for r in caplog.records] == [
+        "sendMediaGroup to chat 1 waited 2.100 s for the rate limit"
+    ]
 
 
 def test_once_per_window_per_user_and_bounded() -> None:
