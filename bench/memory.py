@@ -13,6 +13,7 @@ from bench.common import (
     bench_settings,
     make_photos,
     peak_rss_mb,
+    rss_mb,
     start_bot,
     subprocess_env,
     table,
@@ -59,8 +60,7 @@ def bot_rss(settings, workdir: Path, label: str) -> dict:
             started_mb = peak_rss_mb(proc.pid)
             tg.inject_text("a dog on a beach", user_id=5000)
             tg.wait_sent(5000, 1, timeout=300)
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            now_mb = int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+            now_mb = rss_mb(proc.pid)
             peak = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -69,7 +69,7 @@ def bot_rss(settings, workdir: Path, label: str) -> dict:
     return {
         "started_rss_mb": round(started_mb),
         "peak_rss_mb": round(peak),
-        "rss_after_query_mb": round(now_mb / 1024),
+        "rss_after_query_mb": round(now_mb),
         "tuned": tuned[0] if tuned else None,
     }
 
