@@ -31,6 +31,7 @@ from bench import (
     memory,
     model_families,
     query_latency,
+    scale,
     vqa_latency,
 )
 from bench.common import CACHE, RESULTS, machine, write_json
@@ -43,6 +44,7 @@ SECTIONS = {
     "fidelity": fidelity,
     "vqa": vqa_latency,
     "models": model_families,
+    "scale": scale,
 }
 
 
