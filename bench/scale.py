@@ -20,6 +20,7 @@ exact search. Never two writers at once: the child is closed while the server ru
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from bench.common import (
     bench_settings,
     clip_like_batches,
     free_port,
+    machine,
     make_photos,
     peak_rss_mb,
     rss_mb,
@@ -47,6 +49,7 @@ from bench.common import (
     summarise_ms,
     table,
     vit_b32_dir,
+    write_json,
 )
 from bench.query_latency import ann_top_k, coco_like_record, exact_top_k, recall, text_like
 
@@ -86,6 +89,7 @@ class Point:
     inserted_to: int
     """The insert rate was measured over vectors `inserted_from` → `inserted_to`."""
     insert_per_s: float
+    insert_per_s_by_batch: tuple[int, ...]
     load_s: float
     """The first access after opening the collection (Chroma loads its index then)."""
     elapsed_s: float
@@ -234,13 +238,23 @@ def _wait_heartbeat(proc: subprocess.Popen, port: int) -> None:
 
 
 @dataclass(frozen=True)
+class Inserted:
+    """A timed insert of base vectors `start` → `stop`."""
+
+    start: int
+    stop: int
+    seconds: float
+    per_batch: tuple[int, ...]
+    """Vectors per second of each `BATCH` (the rate falls as the graph grows)."""
+
+
+@dataclass(frozen=True)
 class Phase:
     """What one mode measures at one size, besides the store's own answers."""
 
     mode: str
     size: int
-    inserted: tuple[int, int, float]
-    """(from, to, seconds) of the timed insert."""
+    inserted: Inserted
     load_s: float
 
 
@@ -277,19 +291,36 @@ def grow(
             point = measure(phase, embedded, embedded.pid, settings, queries, exact, workdir)
             points += [replace(point, elapsed_s=round(time.perf_counter() - started)), served]
             log.info("%s", points[-2:])
+            _save_so_far(points)
             filled = size
     finally:
         embedded.close()
     return points
 
 
-def _insert(side: Filler | EmbeddedChroma, base: np.ndarray, start: int, stop: int):
-    """Insert base vectors `start` → `stop` in batches: (start, stop, seconds)."""
-    seconds = 0.0
+def _save_so_far(points: list[Point]) -> None:
+    """Write the sizes measured so far: a run stopped before the end (the full one takes
+    hours on a busy 2-core box) keeps them. run_all.py overwrites this file at the end."""
+    write_json(
+        "scale",
+        {
+            "machine": machine(),
+            "date": datetime.date.today().isoformat(),
+            "partial": True,
+            "points": [asdict(p) for p in points],
+        },
+    )
+
+
+def _insert(side: Filler | EmbeddedChroma, base: np.ndarray, start: int, stop: int) -> Inserted:
+    """Insert base vectors `start` → `stop` in batches of `BATCH`."""
+    timed = []  # (vectors, seconds) of each batch
     for first in range(start, stop, BATCH):
-        seconds += side.add(first, base[first : min(first + BATCH, stop)])
-        log.info("%d vectors in", min(first + BATCH, stop))
-    return start, stop, seconds
+        last = min(first + BATCH, stop)
+        timed.append((last - first, side.add(first, base[first:last])))
+        log.info("%d vectors in", last)
+    seconds = sum(s for _, s in timed)
+    return Inserted(start, stop, seconds, tuple(round(n / s) for n, s in timed))
 
 
 def measure(
@@ -305,13 +336,14 @@ def measure(
     searched = {kind: side.search(vectors) for kind, vectors in queries.items()}
     memory = (rss_mb(pid), peak_rss_mb(pid))
     status = status_seconds(settings, workdir)
-    start, stop, seconds = phase.inserted
+    inserted = phase.inserted
     return Point(
         mode=phase.mode,
         vectors=phase.size,
-        inserted_from=start,
-        inserted_to=stop,
-        insert_per_s=round((stop - start) / seconds),
+        inserted_from=inserted.start,
+        inserted_to=inserted.stop,
+        insert_per_s=round((inserted.stop - inserted.start) / inserted.seconds),
+        insert_per_s_by_batch=inserted.per_batch,
         load_s=round(phase.load_s, 2),
         elapsed_s=0.0,
         image_query=summarise_ms(searched["image"][1]),
