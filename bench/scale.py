@@ -298,6 +298,11 @@ def grow(
     return points
 
 
+def _by_name(points: list[Point]) -> dict[str, dict]:
+    """Every point under "<mode>_<vectors>" (a dict: the summary keeps only the headlines)."""
+    return {f"{p.mode}_{p.vectors}": asdict(p) for p in points}
+
+
 def _save_so_far(points: list[Point]) -> None:
     """Write the sizes measured so far: a run stopped before the end (the full one takes
     hours on a busy 2-core box) keeps them. run_all.py overwrites this file at the end."""
@@ -307,7 +312,7 @@ def _save_so_far(points: list[Point]) -> None:
             "machine": machine(),
             "date": datetime.date.today().isoformat(),
             "partial": True,
-            "points": [asdict(p) for p in points],
+            "points": _by_name(points),
         },
     )
 
@@ -455,7 +460,7 @@ def run(quick: bool, workdir: Path) -> dict:
         "sizes": list(sizes),
         "queries": QUERIES,
         "hnsw": _project_hnsw(),
-        "points": [asdict(p) for p in points],
+        "points": _by_name(points),
         **{
             f"{p.mode}_{p.vectors // 1000}k_{key}": getattr(p, key)
             for p in points
