@@ -197,7 +197,7 @@ def _embedded_count(path: Path, collection_id: object) -> int | None:
     without loading the collection, or None when that cannot be trusted.
 
     Embedded Chroma loads a collection's whole HNSW index on its first read, `count()`
-    included: about 0.6 s and 250 MB at 100k vectors, ten times that at a million
+    included: 0.3 s and 0.4 GB at 100k vectors here, 3 s and 2.6 GB at a million
     (bench/scale.py), which `python -m core status` must not pay. The records' table of the
     collection's metadata segment holds the same number once the write log is applied; when
     the log is ahead (a write in progress) or the file's layout is not the one known here
