@@ -31,6 +31,7 @@ from bench import (
     memory,
     model_families,
     query_latency,
+    scale,
     soak,
     vqa_latency,
 )
@@ -45,6 +46,7 @@ SECTIONS = {
     "vqa": vqa_latency,
     "models": model_families,
     "soak": soak,
+    "scale": scale,
 }
 
 
