@@ -16,13 +16,14 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,15 +108,22 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory (VmRSS) of a running process now, in MB."""
+    """Resident memory now (VmRSS) of a running process, in MB."""
     return _status_mb(pid, "VmRSS")
 
 
-def _status_mb(pid: int, name: str) -> float:
+def _status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{name}:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float, float]:
@@ -190,19 +198,37 @@ def clip_like_vectors(
     intrinsic dimension, topic clusters of very uneven size, and a direction all share.
     Over 20k of them the mean pairwise cosine is ≈ 0.45 and the nearest neighbour's ≈ 0.88.
     """
+    return next(clip_like_batches(count, count, dim, latent, clusters, seed))
+
+
+def clip_like_batches(
+    count: int,
+    batch: int,
+    dim: int = 512,
+    latent: int = 48,
+    clusters: int = 3000,
+    seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """`clip_like_vectors(count)` drawn `batch` rows at a time, so a million of them never
+    need more than one batch of float64 scratch memory. All batches share one space (the
+    projection, the clusters and the shared direction); with `batch >= count` the single
+    batch equals `clip_like_vectors(count)`."""
     rng = np.random.default_rng(seed)
     projection = rng.normal(size=(latent, dim)) / np.sqrt(latent)
     centres = rng.normal(size=(clusters, latent))
     sizes = rng.zipf(1.6, clusters).astype(float)
-    labels = rng.choice(clusters, count, p=sizes / sizes.sum())
-    points = (centres[labels] * 0.8 + rng.normal(size=(count, latent)) * 0.6) @ projection
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    shared = rng.normal(size=dim)
-    points += 0.9 * shared / np.linalg.norm(shared) + rng.normal(
-        size=(count, dim)
-    ) * 0.15 / np.sqrt(dim)
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points.astype(np.float32)
+    shared = None
+    for start in range(0, count, batch):
+        rows = min(batch, count - start)
+        labels = rng.choice(clusters, rows, p=sizes / sizes.sum())
+        points = (centres[labels] * 0.8 + rng.normal(size=(rows, latent)) * 0.6) @ projection
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        if shared is None:  # drawn here, as it always was: the first batch keeps its values
+            shared = rng.normal(size=dim)
+            shared /= np.linalg.norm(shared)
+        points += 0.9 * shared + rng.normal(size=(rows, dim)) * 0.15 / np.sqrt(dim)
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        yield points.astype(np.float32)
 
 
 # --- models with the real architectures and random weights ------------------------------------
