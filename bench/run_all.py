@@ -1,6 +1,6 @@
 """Run every benchmark and write bench/results/summary.json (and one JSON per section).
 
-    python bench/run_all.py            # everything (about 35 minutes on 2 cores)
+    python bench/run_all.py            # everything (about 80 minutes on 2 cores)
     python bench/run_all.py --quick    # a smaller smoke run (a few minutes)
     python bench/run_all.py --only index latency
 

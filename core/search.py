@@ -38,6 +38,10 @@ MAX_QUERY_CHARS = 1000
 MISSING_FILE_SLACK = 5
 """Extra neighbours fetched so hits whose file vanished (or is refused) can be skipped without
 a short list."""
+TOTAL_MAX_AGE_S = 30.0
+"""How old the collection's size may be that a search checks (not empty) and shows under
+results ("1–5 of 123,287"): counting for every search costs more than the search itself at
+a million pictures. An empty collection is always counted afresh."""
 MAX_RESULTS = 200
 """Paging stops here: results beyond the 200th are never shown (`more` is False)."""
 RRF_K = 60
@@ -219,7 +223,7 @@ class SearchService:
         """Read and embed `query`. Raises `EmptyQuery`, `BadImage` (its picture),
         `UnknownPicture` (its like_id), `UnknownCategory`, `NoCategories`, `IndexEmpty`."""
         draft = self._draft(query)
-        self.store.check_not_empty()
+        self.store.check_not_empty(max_age_s=TOTAL_MAX_AGE_S)
         vectors = self.encoder.embed_texts(draft.texts) if draft.texts else np.zeros((0, 1))
         return self._finish(draft, dict(zip(draft.texts, vectors, strict=True)))
 
@@ -239,7 +243,7 @@ class SearchService:
                 if not return_errors:
                     raise
                 drafts.append(err)
-        self.store.check_not_empty()
+        self.store.check_not_empty(max_age_s=TOTAL_MAX_AGE_S)
         wanted = list(dict.fromkeys(t for d in drafts if isinstance(d, _Draft) for t in d.texts))
         vectors = dict(zip(wanted, self.encoder.embed_texts(wanted), strict=True)) if wanted else {}
         return [d if isinstance(d, SearchBotError) else self._finish(d, vectors) for d in drafts]
@@ -257,7 +261,7 @@ class SearchService:
         `MAX_RESULTS` deep."""
         if k < 1 or offset < 0:
             raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
-        total = self.store.count()
+        total = self.store.count(max_age_s=TOTAL_MAX_AGE_S)
         end = min(offset + k, MAX_RESULTS)
         if offset >= end:
             return SearchPage([], offset, False, prepared.reading, total)

@@ -98,6 +98,30 @@ def test_upserts_are_chunked_to_the_client_batch_limit(tmp_path: Path) -> None:
     assert store.count() == 5
 
 
+def test_a_recent_count_is_reused_only_when_asked_and_only_while_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Database(make_settings(tmp_path)).open(
+        "counted", ImageRecord, model="m", dim=8, create=True
+    )
+    store.upsert(records(5), unit_vectors(5))
+    now = [1000.0]
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: now[0])
+    assert store.count(max_age_s=30) == 5
+    store.upsert(records(8), unit_vectors(8))
+    assert store.count(max_age_s=30) == 5  # read 0 s ago: reused
+    assert store.count() == 8  # no age allowed: counted afresh
+    store.delete(["0"])
+    now[0] += 29
+    assert store.count(max_age_s=30) == 8
+    now[0] += 2
+    assert store.count(max_age_s=30) == 7  # 31 s old: counted again
+    store.delete([str(n) for n in range(1, 8)])
+    assert store.count() == 0
+    store.upsert(records(2), unit_vectors(2))
+    assert store.count(max_age_s=30) == 2  # an empty collection is never taken as read
+
+
 def test_upsert_rejects_mismatched_lengths(tmp_path: Path) -> None:
     store = Database(make_settings(tmp_path)).open(
         "len", ImageRecord, model="m", dim=8, create=True
