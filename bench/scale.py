@@ -24,12 +24,8 @@ import datetime
 import logging
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,7 +34,6 @@ import numpy as np
 from bench.common import (
     bench_settings,
     clip_like_batches,
-    free_port,
     machine,
     make_photos,
     peak_rss_mb,
@@ -52,6 +47,7 @@ from bench.common import (
     write_json,
 )
 from bench.query_latency import ann_top_k, coco_like_record, exact_top_k, recall, text_like
+from tests.chroma_run import running_chroma
 
 log = logging.getLogger(__name__)
 
@@ -196,48 +192,6 @@ class EmbeddedChroma:
 
 
 @dataclass(frozen=True)
-class Server:
-    pid: int
-    port: int
-
-
-@contextmanager
-def chroma_server(path: Path) -> Iterator[Server]:
-    """`chroma run --path PATH` on a free port of 127.0.0.1, stopped afterwards (always)."""
-    port = free_port()
-    chroma = Path(sys.executable).parent / "chroma"
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / "server.log", "wb") as server_log:
-        proc = subprocess.Popen(
-            [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_heartbeat(proc, port)
-            yield Server(proc.pid, port)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_heartbeat(proc: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the Chroma server did not start: see server.log") from None
-            time.sleep(0.2)
-
-
-@dataclass(frozen=True)
 class Inserted:
     """A timed insert of base vectors `start` → `stop`."""
 
@@ -277,7 +231,8 @@ def grow(
         for size in sizes:
             bulk = _insert(embedded, base, filled, size - SAMPLE)
             embedded.close()
-            with chroma_server(settings.chroma_path) as server:
+            log_path = settings.chroma_path.parent / "server.log"
+            with running_chroma(settings.chroma_path, log_path, start_timeout_s=120) as server:
                 remote = settings.model_copy(
                     update={"chroma_host": "127.0.0.1", "chroma_port": server.port}
                 )

@@ -16,7 +16,8 @@ from PIL import Image
 from core.config import Settings
 from core.datasets import CocoReader
 from core.indexing import run
-from tests.conftest import make_settings, stop_process, subprocess_env
+from tests.chroma_run import stop_process
+from tests.conftest import make_settings, subprocess_env
 from tests.fake_telegram import FakeTelegram, Sent
 from tests.fixtures.shapes import draw
 from tests.mini_coco import MiniImage, make_mini_coco

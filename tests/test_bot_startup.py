@@ -18,7 +18,8 @@ from bot.startup import TOKEN_REFUSED, webhook_secret
 from core.datasets import CocoReader
 from core.indexing import run
 from tests.bot_harness import running_bot
-from tests.conftest import ChromaServer, free_port, make_settings, subprocess_env
+from tests.chroma_run import ChromaServer, free_port
+from tests.conftest import make_settings, subprocess_env
 from tests.fake_telegram import FakeTelegram
 from tests.mini_coco import make_mini_coco
 

@@ -19,7 +19,8 @@ from core.models.clip import ClipEncoder
 from core.records import ImageRecord
 from core.store import Database
 from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_bot
-from tests.conftest import ChromaServer, make_settings
+from tests.chroma_run import ChromaServer
+from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram, Sent
 from tests.mini_coco import make_mini_coco
 

@@ -22,6 +22,7 @@ from core.coco_download import (
 from core.config import Settings
 from core.datasets import CocoReader
 from core.errors import DatasetError, DownloadError
+from tests.chroma_run import free_port
 from tests.coco_server import (
     ANNOTATIONS_ZIP,
     TRAIN_ZIP,
@@ -31,7 +32,7 @@ from tests.coco_server import (
     corrupt_member,
     zip_of,
 )
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.mini_coco import make_mini_coco
 
 PER_SPLIT = {"train2014": 6, "val2014": 12}

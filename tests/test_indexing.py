@@ -33,7 +33,8 @@ from core.records import CaptionRecord, ImageRecord
 from core.search import SearchService
 from core.shards import Shard, shard_of
 from core.store import Database, VectorStore
-from tests.conftest import ROOT, ChromaServer, make_settings, subprocess_env
+from tests.chroma_run import ChromaServer
+from tests.conftest import ROOT, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
 from tests.mini_coco import CAPTION_TEMPLATES, FIRST_ID, coco_file_name, make_mini_coco
 from tests.test_clip import counting_compile

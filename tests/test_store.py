@@ -13,7 +13,8 @@ from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import CaptionRecord, ImageRecord
 from core.store import Database
 from tests.auth_proxy import AuthProxy
-from tests.conftest import ChromaServer, free_port, make_settings
+from tests.chroma_run import ChromaServer, free_port
+from tests.conftest import make_settings
 
 
 def unit_vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
