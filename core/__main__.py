@@ -19,14 +19,18 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from core.chroma_files import describe, embedded_info
 from core.config import Settings, load_settings
 from core.datasets import COCO_SPLITS
 from core.errors import BadImage, EmptyQuery, SearchBotError
-from core.evaluation import Evaluator, format_report, select_coco, select_karpathy
-from core.query import parse_query
-from core.search import Hit, Query, SearchService, empty_query_message
-from core.store import Database
+
+if TYPE_CHECKING:
+    from core.search import Hit
+
+# The search and evaluation modules (and chromadb, numpy) are imported by the commands that
+# use them: `status` of an embedded index needs none of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +132,8 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(settings: Settings, args: argparse.Namespace) -> None:
+    from core.evaluation import Evaluator, format_report, select_coco, select_karpathy
+
     root = args.coco_root or settings.coco_root
     if args.karpathy is not None:
         selection = select_karpathy(args.karpathy, root, args.limit)
@@ -141,19 +147,32 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _status(settings: Settings) -> int:
-    db = Database(settings)
-    info = db.info(settings.collection)
+    """Size and model of the collection. An embedded one is read from Chroma's SQLite file
+    (no chromadb, no index loaded: under a second at a million pictures) when it can be."""
+    info = None
+    if not settings.chroma_host:
+        info = embedded_info(settings.chroma_path, settings.collection)
+    if info is not None:
+        where = describe(settings.chroma_path)
+    else:
+        from core.store import Database  # here: it imports chromadb
+
+        db = Database(settings)
+        info, where = db.info(settings.collection), db.description
     if info is None or info.count == 0:
-        print(f"collection {settings.collection!r} in {db.description}: empty")
+        print(f"collection {settings.collection!r} in {where}: empty")
         return 2
     print(
-        f"collection {info.name!r} in {db.description}: {info.count:,} pictures, "
+        f"collection {info.name!r} in {where}: {info.count:,} pictures, "
         f"model {info.model} ({info.dim}-d)"
     )
     return 0
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
+    from core.query import parse_query
+    from core.search import Query, SearchService, empty_query_message
+
     k = args.k or settings.top_k
     picture = None
     if args.image is not None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic
@@ -25,6 +24,7 @@ import numpy as np
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
+from core.chroma_files import CollectionInfo, describe, embedded_count
 from core.config import Settings
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import R
@@ -43,16 +43,6 @@ builder's write from a copy read before ours lands within this (see `_add_to_jso
 METADATA_ATTEMPTS = 10
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    """What a collection holds, read without loading any model."""
-
-    name: str
-    count: int
-    model: str | None
-    dim: int | None
 
 
 @dataclass(frozen=True)
@@ -137,7 +127,7 @@ class Database:
                 )
         else:
             self._path = settings.chroma_path
-            self.description = f"embedded Chroma in {settings.chroma_path}"
+            self.description = describe(settings.chroma_path)
             try:
                 settings.chroma_path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(
@@ -178,7 +168,13 @@ class Database:
             _check_space(name, collection.metadata or {}, model, dim)
             batch = int(self._client.get_max_batch_size())
         return VectorStore(
-            collection, record_type, self.description, batch, self._client, self._settle_s
+            collection,
+            record_type,
+            self.description,
+            batch,
+            self._client,
+            self._settle_s,
+            embedded_path=self._path,
         )
 
     def info(self, name: str) -> CollectionInfo | None:
@@ -189,9 +185,7 @@ class Database:
             except NotFoundError:
                 return None
             metadata = collection.metadata or {}
-            count = None if self._path is None else _embedded_count(self._path, collection.id)
-            if count is None:
-                count = collection.count()
+            count = _count_at_rest(collection, self._path)
             return CollectionInfo(name, count, metadata.get("model"), metadata.get("dim"))
 
     def drop(self, name: str) -> bool:
@@ -204,37 +198,12 @@ class Database:
             return True
 
 
-def _embedded_count(path: Path, collection_id: object) -> int | None:
-    """The number of records of an embedded collection, read from Chroma's own SQLite file
-    without loading the collection, or None when that cannot be trusted.
-
-    Embedded Chroma loads a collection's whole HNSW index on its first read, `count()`
-    included: 0.3 s and 0.4 GB at 100k vectors here, 3 s and 2.6 GB at a million
-    (bench/scale.py), which `python -m core status` must not pay. The records' table of the
-    collection's metadata segment holds the same number once the write log is applied; when
-    the log is ahead (a write in progress) or the file's layout is not the one known here
-    (another Chroma version), None: the caller counts through Chroma. Read-only."""
-    uri = f"{(path / 'chroma.sqlite3').resolve().as_uri()}?mode=ro"
-    try:
-        with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            row = db.execute(_COUNT_SQL, {"collection": str(collection_id)}).fetchone()
-    except sqlite3.Error:
-        return None
-    if row is None or row[1] is None or (row[2] is not None and row[2] > row[1]):
-        return None
-    return int(row[0])
-
-
-_COUNT_SQL = """
-SELECT
-  (SELECT COUNT(*) FROM embeddings WHERE segment_id = segments.id),
-  (SELECT seq_id FROM max_seq_id WHERE segment_id = segments.id),
-  (SELECT MAX(seq_id) FROM embeddings_queue WHERE topic LIKE '%/' || :collection)
-FROM segments
-WHERE collection = :collection AND scope = 'METADATA'
-"""
-"""(records, last log entry applied, last log entry written) of a collection's metadata
-segment, in Chroma 1.x's SQLite layout."""
+def _count_at_rest(collection: chromadb.Collection, embedded_path: Path | None) -> int:
+    """The number of records of `collection`, without loading its index when it is embedded
+    in `embedded_path` (from Chroma's SQLite file, see `core.chroma_files`); through Chroma
+    otherwise."""
+    count = None if embedded_path is None else embedded_count(embedded_path, collection.id)
+    return collection.count() if count is None else count
 
 
 def _empty_message(name: str) -> str:
@@ -289,8 +258,12 @@ class VectorStore(Generic[R]):
         max_batch: int,
         client: chromadb.api.ClientAPI,
         settle_s: float = 0.0,
+        *,
+        embedded_path: Path | None = None,
     ) -> None:
         self._collection = collection
+        self._embedded_path = embedded_path
+        """The embedded store's folder; None for a server."""
         self._settle_s = settle_s
         self._counted: tuple[int, float] | None = None
         """The last count and when it was read (`time.monotonic`)."""
@@ -317,6 +290,14 @@ class VectorStore(Generic[R]):
             count = self._collection.count()
         self._counted = (count, now)
         return count
+
+    def count_at_rest(self) -> int:
+        """The number of records, without loading an embedded collection's index (read from
+        Chroma's SQLite file; through Chroma while a write is pending). The bot counts this way
+        at start-up, which then does not grow with the collection; `count` (any read) loads
+        the index, seconds and gigabytes at a million records."""
+        with _reachable(self.description):
+            return _count_at_rest(self._collection, self._embedded_path)
 
     def roots(self) -> tuple[str, ...]:
         """The real paths of the folders this collection was built from, as recorded by

@@ -66,11 +66,13 @@ def test_the_check_itself_sees_torch(tmp_path: Path) -> None:
 
 
 def test_status_of_a_built_index_imports_no_model_library(shape_index: ShapeIndex) -> None:
-    """`python -m core status` reads the store only."""
+    """`python -m core status` reads the store only; an embedded one straight from Chroma's
+    SQLite file, without even importing chromadb (half a second)."""
     settings = shape_index.settings
     cwd = Path(settings.chroma_path).parent
     result, names = imported(subprocess_env(settings), cwd, "-m", "core", "status")
     assert_light(result, names)
+    assert "chromadb" not in names and "numpy" not in names
     assert "60 pictures" in result.stdout
 
 

@@ -6,18 +6,15 @@ an embedded collection's index."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from contextlib import closing
-from pathlib import Path
+import threading
 
-import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
 
 from bot.services import Services
 from core.records import ImageRecord
-from core.store import Database, VectorStore, _embedded_count
-from tests.conftest import ShapeIndex, make_settings
+from core.store import Database, VectorStore
+from tests.conftest import ShapeIndex
 
 
 @pytest.fixture
@@ -66,6 +63,34 @@ def test_bot_services_start_without_reading_every_record(
     assert scans == []
 
 
+def test_bot_start_up_leaves_loading_the_index_to_a_background_thread(
+    shape_index: ShapeIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded Chroma loads a collection's whole index on its first read (count included:
+    seconds and gigabytes at a million records). Start-up counts from Chroma's SQLite file,
+    and the first read runs in a warm-up thread that start-up does not wait for: here that
+    read is held until start-up has returned."""
+    release = threading.Event()
+    readers: list[str] = []
+    real_count = Collection.count
+
+    def count(self: Collection, *args, **kwargs) -> int:
+        readers.append(threading.current_thread().name)
+        release.wait(30)
+        return real_count(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "count", count)
+    services = Services.start(shape_index.settings)
+    try:
+        assert services.warmed is not None and not services.warmed.is_set()
+        release.set()
+        assert services.warmed.wait(30)
+        assert readers == ["index-warm-up"]
+        assert asyncio.run(services.stats()).images == 60
+    finally:
+        services.close()
+
+
 def test_status_counts_without_reading_every_record(
     shape_index: ShapeIndex, scans: list[str], run_cli
 ) -> None:
@@ -93,33 +118,3 @@ def test_status_of_an_embedded_index_does_not_load_it(
     assert result.returncode == 0, result.stderr
     assert "60 pictures" in result.stdout
     assert counted == []
-
-
-def test_the_embedded_count_follows_upserts_replacements_and_deletes(tmp_path: Path) -> None:
-    db = Database(make_settings(tmp_path))
-    store = db.open("counted", ImageRecord, model="m", dim=4, create=True)
-    records = [ImageRecord(id=str(n), path=f"/x/{n}.jpg") for n in range(5)]
-    vectors = np.eye(5, 4, dtype=np.float32) + 0.1
-    store.upsert(records, vectors)
-    store.upsert(records[:2], vectors[:2])  # replaced, not added
-    store.delete(["3", "4"])
-    info = db.info("counted")
-    assert info is not None and info.count == 3 == store.count()
-
-
-def test_the_embedded_count_is_not_trusted_while_the_log_is_ahead(tmp_path: Path) -> None:
-    """A write logged but not yet applied (or a file of another layout): None, so the caller
-    counts through Chroma."""
-    settings = make_settings(tmp_path)
-    store = Database(settings).open("ahead", ImageRecord, model="m", dim=4, create=True)
-    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
-    collection_id = store._collection.id
-    path = settings.chroma_path
-    assert _embedded_count(path, collection_id) == 1
-    with closing(sqlite3.connect(path / "chroma.sqlite3")) as db, db:
-        db.execute(
-            "INSERT INTO embeddings_queue (seq_id, operation, topic, id) "
-            "SELECT MAX(seq_id) + 1, 0, topic, 'pending' FROM embeddings_queue"
-        )
-    assert _embedded_count(path, collection_id) is None
-    assert _embedded_count(tmp_path / "nowhere", collection_id) is None
