@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.chroma_files import describe, embedded_info
+from core.collection_info import describe, quick_info
 from core.config import Settings, load_settings
 from core.datasets import COCO_SPLITS
 from core.errors import BadImage, EmptyQuery, SearchBotError
@@ -147,18 +147,14 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _status(settings: Settings) -> int:
-    """Size and model of the collection. An embedded one is read from Chroma's SQLite file
-    (no chromadb, no index loaded: under a second at a million pictures) when it can be."""
-    info = None
-    if not settings.chroma_host:
-        info = embedded_info(settings.chroma_path, settings.collection)
-    if info is not None:
-        where = describe(settings.chroma_path)
-    else:
+    """Size and model of the collection, read without chromadb when it can be (an embedded
+    store's SQLite file, a server's HTTP API: no index loaded, well under a second at a
+    million pictures); through Chroma otherwise, which names any problem."""
+    info, where = quick_info(settings, settings.collection), describe(settings)
+    if info is None:
         from core.store import Database  # here: it imports chromadb
 
-        db = Database(settings)
-        info, where = db.info(settings.collection), db.description
+        info = Database(settings).info(settings.collection)
     if info is None or info.count == 0:
         print(f"collection {settings.collection!r} in {where}: empty")
         return 2

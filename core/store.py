@@ -24,7 +24,7 @@ import numpy as np
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from core.chroma_files import CollectionInfo, describe, embedded_count
+from core.collection_info import CollectionInfo, auth_headers, describe, embedded_count
 from core.config import Settings
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.records import R
@@ -80,16 +80,6 @@ def _reachable(where: str) -> Iterator[None]:
         raise StoreUnavailable(f"the vector store ({where}) is unreachable: {err}") from err
 
 
-def auth_headers(settings: Settings) -> dict[str, str]:
-    """The header that carries CHROMA_AUTH_TOKEN: `Authorization: Bearer <token>` by default
-    (what a reverse proxy in front of the open-source server checks), else the bare token."""
-    if settings.chroma_auth_token is None:
-        return {}
-    token = settings.chroma_auth_token.get_secret_value()
-    header = settings.chroma_auth_header
-    return {header: f"Bearer {token}" if header.lower() == "authorization" else token}
-
-
 @contextmanager
 def _authorised(where: str) -> Iterator[None]:
     """A server (or its proxy) that refuses our credentials: one clear `StoreUnavailable`."""
@@ -112,11 +102,8 @@ class Database:
         self._settle_s = METADATA_SETTLE_S if settings.chroma_host else 0.0
         self._path: Path | None = None
         """The embedded store's folder; None for a server."""
+        self.description = describe(settings)
         if settings.chroma_host:
-            scheme = "https" if settings.chroma_ssl else "http"
-            self.description = (
-                f"Chroma server {scheme}://{settings.chroma_host}:{settings.chroma_port}"
-            )
             with _reachable(self.description), _authorised(self.description):
                 self._client = chromadb.HttpClient(
                     host=settings.chroma_host,
@@ -127,7 +114,6 @@ class Database:
                 )
         else:
             self._path = settings.chroma_path
-            self.description = describe(settings.chroma_path)
             try:
                 settings.chroma_path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(
@@ -200,7 +186,7 @@ class Database:
 
 def _count_at_rest(collection: chromadb.Collection, embedded_path: Path | None) -> int:
     """The number of records of `collection`, without loading its index when it is embedded
-    in `embedded_path` (from Chroma's SQLite file, see `core.chroma_files`); through Chroma
+    in `embedded_path` (from Chroma's SQLite file, see `core.collection_info`); through Chroma
     otherwise."""
     count = None if embedded_path is None else embedded_count(embedded_path, collection.id)
     return collection.count() if count is None else count

@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from core.records import ImageRecord
+from core.store import Database
+from tests.chroma_run import ChromaServer
 from tests.conftest import ROOT, ShapeIndex, make_settings, subprocess_env
 from tests.fake_telegram import FakeTelegram
 
@@ -81,6 +85,24 @@ def test_status_of_a_missing_index_imports_no_model_library(tmp_path: Path) -> N
     result, names = imported(subprocess_env(settings), tmp_path, "-m", "core", "status")
     assert_light(result, names, code=2)
     assert "empty" in result.stdout
+
+
+def test_status_of_a_server_index_imports_no_chromadb(
+    tmp_path: Path, chroma_server: ChromaServer
+) -> None:
+    """Against a server, status asks its HTTP API directly (two GETs)."""
+    settings = make_settings(
+        tmp_path, chroma_host="127.0.0.1", chroma_port=chroma_server.port, collection="on_server"
+    )
+    store = Database(settings).open(
+        "on_server", ImageRecord, model=settings.clip_model, dim=32, create=True
+    )
+    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 32), dtype=np.float32))
+    result, names = imported(subprocess_env(settings), tmp_path, "-m", "core", "status")
+    assert_light(result, names)
+    assert "chromadb" not in names
+    assert "on_server' in Chroma server http://127.0.0.1:" in result.stdout
+    assert "1 pictures" in result.stdout
 
 
 def test_bot_check_imports_no_model_library(tmp_path: Path) -> None:
