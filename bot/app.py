@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from telegram import BotCommand, Update
@@ -39,6 +40,15 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY]
 """What the bot asks Telegram for: messages, button presses and inline queries."""
 
 
+async def _warm_up_once_running(app: Application, services: Services) -> None:
+    """Load the search index as soon as the bot polls Telegram (or listens for its webhook):
+    an embedded index at a million pictures takes seconds to load, which start-up does not
+    wait for and a first search then rarely does."""
+    while not app.running:
+        await asyncio.sleep(0.1)
+    await services.warm_up()
+
+
 def build_application(settings: Settings, services: Services) -> Application:
     """The bot: services, handlers and error handler wired together, ready to run."""
     if settings.telegram_bot_token is None:
@@ -61,6 +71,7 @@ def build_application(settings: Settings, services: Services) -> Application:
             [*COMMANDS, ASK_COMMAND] if services.ask_enabled else COMMANDS
         )
         log.info("bot @%s is ready", app.bot.username)
+        data.warming = asyncio.create_task(_warm_up_once_running(app, services))
 
     async def post_shutdown(app: Application) -> None:
         # Runs even when start-up stopped before post_init (a signal, a refused token).

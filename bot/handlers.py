@@ -50,6 +50,8 @@ class BotData:
     storage_chat_id: int | None = None
     """Where inline mode uploads pictures once to get their file_ids (STORAGE_CHAT_ID)."""
     inline_storage_warned: bool = False
+    warming: asyncio.Task | None = None
+    """Loading the search index once the bot runs (kept: a task nobody holds may vanish)."""
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]

@@ -8,8 +8,7 @@ running bot (`index_builder.py --rebuild` on a Chroma server), it is opened agai
 is missing or empty, users are told the index is being rebuilt.
 
 Start-up does not grow with the collection: it counts the records without loading the
-collection's index, and loads it in a background thread (`warmed`) while the bot already
-takes messages.
+collection's index; the bot loads it (`warm_up`) once it is running.
 
 Memory: at most `decode_slots` pictures from users are decoded at once (each may cost a
 full-size buffer of MAX_IMAGE_PIXELS × 4 bytes before it is reduced).
@@ -92,8 +91,6 @@ class Services:
         self._opening = asyncio.Lock()
         self._served = False
         """True once a search succeeded: a missing index afterwards means a rebuild."""
-        self.warmed: threading.Event | None = None
-        """Set once the collection's index is loaded after start-up (None: no warm-up)."""
         # One BLIP-2 generation at a time: questions queue here, searches keep flowing.
         self._vqa_queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa")
         self.decode_slots = max(1, DECODE_MEMORY_BUDGET // (settings.max_image_pixels * 4))
@@ -133,10 +130,26 @@ class Services:
         services._served = images > 0
         if images:
             log.info("index %r holds %d pictures", settings.collection, images)
-            services.warmed = _warm_up(search)
         else:
             log.error("index %r is empty: build it with index_builder.py", settings.collection)
         return services
+
+    async def warm_up(self) -> None:
+        """Load the collection's index now, before a search needs it. Embedded Chroma loads
+        a collection's whole index on its first read: seconds and gigabytes at a million
+        records (bench/scale.py), and its binding holds the GIL meanwhile, so nothing else
+        in the process runs: the bot calls this once it is running, never during start-up.
+        With a server it is one cheap count. A failure is only logged: the first search
+        reports it to its user."""
+        if self._search is None:
+            return
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._search.store.count)
+        except Exception as err:  # a dropped collection, an unreachable server, ...
+            log.warning("could not load the index ahead of the first search: %s", err)
+        else:
+            log.info("index loaded in %.1f s", time.perf_counter() - started)
 
     def _use(self, search: SearchService) -> None:
         self._search = search
@@ -295,29 +308,6 @@ class Services:
             store=search.store.description,
             tuned=tuning.summary() if (tuning := self.encoder.tuning) else None,
         )
-
-
-def _warm_up(search: SearchService) -> threading.Event:
-    """Load the collection's index in a background thread, so that start-up does not wait
-    for it and the first search usually finds it loaded. Embedded Chroma loads a collection's
-    whole index on its first read: seconds and gigabytes at a million records
-    (bench/scale.py), which start-up would otherwise pay before taking any message; searches
-    that come meanwhile wait inside Chroma. With a server this is one cheap count."""
-    done = threading.Event()
-
-    def load() -> None:
-        started = time.perf_counter()
-        try:
-            search.store.count()
-        except Exception as err:  # the first search will report it to its user
-            log.warning("could not load the index in the background: %s", err)
-        else:
-            log.info("index loaded in %.1f s", time.perf_counter() - started)
-        finally:
-            done.set()
-
-    threading.Thread(target=load, name="index-warm-up", daemon=True).start()
-    return done
 
 
 def _prepare_texts(search: SearchService, texts: list[str]) -> list[PreparedQuery | SearchBotError]:

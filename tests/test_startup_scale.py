@@ -1,12 +1,13 @@
 """Start-up does not grow with the collection: the bot's services and `python -m core status`
 count the records, but never read them all (at a million records a scan takes minutes and
 gigabytes; bench/scale.py measures start-up at 100k and 1M), and status does not even load
-an embedded collection's index."""
+an embedded collection's index: the bot loads it once it is running."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from chromadb.api.models.Collection import Collection
@@ -14,7 +15,9 @@ from chromadb.api.models.Collection import Collection
 from bot.services import Services
 from core.records import ImageRecord
 from core.store import Database, VectorStore
+from tests.bot_harness import running_bot
 from tests.conftest import ShapeIndex
+from tests.fake_telegram import FakeTelegram
 
 
 @pytest.fixture
@@ -63,32 +66,42 @@ def test_bot_services_start_without_reading_every_record(
     assert scans == []
 
 
-def test_bot_start_up_leaves_loading_the_index_to_a_background_thread(
+def test_bot_services_start_without_loading_the_index_then_warm_it_up(
     shape_index: ShapeIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Embedded Chroma loads a collection's whole index on its first read (count included:
-    seconds and gigabytes at a million records). Start-up counts from Chroma's SQLite file,
-    and the first read runs in a warm-up thread that start-up does not wait for: here that
-    read is held until start-up has returned."""
-    release = threading.Event()
+    seconds and gigabytes at a million records, holding the GIL). Start-up counts from
+    Chroma's SQLite file; the index is loaded by `warm_up`, off the event loop."""
     readers: list[str] = []
     real_count = Collection.count
 
     def count(self: Collection, *args, **kwargs) -> int:
         readers.append(threading.current_thread().name)
-        release.wait(30)
         return real_count(self, *args, **kwargs)
 
     monkeypatch.setattr(Collection, "count", count)
     services = Services.start(shape_index.settings)
     try:
-        assert services.warmed is not None and not services.warmed.is_set()
-        release.set()
-        assert services.warmed.wait(30)
-        assert readers == ["index-warm-up"]
+        assert readers == []
+        asyncio.run(services.warm_up())
+        assert len(readers) == 1 and readers[0] != threading.main_thread().name
         assert asyncio.run(services.stats()).images == 60
     finally:
         services.close()
+
+
+def test_the_bot_loads_the_index_once_it_is_running(shape_index: ShapeIndex) -> None:
+    """Loading the index comes after start-up, not before the bot takes messages."""
+    settings = shape_index.settings.model_copy(update={"vqa_enabled": False})
+    with FakeTelegram(hide_button_messages=True) as tg, running_bot(settings, [], tg) as bot:
+        deadline = time.monotonic() + 60
+        while "index loaded in" not in bot.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = bot.log()
+        assert log.index("Application started") < log.index("index loaded in")
+        tg.inject_text("a red circle", user_id=7)
+        [album] = tg.wait_sent(7, timeout=60)
+        assert album.kind == "media_group"
 
 
 def test_status_counts_without_reading_every_record(
