@@ -42,8 +42,9 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY]
 
 async def _warm_up_once_running(app: Application, services: Services) -> None:
     """Load the search index as soon as the bot polls Telegram (or listens for its webhook):
-    an embedded index at a million pictures takes seconds to load, which start-up does not
-    wait for and a first search then rarely does."""
+    an embedded index at a million pictures takes seconds to load. Start-up does not wait
+    for it; a search that comes meanwhile does (10 s at 1M in bench/scale.py), later ones
+    find it loaded."""
     while not app.running:
         await asyncio.sleep(0.1)
     await services.warm_up()

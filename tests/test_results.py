@@ -49,6 +49,9 @@ class FakeServices:
             hit = Hit(f"id{i}", str(path), 0.9 - i / 100, (f"picture {i}",), stat.st_size, 0)
             self.hits.append(replace(hit, mtime_ns=stat.st_mtime_ns))
 
+    async def warm_up(self) -> None:
+        pass  # nothing to load
+
     async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
         prepared = PreparedQuery(vector=(1.0,), reading=text, min_score=0.2)
         return Results(prepared, await self.page(prepared, k=k, offset=offset))
