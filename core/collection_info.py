@@ -89,8 +89,18 @@ def embedded_info(path: Path, name: str) -> CollectionInfo | None:
     count = embedded_count(path, found[0])
     if count is None:
         return None
-    dim = found[2]
-    return CollectionInfo(name, count, found[1], None if dim is None else int(dim))
+    return _info(name, count, found[1], found[2])
+
+
+def _info(name: str, count: int, model: object, dim: object) -> CollectionInfo:
+    """The recorded model and dimension as read from a file or a server, each kept only when
+    it has the type the project records (a string, an integer), else None."""
+    return CollectionInfo(
+        name,
+        count,
+        model if isinstance(model, str) else None,
+        dim if type(dim) is int else None,
+    )
 
 
 def _read(path: Path, sql: str, parameters: dict[str, str]) -> tuple | None:
@@ -144,13 +154,7 @@ def server_info(settings: Settings, name: str) -> CollectionInfo | None:
         return None
     metadata = collection.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
-    model, dim = metadata.get("model"), metadata.get("dim")
-    return CollectionInfo(
-        name,
-        count,
-        model if isinstance(model, str) else None,
-        dim if type(dim) is int else None,
-    )
+    return _info(name, count, metadata.get("model"), metadata.get("dim"))
 
 
 def _get_json(settings: Settings, path: str) -> object | None:

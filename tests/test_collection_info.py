@@ -62,6 +62,20 @@ def test_a_missing_collection_or_file_is_left_to_chroma(tmp_path: Path) -> None:
     assert embedded_info(tmp_path / "not-chroma", "here") is None
 
 
+def test_a_recorded_model_or_dimension_of_the_wrong_type_is_not_believed(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps whatever a column is given: a damaged file's model or dimension of
+    another type is reported as unknown, never a crash."""
+    settings = make_settings(tmp_path)
+    store = Database(settings).open("odd", ImageRecord, model="m", dim=4, create=True)
+    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
+    with closing(sqlite3.connect(settings.chroma_path / FILE)) as db, db:
+        db.execute("UPDATE collection_metadata SET int_value = 'four' WHERE key = 'dim'")
+        db.execute("UPDATE collection_metadata SET str_value = x'00ff' WHERE key = 'model'")
+    assert embedded_info(settings.chroma_path, "odd") == CollectionInfo("odd", 1, None, None)
+
+
 def test_nothing_is_trusted_while_the_log_is_ahead(tmp_path: Path) -> None:
     """A write logged but not yet applied: None, so the caller counts through Chroma."""
     settings = make_settings(tmp_path)
