@@ -257,6 +257,24 @@ def vit_b32_dir() -> ClipDir:
     return ClipDir(path, kind)
 
 
+def fast_vit_dir(layers: int = 3) -> Path:
+    """`vit_b32_dir()` with only the first `layers` of the image tower's 12: about 4× faster,
+    so the model runs on an AMD CPU about as fast as ViT-B/32 on an Intel CPU with AMX,
+    and the work around the model weighs as much as it does there."""
+    path = CACHE / f"clip-vit-base-patch32-random-{layers}-layers"
+    if (path / "config.json").exists():
+        return path
+    from transformers import CLIPModel, CLIPProcessor
+
+    source = vit_b32_dir().path
+    model = CLIPModel.from_pretrained(source)
+    model.vision_model.encoder.layers = model.vision_model.encoder.layers[:layers]
+    model.config.vision_config.num_hidden_layers = layers
+    model.save_pretrained(path)
+    CLIPProcessor.from_pretrained(source).save_pretrained(path)
+    return path
+
+
 def _clip_tokenizer():
     """CLIP's real BPE (49,408 tokens) from open_clip's wheel, or the fixture's tokenizer."""
     from transformers import CLIPTokenizer

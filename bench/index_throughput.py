@@ -8,7 +8,10 @@
     compared with the best ceiling of its own kind (eager with eager, compiled with
     compiled; `--compile` from a cold compile cache, its wall time includes compiling);
 plus where (c)'s time goes per image (the builder's own breakdown), the physical bound
-that follows from it, and what each optimisation gives (ablations, same photos, same run).
+that follows from it, and what each optimisation gives (ablations, same photos, same run);
+(d) the same pipeline with a 3-layer ViT-B/32, a model about 4× faster: on an AMD CPU it
+    weighs what ViT-B/32 weighs on an Intel CPU with AMX, so the share of the work around
+    the model can be measured on either kind.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from bench.common import (
     ROOT,
     bench_settings,
+    fast_vit_dir,
     make_photos,
     run_measured,
     subprocess_env,
@@ -69,23 +73,22 @@ def naive(photos: list[Path], clip: Path, workdir: Path) -> float:
     return len(photos) / (time.perf_counter() - started)
 
 
-def ceiling(clip: Path, quick: bool) -> dict:
+def ceiling(clip: Path, quick: bool, *, compiled: bool = True) -> dict:
     """Images/s of the image tower alone on ready pixels, the builder's dtype: per batch size
-    of the sweep, eager and compiled, each the median of `PASSES` passes over at least two
-    full batches of the largest size."""
+    of the sweep, eager and (unless not `compiled`) compiled, each the median of `PASSES`
+    passes over at least two full batches of the largest size."""
     import torch
 
-    from core.models.clip import ClipEncoder, bf16_bits
+    from core.models.clip import ClipEncoder
 
     encoder = ClipEncoder(str(clip), device=DEVICE, dtype="auto")
     encoder.load()
     cpu = encoder.device.type == "cpu"
     batches = (16, 32, 64, 128) if cpu else (64, 128, 256, 512)
-    compiled_batches = (int(BATCH),) if quick else batches
+    compiled_batches = ((int(BATCH),) if quick else batches) if compiled else ()
     count = 2 * max(batches)
-    pixels = np.random.default_rng(0).normal(size=(count, 3, 224, 224)).astype(np.float32)
-    if encoder.dtype == torch.bfloat16:
-        pixels = bf16_bits(pixels)  # ready as the builder hands them over: no conversion
+    noise = np.random.default_rng(0).normal(size=(count, 3, 224, 224)).astype(np.float32)
+    pixels = torch.from_numpy(noise).to(encoder.dtype)  # ready in the model's dtype
 
     def median_rate(batch: int) -> float:
         encoder.embed_pixels(pixels[:batch], batch_size=batch)  # warm-up at this shape
@@ -97,15 +100,15 @@ def ceiling(clip: Path, quick: bool) -> dict:
         return statistics.median(rates)
 
     eager = {batch: median_rate(batch) for batch in batches}
-    compiled = {}
+    compiled_rates = {}
     for batch in compiled_batches:
         torch._dynamo.reset()  # one static shape per compile, as the builder compiles
         encoder.compile(batch)  # compiles now, untimed (the pipeline's wall time counts it)
-        compiled[batch] = median_rate(batch)
+        compiled_rates[batch] = median_rate(batch)
     return {
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "eager": eager,
-        "compiled": compiled,
+        "compiled": compiled_rates,
         "count": count,
         "passes": PASSES,
     }
@@ -118,17 +121,19 @@ def pipeline(
     name: str,
     *args: str,
     env: dict[str, str] | None = None,
+    script: str = "index_builder.py",
     **overrides: object,
 ) -> dict:
-    """Run index_builder.py on `folder` as a process: images/s of its decode → encode →
-    store loop (from its summary), end to end images/s over the whole process's wall time
-    (start-up, loading, compiling included), peak memory, and its per-image breakdown."""
+    """Run index_builder.py (or `script`, a variant of it) on `folder` as a process:
+    images/s of its decode → encode → store loop (from its summary), end to end images/s
+    over the whole process's wall time (start-up, loading, compiling included), peak
+    memory, and its per-image breakdown."""
     env = env or {}
     settings = bench_settings(workdir, clip, collection=name, **overrides)
     code, output, wall, rss = run_measured(
         [
             sys.executable,
-            str(ROOT / "index_builder.py"),
+            str(ROOT / script),
             "--folder",
             str(folder),
             "--no-progress",
@@ -161,14 +166,15 @@ def pipeline(
     }
 
 
-def decode_cost(photos: list[Path], clip: Path) -> dict[str, float]:
+def decode_cost(photos: list[Path], clip: Path, dtype: str) -> dict[str, float]:
     """CPU milliseconds per photo on one thread: decoding with and without JPEG draft mode,
     and preprocessing with the processor's own code and with the encoder's (the one-pass
-    path, when it applies)."""
+    path, when it applies); and the builder's batched preprocessing (`dtype`): wall
+    milliseconds per photo on all cores, a batch of 32, the median of `PASSES`."""
     from core.images import load_image
     from core.models.clip import ClipEncoder
 
-    encoder = ClipEncoder(str(clip), device="cpu", dtype="float32")
+    encoder = ClipEncoder(str(clip), device="cpu", dtype=dtype)
     data = [p.read_bytes() for p in photos[:60]]
     processor = encoder._model.get().processor.image_processor
 
@@ -180,7 +186,15 @@ def decode_cost(photos: list[Path], clip: Path) -> dict[str, float]:
 
     draft = [load_image(blob, min_side=encoder.input_size) for blob in data]
     pictures = iter(draft * 2)
+    prepared = [encoder.prepare(picture) for picture in draft[:32]]
+    encoder.batch_pixels(prepared)  # warm-up
+    passes = []
+    for _ in range(PASSES):
+        started = time.perf_counter()
+        encoder.batch_pixels(prepared)
+        passes.append((time.perf_counter() - started) / len(prepared) * 1000)
     return {
+        "batch_pixels_ms": round(statistics.median(passes), 2),
         "decode_draft_ms": per_photo(lambda b: load_image(b, min_side=encoder.input_size)),
         "decode_full_ms": per_photo(lambda b: load_image(b)),
         "preprocess_processor_ms": per_photo(
@@ -191,15 +205,38 @@ def decode_cost(photos: list[Path], clip: Path) -> dict[str, float]:
     }
 
 
-def physical_bound(breakdown: dict[str, float], model_ips: float) -> float:
-    """Images/s if the CPU work around the model (decode, preprocess, copies, store: CPU
-    ms per image, summed over threads) shared the cores perfectly with the model, which
-    runs at `model_ips` on all of them: 1000 / (1000 / model_ips + other_ms / cores). On a
-    GPU the model does not use the CPU cores: there the bound is min(model, CPU work)."""
-    other = sum(breakdown.get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "copies", "store"))
+def physical_bound(breakdown: dict[str, float], model_ips: float, batch_ms: float) -> float:
+    """Images/s if the CPU work of the worker threads (decode, preprocess, store: CPU ms per
+    image, summed over threads) shared the cores perfectly with the model's thread, which
+    runs the model at `model_ips` and finishes each batch's pixels in `batch_ms` per image
+    (measured alone), both on all cores: 1000 / (1000 / model_ips + batch_ms + workers_ms /
+    cores). On a GPU the model does not use the CPU cores: there the bound is min(model,
+    CPU work)."""
+    workers = sum(breakdown.get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "store"))
     if DEVICE == "cuda":
+        other = workers + breakdown.get("batch_pixels", 0.0)
         return min(model_ips, 1000 * CORES / other) if other else model_ips
-    return 1000 / (1000 / model_ips + other / CORES)
+    return 1000 / (1000 / model_ips + batch_ms + workers / CORES)
+
+
+def fast_model(folder: Path, workdir: Path, quick: bool) -> dict:
+    """(d): the pipeline with and without the batched preprocessing, and the ceiling, for a
+    3-layer ViT-B/32."""
+    clip = fast_vit_dir()
+    ceilings = ceiling(clip, quick, compiled=False)
+    batch, ceiling_ips = max(ceilings["eager"].items(), key=lambda kv: kv[1])
+    return {
+        "ceiling_ips": round(ceiling_ips, 2),
+        "ceiling_batch": batch,
+        "ceiling_by_batch": {str(k): round(v, 2) for k, v in ceilings["eager"].items()},
+        "pipeline": pipeline(folder, clip, workdir, "fast_pipeline"),
+        "pipeline_exact_pixels": pipeline(
+            folder, clip, workdir, "fast_exact", script=EXACT_PIXELS_BUILDER
+        ),
+    }
+
+
+EXACT_PIXELS_BUILDER = "bench/exact_pixels_builder.py"
 
 
 def run(quick: bool, workdir: Path) -> dict:
@@ -214,10 +251,10 @@ def run(quick: bool, workdir: Path) -> dict:
         if not link.exists():
             link.symlink_to(path)
 
-    costs = decode_cost(photos, clip)
     naive_ips = naive(photos[: count // 2 if quick else count], clip, workdir)
     ceilings = ceiling(clip, quick)
     dtype = ceilings["dtype"]
+    costs = decode_cost(photos, clip, dtype)
     eager_batch, eager_ips = max(ceilings["eager"].items(), key=lambda kv: kv[1])
     compiled_batch, compiled_ips = max(ceilings["compiled"].items(), key=lambda kv: kv[1])
     default = pipeline(folder, clip, workdir, "pipeline")
@@ -231,6 +268,9 @@ def run(quick: bool, workdir: Path) -> dict:
             env={"TORCHINDUCTOR_CACHE_DIR": cold_cache},  # compiled from scratch, timed
         )
     ablations = {
+        "Pillow's exact resize in the decode threads (before BatchPixels)": pipeline(
+            folder, clip, workdir, "abl_exact", script=EXACT_PIXELS_BUILDER
+        ),
         "fp32 instead of bf16": pipeline(folder, clip, workdir, "abl_fp32", dtype="float32"),
         "1 decode thread": pipeline(folder, clip, workdir, "abl_workers1", "--workers", "1"),
         "batch 8": pipeline(folder, clip, workdir, "abl_batch8", "--batch-size", "8"),
@@ -238,8 +278,10 @@ def run(quick: bool, workdir: Path) -> dict:
             folder, clip, workdir, "abl_spinning", env={"OMP_WAIT_POLICY": "ACTIVE"}
         ),
     }
+    fast = fast_model(folder, workdir, quick) if DEVICE != "cuda" else None
     eager_after = pipeline(folder, clip, workdir, "pipeline_again")  # drift check
-    bound = physical_bound(default["breakdown_ms"], eager_ips)
+    batch_ms = costs["batch_pixels_ms"]
+    bound = physical_bound(default["breakdown_ms"], eager_ips, batch_ms)
     result = {
         "photos": count,
         "tokenizer": clip_dir.tokenizer,
@@ -270,6 +312,11 @@ def run(quick: bool, workdir: Path) -> dict:
         "batch": int(BATCH),
         "workers": int(WORKERS),
     }
+    if fast is not None:
+        result["fast_model"] = fast
+        result["fast_model_pipeline_vs_ceiling"] = round(
+            fast["pipeline"]["images_per_s"] / fast["ceiling_ips"], 3
+        )
 
     def row(label: str, ips: float, ceiling_ips: float) -> list[str]:
         return [label, f"{ips:.1f}", f"{ips / naive_ips:.2f}×", f"{ips / ceiling_ips:.0%}"]
@@ -317,19 +364,56 @@ def run(quick: bool, workdir: Path) -> dict:
             for name, ms in default["breakdown_ms"].items()
         ],
     )
-    other = sum(
-        default["breakdown_ms"].get(k, 0.0)
-        for k in ("decode_cpu", "preprocess_cpu", "copies", "store")
+    workers = sum(
+        default["breakdown_ms"].get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "store")
     )
     print(
         f"\ndecode_cpu and preprocess_cpu are CPU time in the decode threads, store in the "
-        f"writer thread, copies and model wall time on the model's thread; waiting_* is the "
-        f"model's thread idle. Physical bound on {CORES} cores: the work around the model "
-        f"({other:.2f} CPU ms per image) shared over the cores, plus the model at its "
-        f"ceiling ({1000 / eager_ips:.2f} ms per image on all cores): 1000 / "
-        f"({1000 / eager_ips:.2f} + {other:.2f} / {CORES}) = {bound:.1f} images/s; "
-        f"(c) reaches {default['images_per_s'] / bound:.0%} of it."
+        f"writer thread, batch_pixels (torch's resize and normalisation of each batch) and "
+        f"model wall time on the model's thread; waiting_* is the model's thread idle. "
+        f"Physical bound on {CORES} cores: the worker threads' work ({workers:.2f} CPU ms "
+        f"per image) shared over the cores, plus the model at its ceiling "
+        f"({1000 / eager_ips:.2f} ms per image on all cores) and batch_pixels measured alone "
+        f"({batch_ms:.2f} ms per image on all cores): 1000 / ({1000 / eager_ips:.2f} + "
+        f"{batch_ms:.2f} + {workers:.2f} / {CORES}) = {bound:.1f} images/s; (c) reaches "
+        f"{default['images_per_s'] / bound:.0%} of it."
     )
+    if fast is not None:
+        fast_ips = fast["ceiling_ips"]
+        fast_sweep = ", ".join(f"{b}: {r}" for b, r in fast["ceiling_by_batch"].items())
+        table(
+            "(d) The same with a 3-layer ViT-B/32 (about 4× faster: the model weighs what "
+            "ViT-B/32 weighs on an Intel CPU with AMX)",
+            ["run", "images/s", "vs its ceiling"],
+            [
+                [
+                    f"ceiling: image tower alone, {dtype}, best batch ({fast['ceiling_batch']})",
+                    f"{fast_ips:.1f}",
+                    "100%",
+                ]
+            ]
+            + [
+                [label, f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / fast_ips:.0%}"]
+                for label, r in (
+                    ("index_builder.py end to end", fast["pipeline"]),
+                    (
+                        "the same with Pillow's exact resize in the decode threads",
+                        fast["pipeline_exact_pixels"],
+                    ),
+                )
+            ],
+        )
+        print(f"\n(d) ceiling sweep: eager {fast_sweep}")
+        fast_steps = fast["pipeline"]["breakdown_ms"]
+        exact_steps = fast["pipeline_exact_pixels"]["breakdown_ms"]
+        table(
+            "(d) Where the time goes, ms per indexed image",
+            ["step", "index_builder.py", "with Pillow's exact resize"],
+            [
+                [name, fast_steps.get(name, ""), exact_steps.get(name, "")]
+                for name in dict.fromkeys([*fast_steps, *exact_steps])
+            ],
+        )
     if DEVICE == "cuda":
         table(
             "GPU throughput next to the public anchor",
@@ -353,6 +437,11 @@ def run(quick: bool, workdir: Path) -> dict:
             ["decode, full size", costs["decode_full_ms"]],
             ["preprocess, the HF processor's own code", costs["preprocess_processor_ms"]],
             ["preprocess, the encoder's (one pass, same pixels)", costs["preprocess_encoder_ms"]],
+            [
+                "preprocess, the builder's: torch's resize and normalisation of a batch of 32 "
+                "on the model's thread (wall ms on all cores)",
+                costs["batch_pixels_ms"],
+            ],
         ],
     )
     return result

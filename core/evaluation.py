@@ -382,7 +382,9 @@ class Evaluator:
                         kept.append(image)
                         pixels.append(result)
                 if pixels:
-                    parts.append(self.encoder.embed_pixels(np.stack(pixels), IMAGE_BATCH))
+                    parts.append(
+                        self.encoder.embed_pixels(self.encoder.batch_pixels(pixels), IMAGE_BATCH)
+                    )
                 bar.update(len(batch))
         if not kept:
             raise BadEvalInput(f"none of the {len(images):,} pictures could be read")
@@ -397,7 +399,7 @@ class Evaluator:
             )
         except BadImage as err:
             return err
-        return self.encoder.model_pixels(decoded.image)
+        return self.encoder.prepare(decoded.image)
 
     def _text_vectors(self, got: _Vectors) -> None:
         """Every caption of the kept pictures, each distinct text embedded once."""

@@ -101,8 +101,9 @@ class IndexSummary:
     """Stopped by Ctrl-C during `stage`; the counts say what was done until then."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent embedding images, by step: decode_cpu and preprocess_cpu (CPU time of
-    the decode threads), copies and model (the model's thread), store (the writer thread),
-    waiting_for_decode and waiting_for_store (the model's thread idle)."""
+    the decode threads), batch_pixels (finishing the batch's pixels: on a CPU torch's
+    resize) and model (the model's thread), store (the writer thread), waiting_for_decode
+    and waiting_for_store (the model's thread idle)."""
 
     def breakdown(self) -> str:
         """Milliseconds per indexed image by step, in one line."""
@@ -454,7 +455,7 @@ def _embed_images(
         decoded_at = time.thread_time()
         if not record.width:
             record = replace(record, width=decoded.width, height=decoded.height)
-        pixels = encoder.model_pixels(decoded.image)
+        pixels = encoder.prepare(decoded.image)
         return record, pixels, decoded_at - started, time.thread_time() - decoded_at
 
     batch: list[tuple[ImageRecord, np.ndarray]] = []
@@ -463,12 +464,12 @@ def _embed_images(
     def flush() -> None:
         if batch:
             started = time.perf_counter()
-            pixels = np.stack([pixels for _, pixels in batch])
-            stacked = time.perf_counter()
+            pixels = encoder.batch_pixels([pixels for _, pixels in batch])
+            ready = time.perf_counter()
             vectors = encoder.embed_pixels(pixels, batch_size)
             embedded = time.perf_counter()
             writer.put([record for record, _ in batch], vectors)
-            _add(times, copies=stacked - started, model=embedded - stacked)
+            _add(times, batch_pixels=ready - started, model=embedded - ready)
             _add(times, waiting_for_store=time.perf_counter() - embedded)
             batch.clear()
 

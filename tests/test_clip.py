@@ -87,22 +87,6 @@ def test_bfloat16_stays_close_to_float32(fp32: ClipEncoder) -> None:
         assert cosines.min() >= 0.99, cosines
 
 
-def test_bfloat16_model_pixels_are_the_preprocessed_pixels_rounded() -> None:
-    bf16 = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="bfloat16")
-    images = pictures(6, seed=5)
-    floats = bf16.preprocess(images)
-    ready = np.stack([bf16.model_pixels(image) for image in images])
-    assert ready.dtype == np.uint16  # bfloat16 bit patterns: half the bytes to hand over
-    as_bf16 = torch.from_numpy(ready).view(torch.bfloat16)
-    assert torch.equal(as_bf16, torch.from_numpy(floats).to(torch.bfloat16))
-    np.testing.assert_array_equal(bf16.embed_pixels(ready), bf16.embed_pixels(floats))
-
-
-def test_float32_model_pixels_are_the_preprocessed_pixels(fp32: ClipEncoder) -> None:
-    image = pictures(1)[0]
-    np.testing.assert_array_equal(fp32.model_pixels(image), fp32.preprocess([image])[0])
-
-
 def test_long_text_is_truncated_to_the_context(fp32: ClipEncoder) -> None:
     words = " ".join(["red"] * 600)
     long_text, prefix = "a red circle " + words, "a red circle " + " ".join(["red"] * 72)

@@ -9,9 +9,12 @@ family is fed as its own processor feeds it (`core.models.families`).
 Ranking is by cosine for every family (normalised vectors in a cosine collection). SigLIP's
 `logit_scale` and `logit_bias` (its sigmoid "is this pair a match" probability) are not
 used: they are one monotonic map of the cosine, the same for every pair, so they would not
-change any ranking, only the scale of the scores. Image preprocessing
-(`preprocess`) is separate from inference (`embed_pixels`) so the index builder can run it
-in worker threads while the model works; `embed_images` does both.
+change any ranking, only the scale of the scores.
+
+Image preprocessing is separate from inference (`embed_pixels`): `embed_images` (queries)
+preprocesses exactly as the processor does (`preprocess`); the index builder splits it into
+`prepare` (worker threads) and `batch_pixels` (the model's thread: torch's resize on a CPU,
+see `core.models.pixels`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from core.config import Settings
 from core.errors import ModelUnavailable
 from core.models import families, tuning
 from core.models.families import Family
+from core.models.pixels import BatchPixels, ExactPixels, bounded_aspect
 from core.models.runtime import (
     DTYPES,
     LazyModel,
@@ -85,7 +88,8 @@ class ClipEncoder:
         self._model = LazyModel(self._load)
         self._infer_lock = threading.Lock()
         self._compiled_image_features: Callable[..., object] | None = None
-        self._fast: object = _UNSET
+        self._exact: object = _UNSET
+        self._batch_pixels: object = _UNSET
 
     @classmethod
     def from_settings(cls, settings: Settings, *, tune_batch: bool = False) -> ClipEncoder:
@@ -241,54 +245,72 @@ class ClipEncoder:
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Resize, crop and normalise images as the model's own image processor does (CLIP:
-        shortest side, centre crop; SigLIP: squashed to the square, no crop): float32 NCHW.
+        shortest side, centre crop; SigLIP: squashed to the square, no crop): float32 NCHW,
+        bit for bit the processor's (`ExactPixels`), except that a picture more
+        elongated than 20:1 is first cut to its centre for a centre-cropping model.
 
         Thread-safe and lock-free, so it can run in workers beside `embed_pixels`.
         """
         loaded = self._model.get()
-        fast = self._fast_pixels(loaded)
-        if fast is not None:
-            return np.stack([fast(image) for image in images]) if images else fast.empty()
-        return loaded.processor.image_processor(images=list(images), return_tensors="np")[
-            "pixel_values"
-        ]
+        exact = self._exact_pixels(loaded)
+        if exact is not None:
+            return np.stack([exact(image) for image in images]) if images else exact.empty()
+        processor = loaded.processor.image_processor
+        crop = bool(getattr(processor, "do_center_crop", False))
+        bounded = [bounded_aspect(image, crop) for image in images]
+        return processor(images=bounded, return_tensors="np")["pixel_values"]
 
-    def model_pixels(self, image: Image.Image) -> np.ndarray:
-        """One picture's pixels as `embed_pixels` takes them with the least work on the
-        model's thread: for a bfloat16 model with the exact fast path, bfloat16 bit patterns
-        (uint16 CHW: half the bytes to stack, no conversion at inference, the same values);
-        otherwise float32 CHW as from `preprocess`. Thread-safe, like `preprocess`."""
-        fast = self._fast_pixels(self._model.get())
-        if fast is not None and self.dtype == torch.bfloat16:
-            return fast(image, bf16=True)
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """The part of one picture's preprocessing for worker threads (thread-safe): the
+        uint8 RGB pixels on a CPU with the batched path (`BatchPixels`), otherwise
+        `preprocess`'s float32 pixels. `batch_pixels` finishes a batch of them."""
+        if self._batch(self._model.get()) is not None:
+            return BatchPixels.prepare(image)
         return self.preprocess([image])[0]
 
-    def _fast_pixels(self, loaded: _Loaded) -> FastPixels | None:
+    def batch_pixels(self, prepared: Sequence[np.ndarray]) -> torch.Tensor:
+        """`prepare`d pictures → the batch `embed_pixels` takes, on the model's thread: on a
+        CPU resized with torch in the model's dtype (pixels within 1/255 of the processor's
+        on photos, about a quarter of Pillow's cost), elsewhere stacked."""
+        batch = self._batch(self._model.get())
+        if batch is not None:
+            return batch(prepared)
+        return torch.from_numpy(np.stack(prepared)) if prepared else torch.empty(0)
+
+    def _exact_pixels(self, loaded: _Loaded) -> ExactPixels | None:
         """The one-pass preprocessor for this model's processor, or None (checked once
         against the processor itself; a mismatch keeps the processor's own path)."""
-        if self._fast is _UNSET:
-            self._fast = FastPixels.for_processor(loaded.processor.image_processor)
-            if self._fast is None:
+        if self._exact is _UNSET:
+            self._exact = ExactPixels.for_processor(loaded.processor.image_processor)
+            if self._exact is None:
                 log.info("image preprocessing: the processor's own (no exact fast path)")
-        return self._fast  # type: ignore[return-value]
+        return self._exact  # type: ignore[return-value]
 
-    def embed_pixels(self, pixels: np.ndarray, batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
-        """Embed preprocessed pixels: float32 from `preprocess`, or bfloat16 bit patterns
-        (uint16, from `model_pixels` or `bf16_bits`)."""
+    def _batch(self, loaded: _Loaded) -> BatchPixels | None:
+        """The batched torch path, on a CPU only: on a GPU the CPU's cores are free for
+        worker threads while the model's thread must keep the GPU fed."""
+        if self._batch_pixels is _UNSET:
+            exact = self._exact_pixels(loaded) if self.device.type == "cpu" else None
+            self._batch_pixels = BatchPixels.for_pixels(exact, self.dtype)
+        return self._batch_pixels  # type: ignore[return-value]
+
+    def embed_pixels(
+        self, pixels: np.ndarray | torch.Tensor, batch_size: int = DEFAULT_IMAGE_BATCH
+    ) -> np.ndarray:
+        """Embed preprocessed pixels (from `preprocess` or `batch_pixels`), `batch_size` at
+        a time."""
         loaded = self._model.get()
+        tensor = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
         out = []
-        for start in range(0, len(pixels), batch_size):
-            batch = np.ascontiguousarray(pixels[start : start + batch_size])
+        for start in range(0, len(tensor), batch_size):
+            batch = tensor[start : start + batch_size]
             count = len(batch)
             if self._compiled_image_features is not None and count < batch_size:
-                padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
-                batch = np.concatenate([batch, padding])  # one shape: no recompiling
-            tensor = torch.from_numpy(batch)
-            if batch.dtype == np.uint16:
-                tensor = tensor.view(torch.bfloat16)
-            tensor = tensor.to(self.device, self.dtype)
+                padding = batch.new_zeros((batch_size - count, *batch.shape[1:]))
+                batch = torch.cat([batch, padding])  # one shape: no recompiling
+            batch = batch.to(self.device, self.dtype).contiguous()
             with self._infer_lock, torch.inference_mode():
-                features = self._image_features(loaded.model, tensor)
+                features = self._image_features(loaded.model, batch)
             out.append(_normalised(features)[:count])
         return _stack(out, self)
 
@@ -312,103 +334,6 @@ class ClipEncoder:
 
 
 _UNSET = object()
-_PIL_PROCESSORS = {"CLIPImageProcessorPil", "SiglipImageProcessorPil", "CLIPImageProcessor"}
-_HANDLED = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"}
-
-
-class FastPixels:
-    """The image processor's work in one pass: resize the uint8 RGB picture once with
-    Pillow (the same filter and sizes the processor uses), crop (CLIP) or not (SigLIP
-    squashes), then rescale and normalise through a per-channel table of the 256 uint8 values (made
-    by the processor itself) straight into float32 CHW. It gives bit for bit the
-    processor's pixels at a fraction of its cost:
-    the processor converts to float arrays and back and copies several times per picture.
-
-    Built only for the Pillow-backed CLIP/SigLIP processors and only after one synthetic
-    picture gave exactly the processor's own pixels; anything else keeps the processor.
-    """
-
-    def __init__(self, processor: Any) -> None:
-        self.resample = Image.Resampling(int(processor.resample))
-        self.crop = bool(processor.do_center_crop)
-        if self.crop:
-            self.edge = int(_get(processor.size, "shortest_edge"))
-            self.out = (
-                int(_get(processor.crop_size, "width")),
-                int(_get(processor.crop_size, "height")),
-            )
-        else:
-            self.out = (int(_get(processor.size, "width")), int(_get(processor.size, "height")))
-        # Rescaling and normalising map each uint8 value of each channel to one float: ask
-        # the processor itself for that table (a 0..255 ramp, nothing resized), so the
-        # arithmetic is exactly its own.
-        ramp = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, 2))
-        table = processor(
-            images=[ramp], do_resize=False, do_center_crop=False, return_tensors="np"
-        )["pixel_values"][0]
-        self.table = np.ascontiguousarray(table[:, 0, :], dtype=np.float32)  # (3, 256)
-        self.table_bf16 = bf16_bits(self.table)
-
-    @classmethod
-    def for_processor(cls, processor: Any) -> FastPixels | None:
-        if type(processor).__name__ not in _PIL_PROCESSORS or not processor.do_resize:
-            return None
-        flags = {k for k, v in vars(processor).items() if k.startswith("do_") and v}
-        if flags - _HANDLED:  # padding, reducing labels, ...: leave it to the processor
-            return None
-        try:
-            fast = cls(processor)
-            rng = np.random.default_rng(0)
-            probe = [Image.fromarray(rng.integers(0, 256, s, np.uint8)) for s in _PROBES]
-            expected = processor(images=probe, return_tensors="np")["pixel_values"]
-            got = np.stack([fast(image) for image in probe])
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return None
-        if got.shape != expected.shape or not np.array_equal(got, expected):
-            return None
-        return fast
-
-    def __call__(self, image: Image.Image, *, bf16: bool = False) -> np.ndarray:
-        """float32 CHW pixels; with `bf16`, the same values rounded to bfloat16, as bit
-        patterns (uint16)."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if self.crop:
-            width, height = image.size
-            short, long = min(width, height), max(width, height)
-            other = int(self.edge * long / short)
-            size = (self.edge, other) if width <= height else (other, self.edge)
-            image = image.resize(size, self.resample)
-            left, top = (size[0] - self.out[0]) // 2, (size[1] - self.out[1]) // 2
-            image = image.crop((left, top, left + self.out[0], top + self.out[1]))
-        else:
-            image = image.resize(self.out, self.resample)
-        rgb = np.asarray(image)
-        table = self.table_bf16 if bf16 else self.table
-        out = np.empty((3, *rgb.shape[:2]), table.dtype)
-        for channel in range(3):
-            np.take(table[channel], rgb[..., channel], out=out[channel])
-        return out
-
-    def empty(self) -> np.ndarray:
-        return np.zeros((0, 3, self.out[1], self.out[0]), np.float32)
-
-
-_PROBES = ((240, 320, 3), (333, 250, 3), (97, 103, 3))
-
-
-def bf16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 `values` rounded to bfloat16 (as torch rounds), as their bit patterns in a
-    uint16 array of the same shape: numpy has no bfloat16, `embed_pixels` reads them back."""
-    tensor = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(torch.bfloat16)
-    return tensor.view(torch.int16).numpy().view(np.uint16)
-
-
-def _get(size: Any, key: str) -> Any:
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    if value is None:
-        raise KeyError(key)
-    return value
 
 
 def _processor(name: str) -> ProcessorMixin:
