@@ -123,6 +123,17 @@ def test_on_photo_sized_pictures_batch_pixels_differ_by_one_level_at_most() -> N
     assert 0 < max(differing) < 0.01
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_batch_resizes_pictures_of_one_size_together_in_their_order(model: str) -> None:
+    built = encoder(model, "bfloat16")
+    images = photos()
+    mixed = [images[n] for n in (2, 0, 2, 3, 0, 2, 5)]  # three sizes, interleaved
+    prepared = [built.prepare(image) for image in mixed]
+    together = built.batch_pixels(prepared)
+    for n, one in enumerate(prepared):
+        assert torch.equal(together[n], built.batch_pixels([one])[0]), n
+
+
 def test_bfloat16_clip_uses_the_affine_map_and_float32_the_table() -> None:
     bf16, fp32 = encoder("clip", "bfloat16"), encoder("clip", "float32")
     assert bf16._batch(bf16._model.get()).affine  # the fast path of the index builder

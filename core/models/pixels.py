@@ -142,8 +142,8 @@ class ExactPixels:
 class BatchPixels:
     """`ExactPixels`' geometry with torch's resize, a batch at a time on the calling thread
     (which uses torch's intra-op threads): the pictures are handed over as uint8 HWC,
-    resized one by one into a uint8 batch, then rescaled and normalised in one pass
-    straight into the model's dtype.
+    resized into a uint8 batch (those of one size in one call), then rescaled and
+    normalised in one pass straight into the model's dtype.
 
     Built only when the resized pixels stay within `MAX_LEVEL_DIFFERENCE` of Pillow's on
     synthetic pictures; the normalisation is an affine map whose result is compared with
@@ -180,30 +180,42 @@ class BatchPixels:
 
     def resize(self, rgb: np.ndarray) -> torch.Tensor:
         """One picture (uint8 HWC) resized and cropped: uint8 CHW."""
-        box = centre_box(rgb.shape[1], rgb.shape[0], self.exact.crop)
-        if box is not None:
-            rgb = rgb[box[1] : box[3], box[0] : box[2]]  # a view
-        height, width = rgb.shape[:2]
-        (new_width, new_height), (left, top) = self.exact.geometry(width, height)
-        picture = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # a view: no copy
-        resized = torch.nn.functional.interpolate(
-            picture, size=(new_height, new_width), mode=self.mode, antialias=True
-        )
-        out_width, out_height = self.exact.out
-        return resized[0, :, top : top + out_height, left : left + out_width]
+        return self._resized(self._fitted(rgb)[None])[0]
 
     def __call__(self, pictures: Sequence[np.ndarray]) -> torch.Tensor:
-        """A batch of `prepare`d pictures → NCHW in the model's dtype."""
+        """A batch of `prepare`d pictures → NCHW in the model's dtype. Pictures of one size
+        are resized together (one call of the resize kernel for all of them)."""
         width, height = self.exact.out
         batch = torch.empty((len(pictures), 3, height, width), dtype=torch.uint8)
-        for n, rgb in enumerate(pictures):
-            batch[n] = self.resize(rgb)
+        fitted = [self._fitted(rgb) for rgb in pictures]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for n, rgb in enumerate(fitted):
+            by_shape.setdefault(rgb.shape, []).append(n)
+        for members in by_shape.values():
+            group = np.stack([fitted[n] for n in members])
+            batch[members] = self._resized(group)
         if self.affine:
             return self._affine(batch)
         out = torch.empty(batch.shape, dtype=self.dtype)
         for channel in range(3):
             out[:, channel] = self.table[channel][batch[:, channel].long()]
         return out
+
+    def _fitted(self, rgb: np.ndarray) -> np.ndarray:
+        """`rgb`, or a view of its `centre_box`."""
+        box = centre_box(rgb.shape[1], rgb.shape[0], self.exact.crop)
+        return rgb if box is None else rgb[box[1] : box[3], box[0] : box[2]]
+
+    def _resized(self, pictures: np.ndarray) -> torch.Tensor:
+        """Pictures of one size (uint8 NHWC) resized and cropped: uint8 NCHW (a view)."""
+        height, width = pictures.shape[1:3]
+        (new_width, new_height), (left, top) = self.exact.geometry(width, height)
+        channels_first = torch.from_numpy(pictures).permute(0, 3, 1, 2)  # a view: no copy
+        resized = torch.nn.functional.interpolate(
+            channels_first, size=(new_height, new_width), mode=self.mode, antialias=True
+        )
+        out_width, out_height = self.exact.out
+        return resized[:, :, top : top + out_height, left : left + out_width]
 
     def _affine(self, batch: torch.Tensor) -> torch.Tensor:
         floats = torch.empty(batch.shape, dtype=torch.float32)
