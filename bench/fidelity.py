@@ -1,6 +1,7 @@
 """Fidelity of the fast path: bfloat16 vs float32 embeddings (and JPEG draft decoding vs full
-decoding), by cosine and by the overlap of top-10 search results, for the ViT-B/32
-architecture (random weights) and for the trained tiny fixture model."""
+decoding, and the index builder's torch resize vs the processor's exact pixels), by cosine
+and by the overlap of top-10 search results, for the ViT-B/32 architecture (random
+weights) and for the trained tiny fixture model."""
 
 from __future__ import annotations
 
@@ -53,6 +54,29 @@ def draft_vs_full(model: Path, paths: list[Path]) -> dict:
     }
 
 
+def builder_vs_exact(model: Path, paths: list[Path], texts: list[str], n_index: int) -> dict:
+    """The index builder's vectors (`prepare` + `batch_pixels`: torch's resize) against the
+    queries' (`embed_images`: the processor's exact pixels), both bfloat16 from draft
+    decoding; the overlap is of top-10 results for the same exact-path queries over an
+    index built either way."""
+    from core.images import load_image
+    from core.models.clip import ClipEncoder
+
+    encoder = ClipEncoder(str(model), device="cpu", dtype="bfloat16")
+    pictures = [load_image(p, min_side=encoder.input_size) for p in paths]
+    exact = encoder.embed_images(pictures)
+    built = encoder.embed_pixels(encoder.batch_pixels([encoder.prepare(p) for p in pictures]))
+    cosines = np.sum(exact * built, axis=1)
+    queries = np.concatenate([exact[n_index:], encoder.embed_texts(texts)])
+    return {
+        "mean_cosine": round(float(cosines.mean()), 5),
+        "min_cosine": round(float(cosines.min()), 5),
+        "top10_overlap": round(
+            _overlap_at_10(exact[:n_index], queries, built[:n_index], queries), 4
+        ),
+    }
+
+
 def run(quick: bool, workdir: Path) -> dict:
     from PIL import Image
 
@@ -66,8 +90,10 @@ def run(quick: bool, workdir: Path) -> dict:
     shapes = [draw(*LABELS[n % 12], width=120, height=90, rng=rng) for n in range(240)]
     tiny = compare(TINY_CLIP, shapes, [caption(c, s) for c, s in LABELS], n_index=200)
     draft = draft_vs_full(vit_b32_dir().path, paths[:60])
+    builder = builder_vs_exact(vit_b32_dir().path, paths, QUERIES, n_index=count - 40)
     table(
-        "Fidelity of the fast path (bf16 vs fp32; draft vs full JPEG decoding)",
+        "Fidelity of the fast path (bf16 vs fp32; draft vs full JPEG decoding; the index "
+        "builder's torch resize vs the processor's exact pixels)",
         ["model", "comparison", "mean cosine", "min cosine", "top-10 overlap"],
         [
             [
@@ -91,6 +117,13 @@ def run(quick: bool, workdir: Path) -> dict:
                 draft["min_cosine"],
                 "",
             ],
+            [
+                "ViT-B/32 (random weights)",
+                "builder's torch resize vs exact pixels (bf16)",
+                builder["mean_cosine"],
+                builder["min_cosine"],
+                builder["top10_overlap"],
+            ],
         ],
     )
     return {
@@ -99,4 +132,5 @@ def run(quick: bool, workdir: Path) -> dict:
         "bf16_top10_overlap": vit["top10_overlap"],
         "bf16_tiny_fixture": tiny,
         "draft_vs_full_decode": draft,
+        "builder_vs_exact_pixels": builder,
     }
