@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-PIL_PROCESSORS = {"CLIPImageProcessorPil", "SiglipImageProcessorPil", "CLIPImageProcessor"}
+_PIL_PROCESSORS = {"CLIPImageProcessorPil", "SiglipImageProcessorPil", "CLIPImageProcessor"}
 """The Pillow-backed processors whose work `ExactPixels` repeats."""
 _HANDLED = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"}
 _PROBES = ((240, 320, 3), (333, 250, 3), (97, 103, 3))
@@ -90,7 +90,7 @@ class ExactPixels:
 
     @classmethod
     def for_processor(cls, processor: Any) -> ExactPixels | None:
-        if type(processor).__name__ not in PIL_PROCESSORS or not processor.do_resize:
+        if type(processor).__name__ not in _PIL_PROCESSORS or not processor.do_resize:
             return None
         flags = {k for k, v in vars(processor).items() if k.startswith("do_") and v}
         if flags - _HANDLED:  # padding, reducing labels, ...: leave it to the processor
