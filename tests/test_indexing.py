@@ -23,6 +23,7 @@ from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
 from core.indexing import (
     MAX_UNCONFIRMED_REMOVAL,
+    WRITE_BATCHES,
     IndexSummary,
     builder_lock,
     report_path,
@@ -129,6 +130,25 @@ def test_compiled_build_stores_the_same_vectors(
         load_image(made[0].path), 1
     )[0]
     assert hit.id == str(made[0].id) and hit.score > 0.98
+
+
+def test_the_writer_gathers_batches_into_larger_upserts(
+    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"train2014": 30, "val2014": 10})
+    sizes: list[int] = []
+    upsert = VectorStore.upsert
+
+    def spied(self, records, vectors) -> None:
+        if self.name == settings.collection:
+            sizes.append(len(records))
+        upsert(self, records, vectors)
+
+    monkeypatch.setattr(VectorStore, "upsert", spied)
+    summary = index(settings, encoder, batch_size=2)
+    assert sizes == [2 * WRITE_BATCHES] * (40 // (2 * WRITE_BATCHES)) + [40 % (2 * WRITE_BATCHES)]
+    assert summary.indexed == images_store(settings, encoder).count() == 40
 
 
 def test_rerun_with_nothing_changed_is_quick_and_says_so(
@@ -389,8 +409,11 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
     assert "--wait" in text
 
 
-def signal_mid_run(settings: Settings, sig: signal.Signals, total: int) -> subprocess.Popen:
-    """Start a build of `total` pictures and send it `sig` once 60 are embedded."""
+def signal_mid_run(
+    settings: Settings, sig: signal.Signals, total: int, after: int = 60
+) -> subprocess.Popen:
+    """Start a build of `total` pictures in batches of 4 and send it `sig` once `after` are
+    embedded."""
     proc = builder(settings, "--batch-size", "4", "--workers", "1")
     progress = re.compile(rf"(\d+)/{total}")
 
@@ -401,7 +424,7 @@ def signal_mid_run(settings: Settings, sig: signal.Signals, total: int) -> subpr
             if chunk in "\r\n":
                 done = [int(n) for n in progress.findall(buffer)]
                 buffer = ""
-                if done and done[-1] >= 60:
+                if done and done[-1] >= after:
                     proc.send_signal(sig)
                     return
 
@@ -418,7 +441,8 @@ def test_killed_mid_run_then_rerun_completes_exactly_once(
     settings = coco_settings(tmp_path)
     total = 400
     make_mini_coco(settings.coco_root, {"train2014": 300, "val2014": 100}, size=(64, 48))
-    proc = signal_mid_run(settings, signal.SIGKILL, total)
+    # Killed 168 pictures after the writer got its first gathering (8 batches of 4).
+    proc = signal_mid_run(settings, signal.SIGKILL, total, after=200)
     assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
 
     store = images_store(settings, encoder)
