@@ -45,6 +45,8 @@ PHOTOS = int(os.environ.get("BENCH_PHOTOS", "500"))
 PASSES = 3
 """Each ceiling point is the median of this many timed passes."""
 CORES = os.cpu_count() or 1
+EXACT_PIXELS_BUILDER = "bench/exact_pixels_builder.py"
+"""index_builder.py with Pillow's exact resize in the decode threads (the ablation)."""
 CLIP_RETRIEVAL_A100_IPS = 2500
 """clip-retrieval's reported ViT-B/32 inference speed per A100, limited by image resizing."""
 
@@ -205,6 +207,11 @@ def decode_cost(photos: list[Path], clip: Path, dtype: str) -> dict[str, float]:
     }
 
 
+def worker_ms(breakdown: dict[str, float]) -> float:
+    """CPU ms per image of the worker threads (decode, preprocess, store) in a breakdown."""
+    return sum(breakdown.get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "store"))
+
+
 def physical_bound(breakdown: dict[str, float], model_ips: float, batch_ms: float) -> float:
     """Images/s if the CPU work of the worker threads (decode, preprocess, store: CPU ms per
     image, summed over threads) shared the cores perfectly with the model's thread, which
@@ -212,7 +219,7 @@ def physical_bound(breakdown: dict[str, float], model_ips: float, batch_ms: floa
     (measured alone), both on all cores: 1000 / (1000 / model_ips + batch_ms + workers_ms /
     cores). On a GPU the model does not use the CPU cores: there the bound is min(model,
     CPU work)."""
-    workers = sum(breakdown.get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "store"))
+    workers = worker_ms(breakdown)
     if DEVICE == "cuda":
         other = workers + breakdown.get("batch_pixels", 0.0)
         return min(model_ips, 1000 * CORES / other) if other else model_ips
@@ -234,9 +241,6 @@ def fast_model(folder: Path, workdir: Path, quick: bool) -> dict:
             folder, clip, workdir, "fast_exact", script=EXACT_PIXELS_BUILDER
         ),
     }
-
-
-EXACT_PIXELS_BUILDER = "bench/exact_pixels_builder.py"
 
 
 def run(quick: bool, workdir: Path) -> dict:
@@ -364,9 +368,7 @@ def run(quick: bool, workdir: Path) -> dict:
             for name, ms in default["breakdown_ms"].items()
         ],
     )
-    workers = sum(
-        default["breakdown_ms"].get(k, 0.0) for k in ("decode_cpu", "preprocess_cpu", "store")
-    )
+    workers = worker_ms(default["breakdown_ms"])
     print(
         f"\ndecode_cpu and preprocess_cpu are CPU time in the decode threads, store in the "
         f"writer thread, batch_pixels (torch's resize and normalisation of each batch) and "

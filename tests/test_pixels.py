@@ -19,15 +19,16 @@ from tests.fixtures.shapes import LABELS, draw
 
 MODELS = {"clip": TINY_CLIP, "siglip": TINY_SIGLIP}
 SIZES = [(64, 64), (96, 72), (200, 150), (40, 90), (17, 23), (150, 50), (32, 32)]
+"""Shrunk, enlarged, portrait, landscape, 3:1 and already the tiny models' size."""
+COCO_SIZES = [(320, 240), (640, 427), (427, 640), (500, 375)]
 
 
-def photos(seed: int = 3) -> list[Image.Image]:
-    """Shapes with sensor noise (texture for the resampling filters), at sizes that are
-    shrunk, enlarged, portrait, landscape, 3:1 and already the model's."""
+def photos(seed: int = 3, sizes: list[tuple[int, int]] = SIZES) -> list[Image.Image]:
+    """Shapes with sensor noise (texture for the resampling filters), at `sizes`."""
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
     out = []
-    for n, (width, height) in enumerate(SIZES):
+    for n, (width, height) in enumerate(sizes):
         image = draw(*LABELS[n % 12], width=width, height=height, rng=rng)
         grain = noise.normal(0, 12, (height, width, 3))
         out.append(Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8)))
@@ -109,13 +110,8 @@ def test_on_photo_sized_pictures_batch_pixels_differ_by_one_level_at_most() -> N
     """CLIP's own 224-pixel geometry (the default processor's), on COCO's sizes."""
     exact = ExactPixels.for_processor(CLIPImageProcessor())
     batch = BatchPixels.for_pixels(exact, torch.bfloat16)
-    rng = random.Random(4)
-    noise = np.random.default_rng(4)
     differing = []
-    for n, (width, height) in enumerate([(320, 240), (640, 427), (427, 640), (500, 375)]):
-        image = draw(*LABELS[n], width=width, height=height, rng=rng)
-        grain = noise.normal(0, 12, (height, width, 3))
-        image = Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
+    for image in photos(seed=4, sizes=COCO_SIZES):
         ours = batch.resize(batch.prepare(image)).numpy().transpose(1, 2, 0).astype(np.int16)
         difference = np.abs(ours - exact.resized(image))
         assert difference.max() <= 1

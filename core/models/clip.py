@@ -308,7 +308,7 @@ class ClipEncoder:
             if self._compiled_image_features is not None and count < batch_size:
                 padding = batch.new_zeros((batch_size - count, *batch.shape[1:]))
                 batch = torch.cat([batch, padding])  # one shape: no recompiling
-            batch = batch.to(self.device, self.dtype).contiguous()
+            batch = batch.to(self.device, self.dtype)
             with self._infer_lock, torch.inference_mode():
                 features = self._image_features(loaded.model, batch)
             out.append(_normalised(features)[:count])
