@@ -11,7 +11,8 @@ plus where (c)'s time goes per image (the builder's own breakdown), the physical
 that follows from it, and what each optimisation gives (ablations, same photos, same run);
 (d) the same pipeline with a 3-layer ViT-B/32, a model about 4× faster: on an AMD CPU it
     weighs what ViT-B/32 weighs on an Intel CPU with AMX, so the share of the work around
-    the model can be measured on either kind.
+    the model can be measured on either kind; in rounds of ceiling and pipelines, each
+    pipeline against its own round's ceiling, as this machine's speed drifts.
 """
 
 from __future__ import annotations
