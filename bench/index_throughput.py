@@ -272,7 +272,7 @@ def _median_share(rounds: list[dict], key: str) -> float:
 
 
 def _spread(shares: list[float]) -> str:
-    """ "median 76% (74%, 76%, 80%)"."""
+    """Shares as text: median 76% (74%, 76%, 80%)."""
     values = ", ".join(f"{share:.0%}" for share in shares)
     return f"median {statistics.median(shares):.0%} ({values})"
 
