@@ -262,9 +262,13 @@ def fast_model(folder: Path, workdir: Path, quick: bool) -> dict:
     }
 
 
+def _share(round_: dict, key: str) -> float:
+    """A round's `key` pipeline images/s as a share of that round's ceiling."""
+    return round_[key]["images_per_s"] / round_["ceiling_ips"]
+
+
 def _shares(rounds: list[dict], key: str) -> list[float]:
-    """Each round's `key` pipeline images/s as a share of that round's ceiling."""
-    return [r[key]["images_per_s"] / r["ceiling_ips"] for r in rounds]
+    return [_share(r, key) for r in rounds]
 
 
 def _median_share(rounds: list[dict], key: str) -> float:
@@ -279,7 +283,7 @@ def _spread(shares: list[float]) -> str:
 
 def _median_round(rounds: list[dict]) -> dict:
     """The round whose pipeline share is the median (the lower middle for an even count)."""
-    ranked = sorted(rounds, key=lambda r: r["pipeline"]["images_per_s"] / r["ceiling_ips"])
+    ranked = sorted(rounds, key=lambda r: _share(r, "pipeline"))
     return ranked[(len(ranked) - 1) // 2]
 
 
@@ -358,7 +362,6 @@ def run(quick: bool, workdir: Path) -> dict:
     }
     if fast is not None:
         result["fast_model"] = fast
-        result["fast_model_pipeline_vs_ceiling"] = fast["pipeline_vs_ceiling"]
 
     def row(label: str, ips: float, ceiling_ips: float) -> list[str]:
         return [label, f"{ips:.1f}", f"{ips / naive_ips:.2f}×", f"{ips / ceiling_ips:.0%}"]
