@@ -14,6 +14,9 @@ TORCH := torch==2.13.0
 # PyPI's Linux torch wheel is the multi-GB CUDA build; PyTorch's CPU index has the CPU one.
 TORCH_INDEX := $(if $(GPU),,--extra-index-url https://download.pytorch.org/whl/cpu)
 SOURCE := $(if $(FOLDER),--folder "$(FOLDER)",$(if $(URLS),--urls "$(URLS)",--download --split $(or $(SPLIT),val2014)))
+# The bot sends pictures only from folders the host names (never the index's word): FOLDER joins
+# PICTURE_ROOTS for the bot (the builder also records it in this host's roots file).
+BOT_ENV := $(if $(FOLDER),PICTURE_ROOTS="$(FOLDER)",)
 
 .PHONY: setup run index test bench
 
@@ -36,7 +39,7 @@ ifeq ($(SPLIT)$(FOLDER)$(URLS),)
 else
 	$(PY) index_builder.py $(SOURCE)
 endif
-	$(PY) -m bot
+	$(BOT_ENV) $(PY) -m bot
 
 # Refresh the index (incremental: only new or changed pictures are embedded).
 index: setup

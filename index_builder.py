@@ -36,8 +36,10 @@ from core.indexing import (
     IndexSummary,
     run,
 )
+from core.redaction import RedactSecrets, install, secret_values
 from core.shards import EVERYTHING, Shard
-from core.url_downloads import DownloadSummary, download_url_list
+from core.url_downloads import DownloadOptions, DownloadSummary, download_url_list
+from core.url_fetch import FetchRules
 from core.url_lists import UrlListReader
 
 log = logging.getLogger("index_builder")
@@ -125,8 +127,8 @@ def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--retry-failed",
         action="store_true",
-        help="with --urls: try again the URLs that failed in an earlier run (listed in "
-        "<list name>-failed.tsv; skipped otherwise)",
+        help="with --urls: try again the URLs that failed for good in an earlier run (HTTP "
+        "404/410, not a picture, too large); other failures are always retried",
     )
     parser.add_argument(
         "--limit",
@@ -292,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             args.shard.index,
             args.shard.count,
         )
+    redact = RedactSecrets(())  # no secret is known before the settings are read
     try:
         settings = load_settings(coco_root=args.coco_root, collection=args.collection)
+        redact = install(secret_values(settings))
         reader = prepare_source(settings, args)
         encoder, batch = tuned_encoder(settings, args.batch_size)
         summary = run(
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             shard=args.shard,
         )
     except SearchBotError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact.redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted before indexing began; nothing was changed", file=sys.stderr)
@@ -339,14 +343,19 @@ def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
     if args.folder is not None:
         return FolderReader(args.folder)
     if args.urls is not None:
+        rules = FetchRules(
+            deadline_s=settings.url_fetch_timeout_s, allow_private=args.allow_private_urls
+        )
         fetched = download_url_list(
             args.urls,
             settings.data_dir,
-            limit=args.limit,
-            allow_private=args.allow_private_urls,
-            retry_failed=args.retry_failed,
-            progress=not args.no_progress,
-            shard=args.shard,
+            DownloadOptions(
+                rules,
+                limit=args.limit,
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress,
+                shard=args.shard,
+            ),
         )
         if not fetched.valid:
             raise DownloadError(

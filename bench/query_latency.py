@@ -63,6 +63,7 @@ def coco_like_record(n: int, photo: Path):
 
 def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
     """A collection of `vectors` with COCO-like records; returns (store, inserts per second)."""
+    from core.indexed_files import record_roots
     from core.records import ImageRecord
     from core.store import Database
 
@@ -70,7 +71,7 @@ def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
     store = Database(settings).open(
         name, ImageRecord, model=settings.clip_model, dim=vectors.shape[1], create=True, hnsw=hnsw
     )
-    store.add_roots([str(photo.resolve().parent)])  # the search sends only pictures under a root
+    record_roots(settings, [str(photo.resolve().parent)])  # the search sends only files there
     started = time.perf_counter()
     store.upsert(records, vectors)
     return store, len(vectors) / (time.perf_counter() - started)
@@ -132,6 +133,7 @@ def text_like(queries: np.ndarray, seed: int = 1) -> np.ndarray:
 
 
 def run(quick: bool, workdir: Path) -> dict:
+    from core.indexed_files import HostRoots, IndexedFiles
     from core.models.clip import ClipEncoder
     from core.search import SearchService
 
@@ -154,7 +156,8 @@ def run(quick: bool, workdir: Path) -> dict:
 
     encoder = ClipEncoder.from_settings(settings)
     encoder.load()
-    service = SearchService(encoder, store, max_image_pixels=settings.max_image_pixels)
+    files = IndexedFiles(HostRoots(settings))
+    service = SearchService(encoder, store, files=files, max_image_pixels=settings.max_image_pixels)
     images = [p.read_bytes() for p in photos]
     for n in range(5):  # warm-up
         service.by_text(QUERIES[n], 10)
@@ -171,7 +174,9 @@ def run(quick: bool, workdir: Path) -> dict:
         assert len(hits) == 10
     text, image = summarise_ms(text_s), summarise_ms(image_s)
     fp32 = ClipEncoder(settings.clip_model, device=settings.device, dtype="float32")
-    fp32_service = SearchService(fp32, store, max_image_pixels=settings.max_image_pixels)
+    fp32_service = SearchService(
+        fp32, store, files=files, max_image_pixels=settings.max_image_pixels
+    )
     fp32_service.by_text(QUERIES[0], 10)  # warm-up (also loads)
     fp32_s = []
     for n in range(n_queries):

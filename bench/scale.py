@@ -108,6 +108,7 @@ class Filler:
     """Grows the collection and times searches, through the project's `VectorStore`."""
 
     def __init__(self, settings, photo: Path) -> None:
+        from core.indexed_files import record_roots
         from core.records import ImageRecord
         from core.store import Database
 
@@ -115,7 +116,7 @@ class Filler:
         self.store = Database(settings).open(
             COLLECTION, ImageRecord, model=settings.clip_model, dim=DIM, create=True
         )
-        self.store.add_roots([str(photo.parent)])
+        record_roots(settings, [str(photo.parent)])  # the bot sends only files there
 
     def add(self, start: int, vectors: np.ndarray) -> float:
         """Insert records `start`… with `vectors`; returns the upsert's seconds."""

@@ -18,7 +18,6 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 
 from bot.startup import (
     TOKEN_REFUSED,
-    RedactSecrets,
     TelegramUnreachable,
     check_token,
     stop_on_sigterm,
@@ -26,6 +25,7 @@ from bot.startup import (
 )
 from core.config import Settings, load_settings
 from core.errors import SearchBotError
+from core.redaction import install, secret_values
 
 log = logging.getLogger("bot")
 
@@ -39,13 +39,12 @@ class _NoTracebacks(logging.Filter):
 
 
 def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
-    """Log to stderr at `level` (LOG_LEVEL); `secrets` never appear in any line."""
+    """Log to stderr at `level` (LOG_LEVEL); `secrets` never appear in any line, nor in an
+    uncaught exception's traceback."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    redact = RedactSecrets(secrets)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redact)
+    install(secrets)
     # One line per Telegram request is noise, even at DEBUG; keep their warnings.
     for noisy in ("httpx", "httpcore", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     secret = webhook_secret(settings) if settings.webhook_url else None
-    configure_logging(settings.log_level, [settings.telegram_bot_token.get_secret_value(), secret])
+    configure_logging(settings.log_level, [*secret_values(settings), secret])
     stop_on_sigterm()
     return start(settings, secret, check_only=args.check)
 

@@ -1,7 +1,10 @@
 """Telegram file_ids of the pictures the bot has uploaded, persisted next to the index.
 
 Once Telegram has a picture, sending it again by file_id costs no upload. file_ids are
-valid for one bot only, so entries are keyed by the bot's id too. SQLite keeps each write
+valid for one bot only, so entries are keyed by the bot's id too. A picture is keyed by the
+record's id and the very file its path led to (real path, device, inode, size, mtime: see
+`picture_key`), so a file swapped under a record is uploaded afresh, through every check,
+instead of hiding behind the file_id of the picture that was there before. SQLite keeps each write
 durable and lets several bot processes on one host share the file.
 """
 
@@ -12,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bot.local_db import open_local_db
+from core.indexed_files import FileIdentity
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_ids (
@@ -23,8 +27,13 @@ CREATE TABLE IF NOT EXISTS file_ids (
 """
 
 
+def picture_key(image_id: str, identity: FileIdentity) -> str:
+    """The cache key of the picture of record `image_id` whose file is `identity`."""
+    return f"{image_id}\0{identity.key}"
+
+
 class FileIdCache:
-    """image id → Telegram file_id for one bot. Thread-safe; call it from worker threads."""
+    """picture key → Telegram file_id for one bot. Thread-safe; call it from worker threads."""
 
     def __init__(self, path: Path, bot_id: int) -> None:
         self.path = path

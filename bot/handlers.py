@@ -1,7 +1,9 @@
 """Thin async handlers: parse the update, await a service (in a worker thread), reply.
 
 Domain errors (`core.errors`) are not caught here: they reach `on_error`, which answers
-with a clear message; anything unexpected is logged there with the update.
+with a clear message; anything unexpected is logged there with the update. What users write
+(texts, captions, questions, inline queries) and their names are logged only at DEBUG:
+above it an update is its ids and kind (`describe_update`).
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ async def inline_query(update: Update, context: Context) -> None:
     try:
         await inline.answer(query, context.bot_data)
     except SearchBotError as err:
-        log.info("inline query failed: %s", err)
+        log_failure(update, err)
         await query.answer([], cache_time=0, is_personal=True)
 
 
@@ -326,7 +328,7 @@ async def on_error(update: object, context: Context) -> None:
     in full with the update and the user is told something went wrong."""
     err = context.error
     if isinstance(err, SearchBotError):
-        log.info("request failed: %s", err)
+        log_failure(update, err)
         text = str(err) if isinstance(err, FileTooBig) else replies.error_reply(err)
     else:
         log.error("error while handling %s", describe_update(update), exc_info=err)
@@ -344,6 +346,16 @@ async def on_error(update: object, context: Context) -> None:
             await context.bot.send_message(chat.id, text)
     except TelegramError as reply_err:
         log.warning("could not tell the user about the error: %s", reply_err)
+
+
+def log_failure(update: object, err: SearchBotError) -> None:
+    """One INFO line for a request a domain error ended: the error's message when it is about
+    the host, else only its kind (the message may repeat the user's words: DEBUG only)."""
+    if not err.quotes_user:
+        log.info("%s failed: %s", describe_update(update), err)
+        return
+    log.info("%s failed: %s", describe_update(update), type(err).__name__)
+    log.debug("%s failed: %s", describe_update(update), err)
 
 
 def describe_update(update: object) -> str:

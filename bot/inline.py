@@ -17,7 +17,7 @@ from telegram.constants import ParseMode
 from telegram.error import TelegramError
 
 from bot import replies
-from bot.sending import send_album
+from bot.sending import file_keys, send_album
 from core.search import Hit, clean_query
 
 if TYPE_CHECKING:
@@ -57,12 +57,12 @@ async def answer(query: InlineQuery, data: BotData) -> None:
     photos = [
         InlineQueryResultCachedPhoto(
             id=str(rank),
-            photo_file_id=file_ids[hit.version],
+            photo_file_id=file_ids[hit.id],
             caption=replies.hit_caption(rank, hit),
             parse_mode=ParseMode.HTML,
         )
         for rank, hit in enumerate(page.hits, offset + 1)
-        if hit.version in file_ids
+        if hit.id in file_ids
     ]
     more = page.more and offset + PAGE <= MAX_OFFSET
     await query.answer(
@@ -74,13 +74,13 @@ async def answer(query: InlineQuery, data: BotData) -> None:
 
 
 async def photo_file_ids(bot: Bot, hits: list[Hit], data: BotData) -> dict[str, str]:
-    """version → file_id for `hits`: from the cache, after uploading the missing ones to the
-    storage chat (when there is one)."""
-    versions = [hit.version for hit in hits]
-    cached = await asyncio.to_thread(data.file_ids.get_many, versions)
-    missing = [hit for hit in hits if hit.version not in cached]
+    """hit id → file_id for `hits`: from the cache, after uploading the missing ones to the
+    storage chat (when there is one). Hits whose file may not be sent are left out."""
+    keys = await asyncio.to_thread(file_keys, hits, data.services.files)
+    known = await _cached(keys, data)
+    missing = [hit for hit in hits if hit.id in keys and hit.id not in known]
     if not missing:
-        return cached
+        return known
     if data.storage_chat_id is None:
         if not data.inline_storage_warned:
             data.inline_storage_warned = True
@@ -88,12 +88,18 @@ async def photo_file_ids(bot: Bot, hits: list[Hit], data: BotData) -> dict[str, 
                 "inline mode lists only pictures sent before: set STORAGE_CHAT_ID (a private "
                 "channel where the bot is an admin) to upload the others there once"
             )
-        return cached
+        return known
     try:
         await send_album(
             bot, data.storage_chat_id, missing, data.file_ids, data.services.files, quiet=True
         )
     except TelegramError as err:
         log.error("cannot upload to STORAGE_CHAT_ID=%s: %s", data.storage_chat_id, err)
-        return cached
-    return await asyncio.to_thread(data.file_ids.get_many, versions)
+        return known
+    return await _cached(keys, data)
+
+
+async def _cached(keys: dict[str, str], data: BotData) -> dict[str, str]:
+    """hit id → file_id of the hits (`keys`: hit id → cache key) Telegram already has."""
+    cached = await asyncio.to_thread(data.file_ids.get_many, keys.values())
+    return {hit_id: cached[key] for hit_id, key in keys.items() if key in cached}

@@ -6,6 +6,8 @@ token (and small numbers); what it stands for (the prepared query, how far the s
 paged, the pictures of each album sent) stays here, in SQLite next to the file_id cache, so
 a restart does not break yesterday's buttons. The store is bounded: at most `max_contexts`
 searches, the least recently used forgotten first, and none unused for longer than `ttl_s`.
+Each user has a share of it, `max_per_user` searches (their own least recently used go
+first), so that one user searching in a loop cannot push everyone else's buttons out.
 
 Callback data comes from users' clients and is untrusted: `parse_press` accepts only the
 exact shapes `Press.data()` writes, and anything else is None.
@@ -29,6 +31,8 @@ from core.search import Hit, PreparedQuery
 TOKEN_CHARS = 10
 """token_urlsafe(8) gives 11 characters; 10 of them carry 60 random bits."""
 MAX_CONTEXTS = 10_000
+MAX_PER_USER = 500
+"""One user's share of `MAX_CONTEXTS`: a week of heavy use, a twentieth of the store."""
 TTL_S = 7 * 24 * 3600.0
 MAX_ALBUMS = 20
 """Albums of one search whose Similar / Full size buttons keep working (the latest ones)."""
@@ -56,6 +60,12 @@ CREATE TABLE IF NOT EXISTS searches (
 )
 """
 _INDEX = "CREATE INDEX IF NOT EXISTS searches_by_use ON searches (used)"
+_USER_INDEX = "CREATE INDEX IF NOT EXISTS searches_by_user ON searches (user_id, used)"
+_BEYOND = (
+    "DELETE FROM searches WHERE token IN (SELECT token FROM searches{where}"
+    " ORDER BY used DESC, rowid DESC LIMIT -1 OFFSET ?)"
+)
+"""Forget the searches past the first N most recently used (of one user, with `where`)."""
 
 
 @dataclass(frozen=True)
@@ -191,22 +201,24 @@ class SearchContext:
 
 
 class SearchContexts:
-    """token → `SearchContext`, in SQLite; bounded (LRU) and expiring (TTL since last use).
-    Thread-safe; call it from worker threads."""
+    """token → `SearchContext`, in SQLite; bounded (LRU, overall and per user) and expiring
+    (TTL since last use). Thread-safe; call it from worker threads."""
 
     def __init__(
         self,
         path: Path,
         *,
         max_contexts: int = MAX_CONTEXTS,
+        max_per_user: int = MAX_PER_USER,
         ttl_s: float = TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.max_contexts = max_contexts
+        self.max_per_user = max_per_user
         self.ttl_s = ttl_s
         self._clock = clock
-        self._db = open_local_db(path, _SCHEMA, _INDEX)
+        self._db = open_local_db(path, _SCHEMA, _INDEX, _USER_INDEX)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -233,8 +245,8 @@ class SearchContexts:
             return None  # a row this version cannot read: as good as expired
 
     def put(self, context: SearchContext) -> None:
-        """Store (or replace) `context`; forget expired and least recently used ones beyond
-        `max_contexts`."""
+        """Store (or replace) `context`; forget expired ones, then the least recently used of
+        its user's beyond `max_per_user` and of all beyond `max_contexts`."""
         now = self._clock()
         with self._lock, self._db:
             self._db.execute(
@@ -244,10 +256,9 @@ class SearchContexts:
             )
             self._db.execute("DELETE FROM searches WHERE used < ?", (now - self.ttl_s,))
             self._db.execute(
-                "DELETE FROM searches WHERE token IN (SELECT token FROM searches"
-                " ORDER BY used DESC, rowid DESC LIMIT -1 OFFSET ?)",
-                (self.max_contexts,),
+                _BEYOND.format(where=" WHERE user_id = ?"), (context.user_id, self.max_per_user)
             )
+            self._db.execute(_BEYOND.format(where=""), (self.max_contexts,))
 
     def forget(self, token: str) -> None:
         with self._lock, self._db:

@@ -12,7 +12,7 @@ from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 
-from bot.file_ids import FileIdCache
+from bot.file_ids import FileIdCache, picture_key
 from bot.replies import NO_RESULTS, hit_caption
 from core.errors import BadImage
 from core.images import photo_for_upload
@@ -78,9 +78,10 @@ async def send_album(
     if not hits:
         return []
     target = _Target(bot, chat_id, first_rank, reply_to, quiet)
-    cached = await asyncio.to_thread(file_ids.get_many, [hit.version for hit in hits])
+    keys = await asyncio.to_thread(file_keys, hits, files)
+    cached = await asyncio.to_thread(file_ids.get_many, keys.values())
     try:
-        sources, sent = await _send(target, hits, cached, files)
+        sources, sent = await _send(target, hits, _Known(keys, cached), files)
     except BadRequest as err:
         if not cached:
             raise
@@ -88,15 +89,27 @@ async def send_album(
         log.warning("sending by file_id failed (%s): uploading instead", err)
         await asyncio.to_thread(file_ids.forget, cached)
         cached = {}
-        sources, sent = await _send(target, hits, cached, files)
+        sources, sent = await _send(target, hits, _Known(keys, cached), files)
     remembered = {
-        hit.version: msg.photo[-1].file_id
-        for (hit, _), msg in zip(sources, sent, strict=True)
-        if hit.version not in cached and msg.photo
+        source.key: msg.photo[-1].file_id
+        for source, msg in zip(sources, sent, strict=True)
+        if source.key not in cached and msg.photo
     }
     if remembered:
         await asyncio.to_thread(file_ids.put_many, remembered)
-    return [hit for hit, _ in sources]
+    return [source.hit for source in sources]
+
+
+def file_keys(hits: list[Hit], files: IndexedFiles) -> dict[str, str]:
+    """hit id → the file_id cache key of the file its path leads to now (see `picture_key`);
+    hits whose file may not be sent are left out (`files` logs them). Blocking: call it in
+    a worker thread."""
+    keys = {}
+    for hit in hits:
+        identity = files.identity(hit.id, hit.path)
+        if identity is not None:
+            keys[hit.id] = picture_key(hit.id, identity)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -108,14 +121,30 @@ class _Target:
     quiet: bool
 
 
+@dataclass(frozen=True)
+class _Known:
+    keys: dict[str, str]
+    """hit id → file_id cache key, for the hits whose file may be sent."""
+    cached: dict[str, str]
+    """cache key → file_id, for the files Telegram already has."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    hit: Hit
+    key: str
+    media: str | bytes
+    """A file_id, or the bytes to upload."""
+
+
 async def _send(
-    target: _Target, hits: list[Hit], cached: dict[str, str], files: IndexedFiles
-) -> tuple[list[tuple[Hit, str | bytes]], list[Message]]:
+    target: _Target, hits: list[Hit], known: _Known, files: IndexedFiles
+) -> tuple[list[_Source], list[Message]]:
     """Send the album; returns, aligned, what was sent of each hit and its message."""
-    sources = await asyncio.to_thread(_sources, hits, cached, files)
+    sources = await asyncio.to_thread(_sources, hits, known, files)
     media = [
-        InputMediaPhoto(source, caption=hit_caption(rank, hit))
-        for rank, (hit, source) in enumerate(sources, target.first_rank)
+        InputMediaPhoto(source.media, caption=hit_caption(rank, source.hit))
+        for rank, source in enumerate(sources, target.first_rank)
     ]
     if not media:
         return [], []
@@ -137,20 +166,24 @@ async def _send(
     return sources, sent
 
 
-def _sources(
-    hits: list[Hit], cached: dict[str, str], files: IndexedFiles
-) -> list[tuple[Hit, str | bytes]]:
-    """A file_id or the bytes to upload for each hit; refused or unreadable files are left
-    out (`files` logs refusals)."""
-    sources: list[tuple[Hit, str | bytes]] = []
+def _sources(hits: list[Hit], known: _Known, files: IndexedFiles) -> list[_Source]:
+    """A file_id or the bytes to upload for each hit; refused or unreadable files, and files
+    that do not decode as a picture, are left out (`files` logs refusals)."""
+    sources: list[_Source] = []
     for hit in hits:
-        if hit.version in cached:
-            sources.append((hit, cached[hit.version]))
+        key = known.keys.get(hit.id)
+        if key is None:
+            continue
+        if key in known.cached:
+            sources.append(_Source(hit, key, known.cached[key]))
             continue
         try:
-            sources.append((hit, photo_for_upload(files.read(hit.id, hit.path))))
+            read = files.read(hit.id, hit.path)
+            upload = photo_for_upload(read.data)
         except RefusedFile:
-            pass
+            continue
         except BadImage as err:
             log.warning("cannot send index entry %s: %s", hit.id, err)
+            continue
+        sources.append(_Source(hit, picture_key(hit.id, read.identity), upload))
     return sources

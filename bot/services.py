@@ -38,7 +38,7 @@ from core.errors import (
     SearchBotError,
     StoreUnavailable,
 )
-from core.images import load_image
+from core.images import check_picture, load_image
 from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
 from core.models.vqa import VqaModel
@@ -248,10 +248,18 @@ class Services:
         )
 
     async def original(self, image_id: str, path: str) -> bytes:
-        """The bytes of an indexed picture's file, read through the guard (raises
-        `RefusedFile`, `BadImage`)."""
+        """The bytes of an indexed picture's file, read through the guard and decoded as an
+        album's photo is before they are returned, so that nothing but a picture is sent
+        (raises `RefusedFile`, `BadImage`)."""
         search = await self._service()
-        return await asyncio.to_thread(search.files.read, image_id, path)
+
+        def read() -> bytes:
+            data = search.files.read(image_id, path).data
+            with self._decodes:
+                check_picture(data)
+            return data
+
+        return await asyncio.to_thread(read)
 
     @property
     def files(self) -> IndexedFiles:

@@ -1,6 +1,6 @@
 """What `python -m bot` checks and sets up before it loads any model: the token (getMe, with a
-short visible backoff while Telegram is unreachable), the webhook secret, logs that never
-show a secret, and a SIGTERM that stops start-up cleanly."""
+short visible backoff while Telegram is unreachable), the webhook secret and a SIGTERM that
+stops start-up cleanly (logs that never show a secret: `core.redaction`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Iterable
 from types import FrameType
-from urllib.parse import quote
 
 from telegram import Bot, User
 from telegram.error import InvalidToken, NetworkError
@@ -27,7 +25,6 @@ ATTEMPTS = 4
 """getMe attempts while Telegram is unreachable: waits of 1, 2 and 4 s between them."""
 FIRST_DELAY_S = 1.0
 TOKEN_REFUSED = "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather"
-REDACTED = "<secret>"
 
 
 class TelegramUnreachable(Exception):
@@ -76,36 +73,6 @@ async def check_token(settings: Settings, *, attempts: int = ATTEMPTS) -> User:
         await asyncio.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
-
-
-class RedactSecrets(logging.Filter):
-    """Replaces every secret (the bot token, the webhook secret) in a record, its arguments
-    and its traceback by a placeholder: httpx and python-telegram-bot put the token in the
-    URLs and errors they log."""
-
-    def __init__(self, secrets_: Iterable[str | None]) -> None:
-        super().__init__()
-        found = {s for s in secrets_ if s}
-        found |= {quote(s, safe="") for s in found}
-        self._secrets = sorted(found, key=len, reverse=True)
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
 
 
 STOP_GRACE_S = 5.0

@@ -25,6 +25,7 @@ from core.collection_info import describe, quick_info
 from core.config import Settings, load_settings
 from core.datasets import COCO_SPLITS
 from core.errors import BadImage, EmptyQuery, SearchBotError
+from core.redaction import RedactSecrets, install, secret_values
 
 if TYPE_CHECKING:
     from core.search import Hit
@@ -215,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --image FILE or --like ID, not both")
     if args.command == "search" and args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
+    redact = RedactSecrets(())  # no secret is known before the settings are read
     try:
         settings = load_settings()
+        redact = install(secret_values(settings))
         if args.command == "status":
             return _status(settings)
         if args.command == "eval":
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _print_hits(_search(settings, args), args.json)
     except SearchBotError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact.redact(str(err))}", file=sys.stderr)
         return err.exit_code
     return 0
 

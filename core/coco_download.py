@@ -2,23 +2,36 @@
 
 Used by the index builder's `--download` flag: `plan_coco` tells, before anything is fetched,
 which zips the chosen splits still need and how big they are (HEAD requests); `ensure_coco`
-fetches and unpacks them. Nothing here knows about Telegram.
+fetches, verifies and unpacks them. Nothing here knows about Telegram. The server and the zips
+are untrusted; the digests (`core.checksums`) are the trust anchor.
 
 - Files: `{COCO_BASE_URL}/zips/<split>.zip` and
-  `{COCO_BASE_URL}/annotations/annotations_trainval2014.zip`, so a mirror with the same paths
-  works (redirects are followed, a bounded number of times).
+  `{COCO_BASE_URL}/annotations/annotations_trainval2014.zip` (by default the bucket's HTTPS
+  path-style address), so a mirror with the same paths works (redirects are followed, a
+  bounded number of times).
+- Sized: the official zips' sizes are pinned; a server that announces another size is refused
+  before a byte is fetched (a mirror with other zips needs `COCO_CHECKSUMS`, and then its own
+  announced size is the bound). A body is never written past that size.
 - Resumable: bytes go to `<COCO_ROOT>/.coco-download/<zip>.part`; a later attempt or a later
   run continues with an HTTP Range request, or starts again from zero where the server
   ignores ranges. A complete file is never fetched again.
-- Verified: the size must equal the server's, and every member's CRC is checked while the
-  zip is unpacked into `.coco-download/extract-<zip>/`; only then are its folders moved into
-  COCO_ROOT. A corrupt zip is fetched again (a bounded number of times), never half-unpacked.
+- Digest-checked: the whole zip on disk (resumed or not) must have its pinned MD5 (or the
+  COCO_CHECKSUMS digest) before anything is unpacked; one that does not is deleted, said so
+  in one line (expected and actual digest) and fetched again, a bounded number of times.
+- Bounded unpacking: before a byte is written, the zip's directory is checked: names (no
+  absolute paths, no `..`, no duplicates, no file/folder clashes), the number of entries,
+  each entry's size and their total (`UnpackLimits`: an image zip unpacks to about its own
+  size, the annotations to at most 8x). Each member is read no further than its declared
+  size and its CRC is checked, into `.coco-download/extract-<zip>/`; only then are its
+  folders moved into COCO_ROOT. A zip that passes its digest but fails here is refused at
+  once (fetching it again gives the same bytes), never half-unpacked.
 - Done: after a verified extraction the zip is deleted and `.coco-download/<zip>.done`
   written, so a rerun fetches nothing. A non-empty image folder without that marker is the
   user's own unzip: trusted, and said so in the log.
 - Disk space is checked before the first byte; network errors and 5xx answers are retried
-  with exponential backoff; a 4xx answer fails at once. Failures are `DownloadError`s that
-  name the URL and the cause.
+  with exponential backoff, `RetryPolicy.attempts` times per file in all; a 4xx answer fails
+  at once. Failures are one-line `DownloadError`s that name the URL and the cause (a bad
+  COCO_CHECKSUMS file is a `ConfigError`).
 """
 
 from __future__ import annotations
@@ -34,16 +47,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import httpx
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from tqdm import tqdm
 
+from core.checksums import Digest, expected_digests, file_digest
 from core.config import Settings
 from core.datasets import COCO_SPLITS
 from core.errors import DatasetError, DownloadError
+from core.json_files import MAX_JSON_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +69,44 @@ USER_AGENT = "clip-image-search-bot (COCO2014 download)"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_REDIRECTS = 5
 MAX_FETCHES = 3
-"""How many times a zip is downloaded when it turns out corrupt, before giving up."""
-UNPACK_FACTOR = {"annotations": 4.0}
-"""Unpacked size / zip size, for the disk space check before the zip's own directory is
-known: the annotation JSON compresses about 3.5x, JPEGs hardly at all (1.05 by default)."""
-DEFAULT_UNPACK_FACTOR = 1.05
+"""How many times a zip is downloaded when it fails its digest, before giving up."""
+COPY_CHUNK = 1 << 20
+ENCRYPTED = 0x1
+"""The zip entry flag bit of an encrypted member (COCO's are not; zipfile cannot read one)."""
+UNPACK_SLACK = 1 << 20
+"""Bytes a zip may unpack beyond `UnpackLimits.ratio` x its size (a tiny mirror zip's text)."""
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What one zip may unpack, checked against its directory before a byte is written."""
+
+    typical: float
+    """Unpacked size / zip size, for the disk space estimate before the zip is there."""
+    ratio: float
+    """The members taken may declare at most `ratio` x the zip's size (+ `UNPACK_SLACK`)."""
+    entries: int
+    """At most this many entries in the whole zip."""
+    entry_size: int
+    """At most this many bytes in one member."""
+
+
+IMAGE_LIMITS = UnpackLimits(typical=1.05, ratio=1.1, entries=200_000, entry_size=64 << 20)
+"""JPEGs do not compress: an image zip unpacks to about its own size (train2014.zip: 82,783
+photos of at most a few MB, one entry each, plus its folder)."""
+ANNOTATION_LIMITS = UnpackLimits(typical=4.0, ratio=8.0, entries=100, entry_size=MAX_JSON_BYTES)
+"""The annotation JSON compresses about 3.5x (252.9 MB of zip, about 0.85 GB in six JSON
+files): 8x leaves room for a mirror that compresses harder, while a zip bomb (100-1000x) is
+refused; no member may be larger than a JSON file `read_json` reads."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often a request is tried (network errors and 5xx) and how long to wait between
-    tries: `first_delay`, doubled each time, at most `max_delay` seconds. The count starts
-    again after an attempt that left more bytes on disk than ever before (a long download on a
-    flaky line keeps going as long as it makes progress)."""
+    tries: `first_delay`, doubled each time, at most `max_delay` seconds. `attempts` counts
+    every try for one file, whether or not it made progress: a download that keeps breaking
+    off fails after `attempts` tries, and a rerun continues from the bytes on disk."""
 
     attempts: int = 5
     first_delay: float = 1.0
@@ -89,21 +128,22 @@ class CocoFile:
     """The top-level folder it provides: "val2014" or "annotations"."""
     reason: str
     """Why it is needed: "val2014/ is missing", ..."""
-    size: int | None
-    """Bytes on the server (HEAD), or None when the server does not say."""
+    size: int
+    """Bytes it must have: pinned (the official zips), else what the server announced."""
+    digest: Digest
+    """The digest it must have before it is unpacked."""
     have: int = 0
     """Bytes of it already on disk (an interrupted or complete download)."""
 
     @property
-    def to_fetch(self) -> int | None:
-        """Bytes still to download, or None when the size is unknown."""
-        return None if self.size is None else max(self.size - self.have, 0)
+    def to_fetch(self) -> int:
+        """Bytes still to download."""
+        return max(self.size - self.have, 0)
 
     @property
-    def unpacked_estimate(self) -> int | None:
+    def unpacked_estimate(self) -> int:
         """About how many bytes its contents take once unpacked."""
-        factor = UNPACK_FACTOR.get(self.folder, DEFAULT_UNPACK_FACTOR)
-        return None if self.size is None else int(self.size * factor)
+        return int(self.size * unpack_limits(self.folder).typical)
 
 
 @dataclass(frozen=True)
@@ -130,6 +170,11 @@ def coco_files(splits: Sequence[str]) -> list[tuple[str, str, str]]:
     return files + [(f"{split}.zip", f"zips/{split}.zip", split) for split in splits]
 
 
+def unpack_limits(folder: str) -> UnpackLimits:
+    """The limits of the zip that holds `folder`."""
+    return ANNOTATION_LIMITS if folder == "annotations" else IMAGE_LIMITS
+
+
 def plan_coco(
     settings: Settings,
     splits: Sequence[str],
@@ -137,29 +182,30 @@ def plan_coco(
     *,
     retry: RetryPolicy | None = None,
 ) -> list[CocoFile]:
-    """The zips `splits` still need under `settings.coco_root`, with their URLs and sizes
-    (one HEAD request each; nothing is downloaded). Empty when all is in place.
+    """The zips `splits` still need under `settings.coco_root`, with their URLs, sizes and
+    digests (one HEAD request each; nothing is downloaded). Empty when all is in place.
 
-    Raises `DatasetError` for an unknown split and `DownloadError` when a size cannot be
-    asked for (404, or the server is unreachable after the retries)."""
+    Raises `DatasetError` for an unknown split, `ConfigError` for a bad COCO_CHECKSUMS file,
+    and `DownloadError` when a size cannot be asked for (404, or the server is unreachable
+    after the retries) or is not the pinned one."""
     root, splits = _root(settings), _valid_splits(splits)
     wanted = _wanted(root, splits)
     if not wanted:
         return []
-    work = root / WORK_DIR
+    digests = expected_digests(settings.coco_checksums, [path for _, path, _, _ in wanted])
+    base_url, work = settings.coco_base_url.rstrip("/"), root / WORK_DIR
     with _http(client) as http:
         plan = []
         for name, path, folder, reason in wanted:
-            url = f"{settings.coco_base_url.rstrip('/')}/{path}"
-            complete = work / name
+            url, digest = f"{base_url}/{path}", digests[path]
+            complete, part = work / name, work / f"{name}.part"
             if complete.is_file():
-                size = complete.stat().st_size
-                plan.append(CocoFile(name, url, folder, reason, size, size))
-                continue
-            part = work / f"{name}.part"
-            have = part.stat().st_size if part.is_file() else 0
-            size = _probe_size(http, url, retry or RetryPolicy())
-            plan.append(CocoFile(name, url, folder, reason, size, have))
+                have = complete.stat().st_size
+                size = have if digest.size is None else digest.size
+            else:
+                have = part.stat().st_size if part.is_file() else 0
+                size = _expected_size(url, _probe_size(http, url, retry or RetryPolicy()), digest)
+            plan.append(CocoFile(name, url, folder, reason, size, digest, have))
     return plan
 
 
@@ -175,10 +221,12 @@ def ensure_coco(
     """Fetch and unpack what `splits` need and is missing under `settings.coco_root`, so
     that `CocoReader(settings.coco_root, splits).scan()` finds the pictures.
 
-    Raises `DownloadError` (not enough disk space, a 4xx answer, a server still failing
-    after the retries, a zip still corrupt after `max_fetches` downloads, a zip with unsafe
-    member names, another download running into the same folder) and `DatasetError` for an
-    unknown split. What was fetched so far stays on disk and a rerun continues from it.
+    Raises `DownloadError` (not enough disk space, a size other than the pinned one, a 4xx
+    answer, a server still failing after the retries, a zip still failing its digest after
+    `max_fetches` downloads, a zip with unsafe member names or over its `UnpackLimits`,
+    another download running into the same folder), `ConfigError` for a bad COCO_CHECKSUMS
+    file and `DatasetError` for an unknown split. What was fetched so far stays on disk and a
+    rerun continues from it.
 
     `client`: an httpx client to use as it is configured (a proxy, tests); by default one with
     `TIMEOUT`, at most `MAX_REDIRECTS` redirects and `USER_AGENT`. `retry`: how network errors
@@ -205,23 +253,18 @@ def ensure_coco(
 
 def disk_space_needed(plan: Sequence[CocoFile]) -> int:
     """Bytes `ensure_coco` needs free for `plan`: everything unpacked, plus the largest zip
-    still to download (each zip is deleted once unpacked). Unknown sizes count 0."""
-    unpacked = sum(item.unpacked_estimate or 0 for item in plan)
-    return unpacked + max((item.to_fetch or 0 for item in plan), default=0)
+    still to download (each zip is deleted once unpacked)."""
+    unpacked = sum(item.unpacked_estimate for item in plan)
+    return unpacked + max((item.to_fetch for item in plan), default=0)
 
 
 def check_disk_space(root: Path, plan: Sequence[CocoFile]) -> None:
     """Raise `DownloadError` when the disk holding `root` has too little room for `plan`."""
-    unknown = [item.name for item in plan if item.size is None]
-    if unknown:
-        log.warning("the server does not tell the size of %s: not counted", ", ".join(unknown))
     _check_space(root, disk_space_needed(plan))
 
 
-def format_size(size: int | None) -> str:
+def format_size(size: int) -> str:
     """1234567890 → "1.2 GB" (decimal units, as download sizes are usually quoted)."""
-    if size is None:
-        return "size unknown"
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
@@ -286,11 +329,12 @@ class _Retryable(Exception):
 
 
 class _CorruptZip(Exception):
-    """The zip fails verification; fetching it again may help."""
+    """The zip fails its digest; fetching it again may help."""
 
 
 class _RefusedZip(Exception):
-    """The zip is not what COCO distributes (unsafe names, wrong layout); refetching won't help."""
+    """The zip is not what COCO distributes (unsafe names, over its limits, broken after its
+    digest passed); fetching it again won't help."""
 
 
 @dataclass
@@ -298,6 +342,21 @@ class _Tally:
     downloaded: list[str] = field(default_factory=list)
     extracted: list[str] = field(default_factory=list)
     bytes: int = 0
+
+
+def _expected_size(url: str, announced: int | None, digest: Digest) -> int:
+    """The size the download is bounded by: the pinned one, which the server must announce
+    too; else the one the server announces (a COCO_CHECKSUMS mirror)."""
+    if digest.size is None:
+        if announced is None:
+            raise DownloadError(f"{url}: the server does not say how big the file is: refused")
+        return announced
+    if announced is not None and announced != digest.size:
+        raise DownloadError(
+            f"{url}: the server announces {announced:,} bytes, the official zip has "
+            f"{digest.size:,}: a mirror with other zips needs COCO_CHECKSUMS"
+        )
+    return digest.size
 
 
 def _fetch_and_extract(
@@ -309,8 +368,8 @@ def _fetch_and_extract(
     max_fetches: int,
     tally: _Tally,
 ) -> None:
-    """Download `item` (unless a complete copy is on disk), verify and unpack it, delete the
-    zip and write its marker; download it again when it turns out corrupt."""
+    """Download `item` (unless a complete copy is on disk), check its digest, unpack it, delete
+    the zip and write its marker; download it again when its digest is wrong."""
     work = root / WORK_DIR
     zip_path = work / item.name
     cause = ""
@@ -325,11 +384,14 @@ def _fetch_and_extract(
                     tally.downloaded.append(item.name)
             transfer.part.replace(zip_path)
         try:
+            _check_digest(zip_path, item.digest)
             members = _extract(zip_path, root, item.folder)
         except _CorruptZip as err:
             cause = str(err)
             again = "fetching it again" if fetch < max_fetches else "giving up"
-            log.warning("%s from %s is corrupt (%s): %s", item.name, item.url, cause, again)
+            log.warning(
+                "%s from %s fails its digest (%s): deleted, %s", item.name, item.url, cause, again
+            )
             zip_path.unlink(missing_ok=True)
             continue
         except _RefusedZip as err:
@@ -343,12 +405,19 @@ def _fetch_and_extract(
     raise DownloadError(f"{item.url}: corrupt zip ({cause}) after {max_fetches} downloads")
 
 
-class _Transfer:
-    """One file into `part`, resumed with Range requests, retried, with a progress bar."""
+def _check_digest(zip_path: Path, digest: Digest) -> None:
+    """Raise `_CorruptZip` naming both digests unless the whole file has `digest`."""
+    log.info("%s: checking its %s digest", zip_path.name, digest.algorithm)
+    actual = file_digest(zip_path, digest.algorithm)
+    if actual != digest.hexdigest:
+        raise _CorruptZip(f"{digest.algorithm} {actual}, expected {digest.hexdigest}")
 
-    def __init__(
-        self, http: httpx.Client, url: str, part: Path, size: int | None, progress: bool
-    ) -> None:
+
+class _Transfer:
+    """One file of a known size into `part`, resumed with Range requests, retried, never
+    written past that size, with a progress bar."""
+
+    def __init__(self, http: httpx.Client, url: str, part: Path, size: int, progress: bool) -> None:
         self.http, self.url, self.part, self.expected = http, url, part, size
         self.received = 0
         self.bar = tqdm(
@@ -362,7 +431,7 @@ class _Transfer:
 
     def run(self, retry: RetryPolicy) -> None:
         try:
-            _retrying(self.url, retry, self._attempt, self._on_disk)
+            _retrying(self.url, retry, self._attempt)
         finally:
             self.bar.close()
 
@@ -371,9 +440,9 @@ class _Transfer:
 
     def _attempt(self) -> None:
         have = self._on_disk()
-        if self.expected is not None and have == self.expected:
+        if have == self.expected:
             return
-        if self.expected is not None and have > self.expected:
+        if have > self.expected:
             self.part.unlink()
             have = 0
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -381,48 +450,51 @@ class _Transfer:
             headers["Range"] = f"bytes={have}-"
         with self.http.stream("GET", self.url, headers=headers, follow_redirects=True) as resp:
             if resp.status_code == 416:
-                return self._range_refused(resp, have)
+                self.part.unlink(missing_ok=True)
+                raise _Retryable(f"the server refused to resume at byte {have}")
             _raise_for_status(resp, self.url)
-            start, total = self._span(resp, have)
-            self.bar.reset(total=total)
+            start = self._start(resp, have)
+            self.bar.reset(total=self.expected)
             self.bar.update(start)
-            with open(self.part, "ab" if start else "wb") as out:
-                for chunk in resp.iter_bytes():
-                    out.write(chunk)
-                    self.received += len(chunk)
-                    self.bar.update(len(chunk))
+            self._write(resp, start)
         got = self._on_disk()
-        if self.expected is not None and got != self.expected:
+        if got != self.expected:
             raise _Retryable(f"got {got} of {self.expected} bytes")
 
-    def _span(self, resp: httpx.Response, have: int) -> tuple[int, int | None]:
-        """Where the body starts in the file and the file's size, from the answer's headers."""
+    def _start(self, resp: httpx.Response, have: int) -> int:
+        """Where the body starts in the file, from the answer's headers. A size other than the
+        expected one is said in the log; the body is cut at the expected size all the same."""
         if resp.status_code == 206:
-            start, total = _content_range(resp.headers.get("content-range", ""))
-            if start != have:
+            sent, total = _content_range(resp.headers.get("content-range", ""))
+            if sent != have:
                 self.part.unlink(missing_ok=True)
-                raise _Retryable(f"asked to resume at byte {have}, the server sent {start}")
+                raise _Retryable(f"asked to resume at byte {have}, the server sent {sent}")
+            start = have
         else:
             if have:
                 log.info("%s: the server does not resume downloads: from zero again", self.url)
             start, total = 0, _int(resp.headers.get("content-length"))
-            if total is not None and resp.headers.get("content-encoding", "identity") != "identity":
-                total = None
-        if total is not None and self.expected is not None and total != self.expected:
+        if total is not None and total != self.expected:
             log.warning(
-                "%s: the server now says %d bytes (before: %d)", self.url, total, self.expected
+                "%s: the server now says %d bytes, %d expected: reading no more than that",
+                self.url,
+                total,
+                self.expected,
             )
-        self.expected = total if total is not None else self.expected
-        return start, total
+        return start
 
-    def _range_refused(self, resp: httpx.Response, have: int) -> None:
-        """416: the part is complete when the server's size equals it; else start over."""
-        total = _content_range(resp.headers.get("content-range", ""))[1]
-        if total == have:
-            self.expected = total
-            return
-        self.part.unlink(missing_ok=True)
-        raise _Retryable(f"the server refused to resume at byte {have} (size {total})")
+    def _write(self, resp: httpx.Response, start: int) -> None:
+        """The raw body into the part from byte `start`, no further than the expected size."""
+        left = self.expected - start
+        with open(self.part, "ab" if start else "wb") as out:
+            for chunk in resp.iter_raw():
+                piece = chunk[:left]
+                out.write(piece)
+                self.received += len(piece)
+                self.bar.update(len(piece))
+                left -= len(piece)
+                if not left:
+                    break
 
 
 def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy) -> int | None:
@@ -444,12 +516,10 @@ def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy) -> int | None:
     return _retrying(url, retry, ask)
 
 
-def _retrying(
-    url: str, retry: RetryPolicy, action: Callable[[], _T], on_disk: Callable[[], int] = int
-) -> _T:
-    """`action()`, tried again after network errors and 5xx answers with exponential backoff.
-    The count starts again after an attempt that left more bytes on disk than ever before."""
-    failures, best = 0, on_disk()
+def _retrying(url: str, retry: RetryPolicy, action: Callable[[], _T]) -> _T:
+    """`action()`, tried again after network errors and 5xx answers with exponential backoff,
+    `retry.attempts` times in all (progress made by an attempt does not reset the count)."""
+    failures = 0
     while True:
         try:
             return action()
@@ -457,8 +527,6 @@ def _retrying(
             raise DownloadError(f"{url}: {_cause(err)}") from None
         except (httpx.TransportError, _Retryable) as err:
             cause = _cause(err)
-            if on_disk() > best:
-                failures, best = 0, on_disk()
             failures += 1
             if failures >= retry.attempts:
                 raise DownloadError(f"{url}: {cause} after {failures} attempts") from None
@@ -481,37 +549,44 @@ def _raise_for_status(resp: httpx.Response, url: str) -> None:
 
 
 def _extract(zip_path: Path, root: Path, folder: str) -> int:
-    """Unpack `folder/` of the zip into a staging folder next to it (checking every member's
-    CRC), then move it into `root`. Returns how many files it held."""
+    """Unpack `folder/` of the zip into a staging folder next to it, within its
+    `UnpackLimits` (checked before a byte is written) and every member's CRC, then move it
+    into `root`. Returns how many files it held."""
     staging = zip_path.parent / f"extract-{zip_path.name}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = _members(archive, folder)
+            _check_sizes(archive, members, zip_path.stat().st_size, unpack_limits(folder))
             _check_space(root, sum(member.file_size for member in members))
             for member in members:
-                archive.extract(member, staging)  # reads it fully: BadZipFile on a bad CRC
+                _unpack(archive, member, staging)
         _merge(staging / folder, root / folder)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise _CorruptZip(_cause(err)) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise _RefusedZip(f"broken zip: {_cause(err)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sum(1 for member in members if not member.is_dir())
 
 
 def _members(archive: zipfile.ZipFile, folder: str) -> list[zipfile.ZipInfo]:
-    """The members under `folder/`; unsafe names refuse the whole zip."""
+    """The members under `folder/`; unsafe, duplicate or clashing names refuse the whole zip."""
     chosen, others = [], set()
     for info in archive.infolist():
         name = info.filename
         parts = PurePosixPath(name).parts or ("",)
         if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
             raise _RefusedZip(f"unsafe member name {name!r} in the zip: refused")
+        if info.flag_bits & ENCRYPTED:
+            raise _RefusedZip(f"encrypted member {name!r} in the zip: refused")
         if parts[0] == folder:
             chosen.append(info)
         else:
             others.add(parts[0])
-    if not any(not info.is_dir() for info in chosen):
+    _check_names(chosen)
+    if not any(
+        not info.is_dir() and len(PurePosixPath(info.filename).parts) > 1 for info in chosen
+    ):
         raise _RefusedZip(
             f"the zip holds no {folder}/ folder (it holds {sorted(others)}): "
             "is COCO_BASE_URL a COCO mirror?"
@@ -519,6 +594,73 @@ def _members(archive: zipfile.ZipFile, folder: str) -> list[zipfile.ZipInfo]:
     if others:
         log.info("ignoring entries outside %s/ in the zip: %s", folder, sorted(others))
     return chosen
+
+
+def _check_names(members: list[zipfile.ZipInfo]) -> None:
+    """Refuse a name given twice, or given to a file and to a folder (`val2014` as a file
+    and `val2014/x.jpg`): unpacked, one would overwrite or break the other."""
+    seen: set[str] = set()
+    files: set[str] = set()
+    folders: set[str] = set()
+    for info in members:
+        path = PurePosixPath(info.filename)
+        if path.as_posix() in seen:
+            raise _RefusedZip(f"{path.as_posix()!r} is in the zip twice: refused")
+        seen.add(path.as_posix())
+        (folders if info.is_dir() else files).add(path.as_posix())
+        folders.update(parent.as_posix() for parent in path.parents)
+    clash = sorted(files & folders)
+    if clash:
+        raise _RefusedZip(f"{clash[0]!r} is both a file and a folder in the zip: refused")
+
+
+def _check_sizes(
+    archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], zip_size: int, limits: UnpackLimits
+) -> None:
+    """Refuse a zip whose directory declares more than `limits` allow, before any unpacking."""
+    entries = len(archive.infolist())
+    if entries > limits.entries:
+        raise _RefusedZip(
+            f"the zip holds {entries:,} entries, more than {limits.entries:,}: refused"
+        )
+    declared = sum(member.file_size for member in members)
+    most = int(limits.ratio * zip_size) + UNPACK_SLACK
+    if declared > most:
+        raise _RefusedZip(
+            f"the zip declares {format_size(declared)} unpacked, more than "
+            f"{format_size(most)} for a {format_size(zip_size)} zip: refused"
+        )
+    big = next((m for m in members if m.file_size > limits.entry_size), None)
+    if big is not None:
+        raise _RefusedZip(
+            f"{big.filename!r} declares {format_size(big.file_size)}, more than "
+            f"{format_size(limits.entry_size)} for one entry: refused"
+        )
+
+
+def _unpack(archive: zipfile.ZipFile, member: zipfile.ZipInfo, staging: Path) -> None:
+    """One member into `staging` (its name is checked: it stays inside), read no further
+    than its declared size; a member that holds less is refused."""
+    target = staging.joinpath(*PurePosixPath(member.filename).parts)
+    if member.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(member) as source, open(target, "xb") as out:
+        if _copy(source, out, member.file_size) != member.file_size:
+            raise _RefusedZip(f"{member.filename!r} holds less than the zip declares")
+
+
+def _copy(source: BinaryIO, out: BinaryIO, most: int) -> int:
+    """Copy at most `most` bytes of `source` into `out`; returns how many were copied."""
+    copied = 0
+    while copied < most:
+        chunk = source.read(min(COPY_CHUNK, most - copied))
+        if not chunk:
+            break
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
 
 
 def _merge(source: Path, target: Path) -> None:

@@ -9,12 +9,18 @@ log is applied, and a server answers two GETs. Everything here is read-only and 
 None whenever the answer cannot be trusted (a write in progress, a missing file, another
 Chroma version's layout, a server that refuses, redirects or answers nonsense): the caller
 then asks Chroma itself, which says clearly what is wrong.
+
+`auth_headers` is where both this module and the store get CHROMA_AUTH_TOKEN's header, so it
+is also where a token about to travel unencrypted to another machine is warned about.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import ipaddress
 import json
+import logging
 import sqlite3
 import ssl
 from contextlib import closing
@@ -23,6 +29,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.config import Settings
+
+log = logging.getLogger(__name__)
 
 FILE = "chroma.sqlite3"
 DEFAULT_TENANT = "default_tenant"
@@ -55,9 +63,43 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     (what a reverse proxy in front of the open-source server checks), else the bare token."""
     if settings.chroma_auth_token is None:
         return {}
+    if token_in_clear(settings):
+        _warn_token_in_clear(describe(settings))
     token = settings.chroma_auth_token.get_secret_value()
     header = settings.chroma_auth_header
     return {header: f"Bearer {token}" if header.lower() == "authorization" else token}
+
+
+def token_in_clear(settings: Settings) -> bool:
+    """Whether CHROMA_AUTH_TOKEN would travel over plain HTTP (CHROMA_SSL off) to another
+    machine (CHROMA_HOST not a loopback address): anyone on the way could read it."""
+    return (
+        settings.chroma_auth_token is not None
+        and bool(settings.chroma_host)
+        and not settings.chroma_ssl
+        and not is_loopback(settings.chroma_host or "")
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1 (a name other than localhost counts as remote: what it
+    resolves to may change)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.cache
+def _warn_token_in_clear(where: str) -> None:
+    """Warn once per process (and server) that the token travels unencrypted."""
+    log.warning(
+        "CHROMA_AUTH_TOKEN is sent to %s over plain HTTP: anyone on the network path can read "
+        "it; set CHROMA_SSL=true (TLS at the server or at a proxy in front of it)",
+        where,
+    )
 
 
 def quick_info(settings: Settings, name: str) -> CollectionInfo | None:

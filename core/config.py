@@ -7,11 +7,12 @@ upper-case field names (`CLIP_MODEL`, `CHROMA_PATH`, ...).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -23,6 +24,23 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 """What Telegram accepts as a webhook secret_token."""
+_BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
+"""The shape of every token @BotFather gives: the bot's id, ':', then url-safe characters."""
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+"""Visible ASCII, no whitespace or control character: safe in an HTTP header."""
+_SECRET_SHAPES = {
+    "webhook_secret": (_WEBHOOK_SECRET, "must be 1-256 characters of letters, digits, '_' or '-'"),
+    "telegram_bot_token": (
+        _BOT_TOKEN,
+        "contains whitespace or characters a token never has: a token from @BotFather is "
+        "digits, ':', then letters, digits, '_' or '-'",
+    ),
+    "chroma_auth_token": (
+        _HEADER_TOKEN,
+        "contains whitespace, control or non-ASCII characters: an HTTP header cannot carry it",
+    ),
+}
+"""What each secret setting must look like, and what is wrong when it does not."""
 
 
 class Settings(BaseSettings):
@@ -49,11 +67,26 @@ class Settings(BaseSettings):
     collection: str = Field("coco2014", description="Chroma collection name")
     coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
     coco_base_url: str = Field(
-        "http://images.cocodataset.org",
+        "https://s3.amazonaws.com/images.cocodataset.org",
         description="where COCO2014 is downloaded from (zips/..., annotations/...): a mirror",
+    )
+    coco_checksums: Path | None = Field(
+        None,
+        description="sha256sum/md5sum lines for a mirror whose zips differ from the official "
+        "ones (paths relative to COCO_BASE_URL); unset = the official digests",
     )
     data_dir: Path = Field(
         Path("data"), description="where pictures downloaded from URL lists go (a folder per list)"
+    )
+    picture_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="folders (separated by ':') the bot may send pictures from, besides "
+        "COCO_ROOT's splits, DATA_DIR and the folders index_builder.py --folder recorded",
+    )
+    url_fetch_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="one deadline per URL-list picture: connect, headers, redirects and body",
     )
     device: Device = Field("auto", description="torch device: auto picks cuda when present")
     dtype: DType = Field(
@@ -150,6 +183,7 @@ class Settings(BaseSettings):
         "webhook_url",
         "webhook_secret",
         "storage_chat_id",
+        "coco_checksums",
         mode="before",
     )
     @classmethod
@@ -166,11 +200,22 @@ class Settings(BaseSettings):
             return frozenset(int(part) for part in parts if part)
         return value
 
-    @field_validator("webhook_secret")
+    @field_validator("picture_roots", mode="before")
     @classmethod
-    def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not _WEBHOOK_SECRET.match(value.get_secret_value()):
-            raise ValueError("must be 1-256 characters of letters, digits, '_' or '-'")
+    def _path_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(part.strip()) for part in value.split(os.pathsep) if part.strip())
+        return value
+
+    # Secrets are checked before anything sends them: a stray line break or space (a copy and
+    # paste, quotes in .env) would otherwise fail later, in an HTTP library's error that
+    # repeats the value. They are never trimmed: a changed secret is not the one given.
+    @field_validator("webhook_secret", "telegram_bot_token", "chroma_auth_token")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        shape, problem = _SECRET_SHAPES[info.field_name]
+        if value is not None and not shape.fullmatch(value.get_secret_value()):
+            raise ValueError(problem)
         return value
 
     @field_validator("log_level", mode="before")
@@ -181,7 +226,7 @@ class Settings(BaseSettings):
     @field_validator("collection")
     @classmethod
     def _valid_collection(cls, value: str) -> str:
-        if not _COLLECTION_NAME.match(value):
+        if not _COLLECTION_NAME.fullmatch(value):
             raise ValueError(
                 "must be 3-512 characters of letters, digits, '.', '_' or '-', "
                 "starting and ending with a letter or digit"
@@ -207,7 +252,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Build `Settings` from the environment, `.env` and `overrides` (command-line flags).
 
     A bad value raises `ConfigError` with one line naming the variable, instead of
-    pydantic's multi-line traceback.
+    pydantic's multi-line traceback; it shows the value given, except a secret's.
     """
     try:
         given = {k: v for k, v in overrides.items() if v is not None or k.startswith("_")}
@@ -216,8 +261,16 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in err.errors():
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
-            problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+            given_value = "" if _is_secret(error["loc"]) else f"={error.get('input')!r}"
+            problems.append(f"{name}{given_value}: {error['msg']}")
         raise ConfigError("bad setting " + "; ".join(problems)) from None
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether the setting at `loc` (a validation error's location) holds a secret (a
+    `SecretStr`); an unknown location counts as one."""
+    field = Settings.model_fields.get(str(loc[0])) if loc else None
+    return field is None or SecretStr in (field.annotation, *get_args(field.annotation))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -231,6 +284,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, (set, frozenset)):
             value = ",".join(str(v) for v in sorted(value))
+        elif isinstance(value, tuple):
+            value = os.pathsep.join(str(v) for v in value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[name.upper()] = str(value)

@@ -2,6 +2,8 @@
 
 Every message is written for the person who will read it (a user in the chat or an
 operator at a terminal): what went wrong and, where there is one, what to do about it.
+A message may repeat what a user wrote (a #hashtag, a word), so the bot logs it above DEBUG
+only for the errors that say they are about the host (`quotes_user` False).
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ class SearchBotError(Exception):
     """Base of every error this project raises on purpose. `str(err)` is the message."""
 
     exit_code = 1
+    quotes_user = True
+    """Whether the message may repeat what a user wrote; False only for errors about the host
+    (its settings, store, models), whose messages an operator needs in the logs."""
 
 
 class ConfigError(SearchBotError):
     """A setting has a bad value."""
 
     exit_code = 2
+    quotes_user = False
 
 
 class EmptyQuery(SearchBotError):
@@ -29,6 +35,7 @@ class IndexEmpty(SearchBotError):
     """The collection is missing or holds no vectors yet."""
 
     exit_code = 2
+    quotes_user = False
 
 
 class IndexGone(IndexEmpty):
@@ -47,13 +54,19 @@ class BadImage(SearchBotError):
 class ModelUnavailable(SearchBotError):
     """Model weights could not be loaded (not downloaded, offline, wrong path)."""
 
+    quotes_user = False
+
 
 class ModelMismatch(SearchBotError):
     """A collection was built with another model or embedding dimension than the configured one."""
 
+    quotes_user = False
+
 
 class StoreUnavailable(SearchBotError):
     """The vector store could not be reached or opened."""
+
+    quotes_user = False
 
 
 class DatasetError(SearchBotError):

@@ -175,6 +175,13 @@ UPLOAD_SIDE = 2560
 """Longest side of a picture re-encoded for upload."""
 
 
+def check_picture(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise `BadImage` unless `data` decodes, header and pixels, as a picture in an allowed
+    format within `max_pixels`: a file sent as it is (an album's photo, a Full size
+    document) must be one, not a valid header over anything else."""
+    load_image(data, min_side=64, max_pixels=max_pixels)
+
+
 def photo_for_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """The bytes to upload as a Telegram photo for the picture file whose bytes are `data`.
 
@@ -195,8 +202,7 @@ def photo_for_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> by
         and ratio <= UPLOAD_MAX_RATIO
     )
     if fits and within_limits:
-        # Even a file sent as it is must decode: a valid header over garbage is refused.
-        load_image(data, min_side=64, max_pixels=max_pixels)
+        check_picture(data, max_pixels=max_pixels)
         return data
     image = load_image(data, min_side=UPLOAD_SIDE, max_pixels=max_pixels)
     if ratio > UPLOAD_MAX_RATIO:

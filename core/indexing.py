@@ -45,6 +45,7 @@ from core.config import Settings
 from core.datasets import Reader, Scan
 from core.errors import BadImage, ConfigError, StoreBusy, StoreUnavailable, UnsafeRemoval
 from core.images import decode_image
+from core.indexed_files import record_roots
 from core.records import CaptionRecord, ImageRecord
 from core.shards import EVERYTHING, Shard
 from core.store import Database, VectorStore
@@ -268,7 +269,7 @@ def _update(job: _Job) -> None:
     summary.unchanged, summary.beyond_limit = todo.unchanged, todo.beyond_limit
     _check_removal(job, todo.remove, stored)  # before anything changes
     summary.stage = "recording the indexed folders"
-    store.add_roots(job.reader.roots)  # before the first upsert: a killed run has them too
+    record_roots(job.settings, job.reader.roots)  # before the first upsert: a killed run too
     _record_categories(job, store, stored, todo.embed)
     _remove(job, store, todo.remove)
     _embed(job, store, todo.embed)
@@ -293,10 +294,9 @@ def _ours(job: _Job, split: str, image_id: str) -> bool:
 
 
 def _confirm_metadata(job: _Job, store: VectorStore[ImageRecord]) -> None:
-    """Check, at the end, that the roots and categories recorded at the start are still in
-    the collection's metadata (a no-op when they are): another builder on the same server
-    may have written it meanwhile from an older copy."""
-    store.add_roots(job.reader.roots)
+    """Check, at the end, that the categories recorded at the start are still in the
+    collection's metadata (a no-op when they are): another builder on the same server may
+    have written it meanwhile from an older copy."""
     store.add_categories(_category_names(job.scan))
 
 

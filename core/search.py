@@ -15,7 +15,7 @@ from PIL import Image
 from core.config import Settings
 from core.errors import EmptyQuery, IndexEmpty, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
-from core.indexed_files import IndexedFiles
+from core.indexed_files import HostRoots, IndexedFiles
 from core.query import (
     HASHTAG_PROMPT,
     MINUS_WEIGHT,
@@ -61,14 +61,7 @@ class Hit:
     captions: tuple[str, ...]
     file_size: int = 0
     mtime_ns: int = 0
-    """Size and modification time of the file when indexed: with the id, they name this
-    version of the picture (a changed file is a new picture to Telegram's file_id cache)."""
-
-    @property
-    def version(self) -> str:
-        """This version of the picture: "<id>:<size>:<mtime_ns>" (a changed file gets a new
-        one, so nothing cached for the old file is reused)."""
-        return f"{self.id}:{self.file_size}:{self.mtime_ns}"
+    """Size and modification time of the file when it was indexed."""
 
     @property
     def caption(self) -> str:
@@ -168,8 +161,8 @@ class SearchService:
         encoder: ClipEncoder,
         store: VectorStore[ImageRecord],
         *,
+        files: IndexedFiles,
         max_image_pixels: int = 40_000_000,
-        files: IndexedFiles | None = None,
         captions: VectorStore[CaptionRecord] | None = None,
         caption_fusion: float = 1.0,
         min_score: float | None = None,
@@ -178,9 +171,9 @@ class SearchService:
         self.encoder = encoder
         self.store = store
         self.max_image_pixels = max_image_pixels
-        self.files = files or IndexedFiles(store.roots)
-        """Hits whose file may not be read (outside the indexed folders, not a regular file,
-        too big, gone) are never returned."""
+        self.files = files
+        """Hits whose file may not be read (outside the folders the host serves, not a
+        regular file, too big, gone) are never returned."""
         self.captions = captions
         """The `<COLLECTION>_captions` collection, fused into text searches when present."""
         self.caption_fusion = caption_fusion
@@ -210,6 +203,7 @@ class SearchService:
         return cls(
             encoder,
             store,
+            files=IndexedFiles(HostRoots(settings)),
             max_image_pixels=settings.max_image_pixels,
             captions=captions,
             caption_fusion=settings.caption_fusion,

@@ -33,8 +33,6 @@ from core.records import R
 # defaults (16 neighbours, ef 100) gave recall@10 0.976; these give 0.994 at about 3 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
 PAGE = 2000
-ROOTS_KEY = "roots"
-"""Collection metadata key: JSON list of the real paths of the folders it was built from."""
 CATEGORIES_KEY = "categories"
 """Collection metadata key: JSON list of the category names its records may hold."""
 METADATA_SETTLE_S = 0.5
@@ -284,15 +282,6 @@ class VectorStore(Generic[R]):
         the index, seconds and gigabytes at a million records."""
         with _reachable(self.description):
             return _count_at_rest(self._collection, self._embedded_path)
-
-    def roots(self) -> tuple[str, ...]:
-        """The real paths of the folders this collection was built from, as recorded by
-        `add_roots` (read afresh from the store: a builder may have added one since)."""
-        return self._json_list(ROOTS_KEY)
-
-    def add_roots(self, roots: Iterable[str]) -> None:
-        """Record folders this collection is built from (kept, merged, sorted)."""
-        self._add_to_json_list(ROOTS_KEY, roots)
 
     def categories(self) -> tuple[str, ...]:
         """The category names this collection's records may hold (recorded by

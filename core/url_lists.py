@@ -6,11 +6,13 @@ of the network or of Telegram.
 
 - Lists: Conceptual Captions' own TSV (`caption<TAB>url`, no header), CSV with a header
   holding `caption` and `url` columns, or JSON lines with `caption` and `url` keys. Bad rows
-  are counted, logged with their line numbers and skipped.
+  are counted, logged with their line numbers and skipped; a line longer than
+  `MAX_LINE_BYTES` is a bad row, read in pieces and never held whole (a list is untrusted).
 - Identities: `url_hash` names the file of a URL, `url_image_id` its index record.
 - Files (`Folder`): `<data dir>/<list name>/<hash of the URL>.<ext>`; a manifest
-  (`<list name>-manifest.jsonl`: url, caption, file, line) says what each file is, and
-  `<list name>-failed.tsv` (url, reason) what failed.
+  (`<list name>-manifest.jsonl`: url, caption, file, line) says what each file is,
+  `<list name>-failed.tsv` (url, reason) what failed (a report for people), and
+  `<list name>-state.sqlite3` what each URL came to (core.url_state).
 - `UrlListReader`: the downloaded pictures, read from the manifest (never the network).
 """
 
@@ -24,7 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from core.datasets import Scan
 from core.errors import DatasetError
@@ -37,6 +39,9 @@ REPORTED_BAD_ROWS = 5
 URL_SPLIT_PREFIX = "urls:"
 LIST_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 LIST_FORMATS[".json"] = "jsonl"  # JSON lines, one object per line, under a .json name
+MAX_LINE_BYTES = 64 * 1024
+"""A longer line of a list is a bad row."""
+TOO_LONG = f"line longer than {MAX_LINE_BYTES // 1024} KB"
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,9 @@ class UrlList:
     def entries(self) -> Iterator[UrlEntry]:
         """The good rows in file order; bad ones are counted, logged and skipped."""
         try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            with open(self.path, "rb") as f:
                 rows = {"tsv": _tsv_rows, "csv": _csv_rows, "jsonl": _jsonl_rows}[self.format]
-                for line, row in rows(f, self.path):
+                for line, row in rows(_lines(f), self.path):
                     if isinstance(row, str):
                         self._bad(line, row)
                     elif (problem := _row_problem(row)) is not None:
@@ -148,6 +153,10 @@ class Folder:
     @property
     def failed(self) -> Path:
         return self.path / f"{self.name}-failed.tsv"
+
+    @property
+    def state(self) -> Path:
+        return self.path / f"{self.name}-state.sqlite3"
 
 
 class UrlListReader:
@@ -210,10 +219,45 @@ def _row_problem(row: tuple[str, str]) -> str | None:
 
 
 RowOrReason = tuple[str, str] | str
+Lines = Iterator[str | None]
+"""A list's lines as text, None for one longer than `MAX_LINE_BYTES`."""
 
 
-def _tsv_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
-    for line, text in enumerate(f, 1):
+def _lines(f: BinaryIO) -> Lines:
+    """The lines of `f` (undecodable bytes kept as surrogates), never more than
+    `MAX_LINE_BYTES` of one in memory."""
+    while piece := f.readline(MAX_LINE_BYTES + 1):
+        if len(piece) <= MAX_LINE_BYTES or piece.endswith(b"\n"):
+            yield piece.decode("utf-8", "surrogateescape")
+            continue
+        while piece and not piece.endswith(b"\n"):
+            piece = f.readline(MAX_LINE_BYTES)
+        yield None
+
+
+class _CsvLines:
+    """Lines for csv.reader: a too-long one becomes an empty line, and `too_long` says so."""
+
+    def __init__(self, lines: Lines) -> None:
+        self.lines = lines
+        self.too_long = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        text = next(self.lines)
+        if text is None:
+            self.too_long = True
+            return "\n"
+        return text
+
+
+def _tsv_rows(lines: Lines, path: Path) -> Iterator[tuple[int, RowOrReason]]:
+    for line, text in enumerate(lines, 1):
+        if text is None:
+            yield line, TOO_LONG
+            continue
         text = text.rstrip("\r\n")
         if not text.strip():
             continue
@@ -224,8 +268,11 @@ def _tsv_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
             yield line, (fields[0], fields[1])
 
 
-def _csv_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
-    reader = csv.reader(f)
+def _csv_rows(lines: Lines, path: Path) -> Iterator[tuple[int, RowOrReason]]:
+    """Rows after the header; a record that spans a too-long line is a bad row (a quoted
+    field over several lines is bounded by csv's own field size limit)."""
+    source = _CsvLines(lines)
+    reader = csv.reader(source)
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
@@ -241,7 +288,12 @@ def _csv_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
         except StopIteration:
             return
         except csv.Error as err:
+            source.too_long = False
             yield reader.line_num, f"bad CSV ({err})"
+            continue
+        if source.too_long:
+            source.too_long = False
+            yield reader.line_num, TOO_LONG
             continue
         if not any(x.strip() for x in fields):
             continue
@@ -251,8 +303,11 @@ def _csv_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
             yield reader.line_num, (fields[caption_at], fields[url_at])
 
 
-def _jsonl_rows(f: TextIO, path: Path) -> Iterator[tuple[int, RowOrReason]]:
-    for line, text in enumerate(f, 1):
+def _jsonl_rows(lines: Lines, path: Path) -> Iterator[tuple[int, RowOrReason]]:
+    for line, text in enumerate(lines, 1):
+        if text is None:
+            yield line, TOO_LONG
+            continue
         if not text.strip():
             continue
         try:

@@ -13,19 +13,25 @@ Standard library only. Paths are those of images.cocodataset.org (`/zips/val2014
 
 Faults are queued per path and each is used up by one GET: an error status, a connection
 closed after some bytes (the full Content-Length announced), another body (a corrupt copy),
-a wrong Content-Length. `lengths` makes a path lie about its size for good (HEAD and GET),
-and `ranges=False` makes a server that ignores Range headers (answers 200 with everything).
+a wrong Content-Length or none at all. `lengths` makes a path lie about its size for good
+(HEAD and GET), and `ranges=False` makes a server that ignores Range headers (answers 200 with
+everything).
+
+The zips are not the official ones, so a client checks them against a COCO_CHECKSUMS file:
+`server.write_checksums(path)` writes one for the files it serves (`sha256sum` lines).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import threading
 import time
+import warnings
 import zipfile
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,13 +64,49 @@ def zip_folder(source: Path, folder: str, compression: int) -> bytes:
     return buffer.getvalue()
 
 
-def zip_of(entries: dict[str, bytes]) -> bytes:
-    """A zip holding exactly `entries` (names are not checked: unsafe ones are allowed)."""
+def zip_of(
+    entries: dict[str, bytes] | Iterable[tuple[str, bytes]],
+    compression: int = zipfile.ZIP_STORED,
+) -> bytes:
+    """A zip holding exactly `entries` (names are not checked: unsafe and duplicate ones are
+    allowed; a name ending in "/" is a folder)."""
+    pairs = entries.items() if isinstance(entries, dict) else entries
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in entries.items():
+    with zipfile.ZipFile(buffer, "w", compression) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        for name, data in pairs:
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def declare_size(data: bytes, member: str, size: int) -> bytes:
+    """`data` (a zip without zip64 records) whose headers of `member` claim it unpacks to
+    `size` bytes (< 4 GiB), whatever it really holds."""
+    return _patch_headers(data, member, (22, 24), size.to_bytes(4, "little"))
+
+
+def mark_encrypted(data: bytes, member: str) -> bytes:
+    """`data` (a zip) whose headers of `member` (a stored one) say it is encrypted."""
+    return _patch_headers(data, member, (6, 8), (1).to_bytes(2, "little"))
+
+
+def _patch_headers(data: bytes, member: str, at: tuple[int, int], value: bytes) -> bytes:
+    """`value` written at offset `at[0]` of `member`'s local header and `at[1]` of its entry in
+    the central directory."""
+    patched = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        local = archive.getinfo(member).header_offset + at[0]
+    patched[local : local + len(value)] = value
+    eocd = data.rfind(b"PK\x05\x06")
+    entry = int.from_bytes(data[eocd + 16 : eocd + 20], "little")
+    while data[entry : entry + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = (
+            int.from_bytes(data[entry + n : entry + n + 2], "little") for n in (28, 30, 32)
+        )
+        if data[entry + 46 : entry + 46 + name_len].decode() == member:
+            patched[entry + at[1] : entry + at[1] + len(value)] = value
+        entry += 46 + name_len + extra_len + comment_len
+    return bytes(patched)
 
 
 def corrupt_member(data: bytes) -> bytes:
@@ -92,6 +134,8 @@ class Fault:
     """Serve these bytes instead of the file (e.g. `corrupt_member(...)`)."""
     length: int | None = None
     """Announce this Content-Length (or size, in Content-Range) instead of the real one."""
+    unannounced: bool = False
+    """Send no Content-Length: the body ends when the connection closes."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +168,16 @@ class CocoServer(LocalHttpServer):
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
         self._lock = threading.Lock()
         super().__init__(_Handler)
+
+    def write_checksums(self, path: Path) -> Path:
+        """A COCO_CHECKSUMS file at `path` of the files served (paths without the leading /)."""
+        path.write_text(
+            "".join(
+                f"{hashlib.sha256(data).hexdigest()}  {name[1:]}\n"
+                for name, data in self.files.items()
+            )
+        )
+        return path
 
     def fault(self, path: str, times: int = 1, **what: object) -> None:
         """The next `times` GETs of `path` misbehave as `Fault(**what)` says."""
@@ -211,13 +265,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(size - start))
+        if not fault.unannounced:
+            self.send_header("Content-Length", str(size - start))
         self.send_header("Content-Type", "application/zip")
         self.send_header("Connection", "close")
         self.end_headers()
         if head:
             return status
-        payload = body[start:size]
+        payload = body[start:] if fault.unannounced else body[start:size]
         if fault.drop_after is not None:
             payload = payload[: fault.drop_after]
         try:

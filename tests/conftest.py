@@ -130,7 +130,9 @@ def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
     from tests.mini_coco import make_mini_coco
 
     images = make_mini_coco(root / "coco", {"train2014": 40, "val2014": 20}, seed=11)
-    settings = make_settings(root, clip_model=str(model), collection=collection)
+    settings = make_settings(
+        root, clip_model=str(model), collection=collection, coco_root=root / "coco"
+    )
     encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
     vectors = encoder.embed_images([load_image(image.path) for image in images])
     records = [
@@ -146,5 +148,4 @@ def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
         settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )
     store.upsert(records, vectors)
-    store.add_roots(sorted({str(image.path.parent.resolve()) for image in images}))
     return ShapeIndex(settings, images)

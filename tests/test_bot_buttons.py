@@ -218,6 +218,21 @@ def test_hashtags_filter_by_category(bot: RunningBot) -> None:
     assert "did you mean #cat?" in reply.text
 
 
+def test_a_refused_hashtag_is_not_logged_with_the_users_words(bot: RunningBot) -> None:
+    """The bot logs at INFO (the default LOG_LEVEL): a refused search is logged by its ids and
+    kind; the words, in a message or an inline query, only at DEBUG."""
+    user = next(_users)
+    bot.tg.inject_text("#quokkazebra on a beach", user_id=user)
+    [reply] = bot.tg.wait_sent(user, timeout=60)
+    assert "no category #quokkazebra" in reply.text
+    query = bot.tg.inject_inline_query("#quokkazebra", user_id=user)
+    assert bot.tg.inline_answer(query["id"], timeout=60).params["results"] == []
+    log = bot.log()
+    assert f"chat {user} user {user} message" in log and "failed: UnknownCategory" in log
+    assert "(inline_query) user" in log
+    assert "quokkazebra" not in log
+
+
 def test_compound_queries(bot: RunningBot) -> None:
     album, buttons = search(bot.tg, "red + square", next(_users))
     assert bot.album_labels(album) == [("red", "square")] * 5

@@ -3,12 +3,14 @@ queue, and a collection rebuilt under the running bot."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -22,7 +24,7 @@ from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_
 from tests.chroma_run import ChromaServer
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram, Sent
-from tests.mini_coco import make_mini_coco
+from tests.mini_coco import MiniImage, make_mini_coco
 
 ASK_QUEUE = 2
 
@@ -65,7 +67,32 @@ def poison(settings, images, root: Path) -> dict[str, Path | str]:
         for id_, path in paths.items()
     ]
     store.upsert(records, vector.repeat(len(records), axis=0))
+    poison_the_roots(settings, root, encoder, vector)
     return paths
+
+
+ENV_BYTES = b"TELEGRAM_BOT_TOKEN=123456:SECRET-never-leaves\n"
+
+
+def poison_the_roots(settings, root: Path, encoder: ClipEncoder, red: np.ndarray) -> None:
+    """The store claims "/" as an indexed folder (as a build before the host decided would
+    have recorded it) and names an operator's .env, a private photo outside every folder
+    the host serves, and a picture that will turn into something else once it was shown."""
+    (root / ".env").write_bytes(ENV_BYTES)
+    private = root / "private" / "photo.jpg"
+    private.parent.mkdir()
+    private.write_bytes(jpeg("red", "circle", seed=61))
+    swap = settings.coco_root / "val2014" / "swap.jpg"
+    swap.write_bytes(jpeg("red", "circle", seed=62))
+    db = Database(settings)
+    collection = db._client.get_collection(settings.collection, embedding_function=None)
+    collection.modify(metadata={**collection.metadata, "roots": json.dumps(["/"])})
+    store = db.open(settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim)
+    named = {"p-env": root / ".env", "p-private": private, "p-swap": swap}
+    vectors = np.concatenate([red, encoder.embed_images([load_image(private), load_image(swap)])])
+    store.upsert(
+        [ImageRecord(id=i, path=str(p), split="val2014") for i, p in named.items()], vectors
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +102,8 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBot]:
         root, {"val2014": 48}, rate_limit_per_minute=0, ask_queue_size=ASK_QUEUE
     )
     poison(settings, images, root)
+    swap = settings.coco_root / "val2014" / "swap.jpg"
+    images = [*images, MiniImage(0, "val2014", swap, "red", "circle")]  # a picture, for now
     with (
         FakeTelegram(hide_button_messages=True) as tg,
         running_bot(settings, images, tg) as running,
@@ -98,6 +127,43 @@ def test_poisoned_records_are_never_read_or_sent(bot: RunningBot) -> None:
         assert len(lines) == 1, (record, lines)  # refused, and logged once
         assert "never sent" in lines[0]
     assert bot.proc.poll() is None
+
+
+def test_the_store_never_decides_which_files_leave(bot: RunningBot) -> None:
+    """Neither the store's "/" root nor its records reach a file outside the folders the
+    host serves, and Full size sends only what still decodes as a picture."""
+    user, root = 2201, bot.settings.chroma_path.parent
+    private = (root / "private" / "photo.jpg").read_bytes()
+    swap = bot.settings.coco_root / "val2014" / "swap.jpg"
+    bot.tg.hide_button_messages = False
+    try:
+        bot.tg.inject_photo(private, user_id=user)
+        album, _ = bot.tg.wait_sent(user, 2, timeout=60)
+        assert private not in [bot.tg.file_bytes(fid) for fid in album.photo_file_ids]
+        bot.tg.inject_photo(swap.read_bytes(), user_id=user)
+        album, buttons = bot.tg.wait_sent(user, 2, timeout=60, since=2)
+        assert bot.tg.file_bytes(album.photo_file_ids[0]) == swap.read_bytes()
+        swap.write_bytes(ENV_BYTES)  # the file shown as #1 is now the operator's secrets
+        full_size = next(
+            b["callback_data"]
+            for row in buttons.messages[0]["reply_markup"]["inline_keyboard"]
+            for b in row
+            if b["text"] == "Full size"
+        )
+        query = bot.tg.inject_callback_query(full_size, buttons.messages[0], user_id=user)
+        bot.tg.callback_answer(query["id"], timeout=30)
+        sent = bot.tg.wait_sent(user, len(album.messages), timeout=60, since=4)
+    finally:
+        bot.tg.hide_button_messages = True
+    documents = [m for m in sent if m.kind == "document"]
+    assert len(documents) == len(album.messages) - 1  # #1 is skipped, the rest are sent
+    for document in documents:
+        assert bot.tg.file_bytes(document.messages[0]["document"]["file_id"]) != ENV_BYTES
+    assert "#1" in sent[-1].text and "couldn't send" in sent[-1].text
+    log = bot.log()
+    assert "index entry p-private " in log and "index entry p-env " not in log.replace(
+        "index entry p-env (", ""
+    )
 
 
 def test_a_huge_png_costs_bounded_memory(bot: RunningBot) -> None:

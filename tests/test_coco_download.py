@@ -3,17 +3,24 @@ serves a mini COCO zipped in the official layout, with faults."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import shutil
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from core import checksums, coco_download
+from core.checksums import OFFICIAL, Digest
 from core.coco_download import (
     WORK_DIR,
     CocoFile,
     RetryPolicy,
+    coco_files,
     disk_space_needed,
     ensure_coco,
     format_size,
@@ -21,7 +28,7 @@ from core.coco_download import (
 )
 from core.config import Settings
 from core.datasets import CocoReader
-from core.errors import DatasetError, DownloadError
+from core.errors import ConfigError, DatasetError, DownloadError
 from tests.chroma_run import free_port
 from tests.coco_server import (
     ANNOTATIONS_ZIP,
@@ -30,12 +37,15 @@ from tests.coco_server import (
     CocoServer,
     build_coco_zips,
     corrupt_member,
+    declare_size,
+    mark_encrypted,
     zip_of,
 )
 from tests.conftest import make_settings
 from tests.mini_coco import make_mini_coco
 
 PER_SPLIT = {"train2014": 6, "val2014": 12}
+DIGEST = Digest("md5", "0" * 32)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +78,15 @@ def retry(sleeps: Sleeps) -> RetryPolicy:
     return RetryPolicy(attempts=3, first_delay=1.0, max_delay=3.0, sleep=sleeps)
 
 
-def settings_for(tmp_path: Path, base_url: str) -> Settings:
-    return make_settings(tmp_path, coco_root=tmp_path / "coco", coco_base_url=base_url)
+def settings_for(tmp_path: Path, server: CocoServer, base_url: str | None = None) -> Settings:
+    """Settings that fetch from `server` (or `base_url`), with a COCO_CHECKSUMS file of the
+    zips it serves (they are not the official ones)."""
+    return make_settings(
+        tmp_path,
+        coco_root=tmp_path / "coco",
+        coco_base_url=base_url or server.url,
+        coco_checksums=server.write_checksums(tmp_path / "SHA256SUMS"),
+    )
 
 
 def fetch(settings: Settings, retry: RetryPolicy, splits=("val2014",), **kw):
@@ -94,7 +111,7 @@ def assert_val_in_place(settings: Settings) -> None:
 def test_downloads_unpacks_and_the_reader_finds_the_pictures(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     result = fetch(settings, retry)
     assert result.downloaded == ("annotations_trainval2014.zip", "val2014.zip")
     assert result.extracted == result.downloaded
@@ -108,7 +125,7 @@ def test_downloads_unpacks_and_the_reader_finds_the_pictures(
 def test_a_second_run_fetches_nothing(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     fetch(settings, retry)
     server.clear()
     again = fetch(settings, retry)
@@ -121,7 +138,7 @@ def test_a_second_run_fetches_nothing(
 def test_plan_names_urls_and_sizes_without_downloading(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     plan = plan_coco(settings, ["train2014", "val2014"])
     assert [(f.name, f.url, f.size, f.have) for f in plan] == [
         (
@@ -142,7 +159,7 @@ def test_plan_names_urls_and_sizes_without_downloading(
 def test_both_splits_through_a_redirecting_mirror(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy
 ) -> None:
-    settings = settings_for(tmp_path, server.url + "/mirror/")
+    settings = settings_for(tmp_path, server, server.url + "/mirror/")
     result = fetch(settings, retry, splits=("train2014", "val2014"))
     assert len(result.extracted) == 3
     scan = CocoReader(settings.coco_root, ["train2014", "val2014"]).scan()
@@ -152,13 +169,13 @@ def test_both_splits_through_a_redirecting_mirror(
 
 def test_unknown_split_is_refused(tmp_path: Path, server: CocoServer) -> None:
     with pytest.raises(DatasetError, match="test2014"):
-        ensure_coco(settings_for(tmp_path, server.url), ["test2014"], progress=False)
+        ensure_coco(settings_for(tmp_path, server), ["test2014"], progress=False)
 
 
 def test_progress_bar_names_the_file(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, capsys: pytest.CaptureFixture
 ) -> None:
-    ensure_coco(settings_for(tmp_path, server.url), ["val2014"], progress=True, retry=retry)
+    ensure_coco(settings_for(tmp_path, server), ["val2014"], progress=True, retry=retry)
     err = capsys.readouterr().err
     assert "val2014.zip" in err and "B/s" in err
 
@@ -171,19 +188,19 @@ def test_a_dropped_connection_resumes_with_a_range_request(
 ) -> None:
     half = len(coco_zips[VAL_ZIP]) // 2
     server.fault(VAL_ZIP, drop_after=half)
-    result = fetch(settings_for(tmp_path, server.url), retry)
+    result = fetch(settings_for(tmp_path, server), retry)
     assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [
         (None, 200),
         (f"bytes={half}-", 206),
     ]
     assert result.bytes_downloaded == len(coco_zips[VAL_ZIP]) + len(coco_zips[ANNOTATIONS_ZIP])
-    assert_val_in_place(settings_for(tmp_path, server.url))
+    assert_val_in_place(settings_for(tmp_path, server))
 
 
 def test_an_interrupted_run_is_resumed_by_the_next_one(
     tmp_path: Path, server: CocoServer, sleeps: Sleeps, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     half = len(coco_zips[VAL_ZIP]) // 2
     server.fault(VAL_ZIP, drop_after=half)
     with pytest.raises(DownloadError, match=r"val2014\.zip"):
@@ -203,18 +220,18 @@ def test_a_server_without_ranges_restarts_from_zero(
     with CocoServer(coco_zips, ranges=False) as server:
         half = len(coco_zips[VAL_ZIP]) // 2
         server.fault(VAL_ZIP, drop_after=half)
-        fetch(settings_for(tmp_path, server.url), retry)
+        fetch(settings_for(tmp_path, server), retry)
         assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [
             (None, 200),
             (f"bytes={half}-", 200),
         ]
-    assert_val_in_place(settings_for(tmp_path, server.url))
+    assert_val_in_place(settings_for(tmp_path, server))
 
 
 def test_a_complete_part_is_not_fetched_again(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     work = settings.coco_root / WORK_DIR
     work.mkdir(parents=True)
     (work / "val2014.zip.part").write_bytes(coco_zips[VAL_ZIP])
@@ -227,7 +244,7 @@ def test_a_complete_part_is_not_fetched_again(
 def test_an_interrupted_extraction_is_finished_without_downloading(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     fetch(settings, retry)
     work = settings.coco_root / WORK_DIR
     # as if the run stopped after moving the folder in, before writing the marker
@@ -252,7 +269,7 @@ def test_a_corrupt_zip_is_fetched_again_and_never_half_unpacked(
     coco_zips: dict[str, bytes],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     seen_on_disk = []
     server.on_get = lambda path: seen_on_disk.append((settings.coco_root / "val2014").exists())
     server.fault(VAL_ZIP, body=corrupt_member(coco_zips[VAL_ZIP]))
@@ -260,7 +277,7 @@ def test_a_corrupt_zip_is_fetched_again_and_never_half_unpacked(
         result = fetch(settings, retry)
     assert len(server.gets(VAL_ZIP)) == 2
     assert seen_on_disk == [False, False, False]  # annotations, corrupt val, good val
-    assert "val2014.zip" in caplog.text and "CRC" in caplog.text
+    assert "val2014.zip" in caplog.text and "fails its digest (sha256 " in caplog.text
     assert result.extracted == ("annotations_trainval2014.zip", "val2014.zip")
     assert_val_in_place(settings)
 
@@ -268,9 +285,12 @@ def test_a_corrupt_zip_is_fetched_again_and_never_half_unpacked(
 def test_a_zip_corrupt_every_time_is_a_clear_error_and_leaves_nothing(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, coco_zips: dict[str, bytes]
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     server.fault(VAL_ZIP, times=3, body=corrupt_member(coco_zips[VAL_ZIP]))
-    with pytest.raises(DownloadError, match=r"val2014\.zip: corrupt zip .*CRC.* after 3 downloads"):
+    digests = r"sha256 [0-9a-f]{64}, expected [0-9a-f]{64}"
+    with pytest.raises(
+        DownloadError, match=rf"val2014\.zip: corrupt zip \({digests}\) after 3 downloads"
+    ):
         fetch(settings, retry)
     assert len(server.gets(VAL_ZIP)) == 3
     assert not (settings.coco_root / "val2014").exists()
@@ -285,7 +305,7 @@ def test_a_short_content_length_means_a_truncated_zip_and_a_clear_error(
 ) -> None:
     lengths = {VAL_ZIP: len(coco_zips[VAL_ZIP]) - 100}
     with CocoServer(coco_zips, lengths=lengths) as server:
-        settings = settings_for(tmp_path, server.url)
+        settings = settings_for(tmp_path, server)
         with pytest.raises(DownloadError, match=rf"{server.url}{VAL_ZIP}: corrupt zip"):
             fetch(settings, retry)
         assert len(server.gets(VAL_ZIP)) == 3
@@ -297,12 +317,10 @@ def test_a_long_content_length_once_is_resolved(
 ) -> None:
     size = len(coco_zips[VAL_ZIP])
     server.fault(VAL_ZIP, length=size + 500)  # announces more than it sends, then closes
-    fetch(settings_for(tmp_path, server.url), retry)
-    assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [
-        (None, 200),
-        (f"bytes={size}-", 416),  # the server's real size is what is on disk: complete
-    ]
-    assert_val_in_place(settings_for(tmp_path, server.url))
+    fetch(settings_for(tmp_path, server), retry)
+    # read up to the size announced when planning: complete, before the connection breaks
+    assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [(None, 200)]
+    assert_val_in_place(settings_for(tmp_path, server))
 
 
 def test_a_server_always_announcing_the_wrong_size_is_a_clear_error(
@@ -310,7 +328,7 @@ def test_a_server_always_announcing_the_wrong_size_is_a_clear_error(
 ) -> None:
     lengths = {VAL_ZIP: len(coco_zips[VAL_ZIP]) + 500}
     with CocoServer(coco_zips, lengths=lengths) as server:
-        settings = settings_for(tmp_path, server.url)
+        settings = settings_for(tmp_path, server)
         with pytest.raises(DownloadError, match=rf"{server.url}{VAL_ZIP}: .* after 3 attempts"):
             fetch(settings, retry)
     assert not (settings.coco_root / "val2014").exists()
@@ -321,7 +339,7 @@ def test_unsafe_member_names_refuse_the_zip(
 ) -> None:
     evil = zip_of({"val2014/COCO_val2014_000000000001.jpg": b"x", "../evil.txt": b"x"})
     with CocoServer({**coco_zips, VAL_ZIP: evil}) as server:
-        settings = settings_for(tmp_path, server.url)
+        settings = settings_for(tmp_path, server)
         with pytest.raises(DownloadError, match=r"unsafe member name '\.\./evil\.txt'"):
             fetch(settings, retry)
     assert not list(tmp_path.rglob("evil.txt"))
@@ -337,7 +355,298 @@ def test_a_zip_without_the_split_folder_is_refused(
         CocoServer({**coco_zips, VAL_ZIP: other}) as server,
         pytest.raises(DownloadError, match="holds no val2014/ folder"),
     ):
-        fetch(settings_for(tmp_path, server.url), retry)
+        fetch(settings_for(tmp_path, server), retry)
+
+
+# --- sizes and digests -------------------------------------------------------------------
+
+
+def official(zips: dict[str, bytes], wrong: str = "") -> dict[str, Digest]:
+    """A pinned table like `core.checksums.OFFICIAL` for the test zips: their sizes and MD5s,
+    but a wrong MD5 for the URL path `wrong`."""
+    return {
+        path[1:]: Digest(
+            "md5", "0" * 32 if path == wrong else hashlib.md5(data).hexdigest(), size=len(data)
+        )
+        for path, data in zips.items()
+    }
+
+
+def test_the_default_source_is_the_https_bucket_with_every_zip_pinned(tmp_path: Path) -> None:
+    base_url = make_settings(tmp_path).coco_base_url
+    assert base_url == "https://s3.amazonaws.com/images.cocodataset.org"
+    assert set(OFFICIAL) == {path for _, path, _ in coco_files(["train2014", "val2014"])}
+
+
+def test_without_checksums_a_server_announcing_another_size_is_refused_before_any_byte(
+    tmp_path: Path, server: CocoServer, retry: RetryPolicy
+) -> None:
+    settings = make_settings(tmp_path, coco_root=tmp_path / "coco", coco_base_url=server.url)
+    with pytest.raises(DownloadError) as caught:
+        fetch(settings, retry)
+    size = len(server.files[ANNOTATIONS_ZIP])
+    assert str(caught.value) == (
+        f"{server.url}{ANNOTATIONS_ZIP}: the server announces {size:,} bytes, the official zip "
+        "has 252,872,794: a mirror with other zips needs COCO_CHECKSUMS"
+    )
+    assert server.gets() == []
+
+
+def test_pinned_sizes_and_md5s_are_checked_without_a_checksums_file(
+    tmp_path: Path,
+    server: CocoServer,
+    retry: RetryPolicy,
+    coco_zips: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checksums, "OFFICIAL", official(coco_zips))
+    settings = make_settings(tmp_path, coco_root=tmp_path / "coco", coco_base_url=server.url)
+    assert fetch(settings, retry).extracted == ("annotations_trainval2014.zip", "val2014.zip")
+    assert_val_in_place(settings)
+
+    monkeypatch.setattr(checksums, "OFFICIAL", official(coco_zips, wrong=TRAIN_ZIP))
+    actual = hashlib.md5(coco_zips[TRAIN_ZIP]).hexdigest()
+    with pytest.raises(DownloadError) as caught:
+        fetch(settings, retry, splits=("train2014",))
+    assert str(caught.value) == (
+        f"{server.url}{TRAIN_ZIP}: corrupt zip (md5 {actual}, expected {'0' * 32}) "
+        "after 3 downloads"
+    )
+    assert not (settings.coco_root / "train2014").exists()
+
+
+def test_a_mirror_serving_other_zips_fails_their_digests_and_nothing_is_unpacked(
+    tmp_path: Path,
+    coco_zips: dict[str, bytes],
+    retry: RetryPolicy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_mini_coco(tmp_path / "other", {"val2014": 12}, seed=9, size=(64, 48))
+    other = build_coco_zips(tmp_path / "other")[VAL_ZIP]  # a valid zip, not the one listed
+    with CocoServer(coco_zips) as good, CocoServer({**coco_zips, VAL_ZIP: other}) as mirror:
+        sums = tmp_path / "MD5SUMS"
+        sums.write_text(
+            "".join(f"{hashlib.md5(d).hexdigest()} *{p[1:]}\n" for p, d in good.files.items())
+        )
+        settings = make_settings(
+            tmp_path, coco_root=tmp_path / "coco", coco_base_url=mirror.url, coco_checksums=sums
+        )
+        with (
+            caplog.at_level(logging.WARNING, logger="core.coco_download"),
+            pytest.raises(DownloadError) as caught,
+        ):
+            fetch(settings, retry)
+    expected, actual = hashlib.md5(coco_zips[VAL_ZIP]).hexdigest(), hashlib.md5(other).hexdigest()
+    assert str(caught.value) == (
+        f"{mirror.url}{VAL_ZIP}: corrupt zip (md5 {actual}, expected {expected}) after 3 downloads"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and all(f"md5 {actual}, expected {expected}" in w for w in warnings)
+    assert not (settings.coco_root / "val2014").exists()
+    assert not list((settings.coco_root / WORK_DIR).glob("val2014.zip*"))
+
+
+def test_a_bad_checksums_file_stops_before_any_request(
+    tmp_path: Path, server: CocoServer, retry: RetryPolicy
+) -> None:
+    sums = server.write_checksums(tmp_path / "SHA256SUMS")
+    sums.write_text(
+        "".join(line + "\n" for line in sums.read_text().splitlines() if "zips/val" not in line)
+    )
+    settings = make_settings(
+        tmp_path, coco_root=tmp_path / "coco", coco_base_url=server.url, coco_checksums=sums
+    )
+    with pytest.raises(ConfigError) as caught:
+        fetch(settings, retry)
+    assert str(caught.value) == f"COCO_CHECKSUMS {sums} has no line for zips/val2014.zip"
+    assert server.requests == []
+
+
+def test_a_resumed_part_is_hashed_whole(
+    tmp_path: Path,
+    server: CocoServer,
+    retry: RetryPolicy,
+    coco_zips: dict[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(tmp_path, server)
+    work = settings.coco_root / WORK_DIR
+    work.mkdir(parents=True)
+    half = bytearray(coco_zips[VAL_ZIP][: len(coco_zips[VAL_ZIP]) // 2])
+    half[10:14] = b"\xff\xff\xff\xff"  # the first local header's time: no CRC covers it
+    (work / "val2014.zip.part").write_bytes(half)
+    with caplog.at_level(logging.WARNING, logger="core.coco_download"):
+        fetch(settings, retry)
+    assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [
+        (f"bytes={len(half)}-", 206),
+        (None, 200),  # the whole file failed its digest: fetched again from zero
+    ]
+    assert "val2014.zip" in caplog.text and "fails its digest" in caplog.text
+    assert_val_in_place(settings)
+
+
+def test_a_body_longer_than_expected_is_cut_at_the_expected_size(
+    tmp_path: Path,
+    server: CocoServer,
+    retry: RetryPolicy,
+    coco_zips: dict[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.fault(VAL_ZIP, body=coco_zips[VAL_ZIP] + bytes(4 << 20), unannounced=True)
+    with caplog.at_level(logging.WARNING, logger="core.coco_download"):
+        result = fetch(settings_for(tmp_path, server), retry)
+    assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [(None, 200)]
+    assert result.bytes_downloaded == len(coco_zips[VAL_ZIP]) + len(coco_zips[ANNOTATIONS_ZIP])
+    assert caplog.text == ""
+    assert_val_in_place(settings_for(tmp_path, server))
+
+
+# --- unpacking limits ----------------------------------------------------------------------
+
+
+def declaring_2_gb() -> bytes:
+    """A 2 MB zip whose one photo declares 2 GB (a matching checksum makes no difference)."""
+    photo = "val2014/COCO_val2014_000000000001.jpg"
+    return declare_size(zip_of({photo: random.randbytes(2_000_000)}), photo, 2_000_000_000)
+
+
+def of_zeros() -> bytes:
+    """A zip bomb: 20 MB of zeros deflate to about 20 kB (declared honestly)."""
+    return zip_of({"val2014/COCO_val2014_000000000001.jpg": bytes(20 << 20)}, zipfile.ZIP_DEFLATED)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (declaring_2_gb, r"the zip declares 2\.0 GB unpacked, more than 3\.2 MB for a 2\.0 MB zip"),
+        (of_zeros, r"the zip declares 21\.0 MB unpacked, more than 1\.1 MB for a 20\.\d kB zip"),
+    ],
+)
+def test_a_zip_declaring_far_more_than_its_size_stops_having_written_nothing(
+    tmp_path: Path,
+    coco_zips: dict[str, bytes],
+    retry: RetryPolicy,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[], bytes],
+    message: str,
+) -> None:
+    with CocoServer({**coco_zips, VAL_ZIP: make()}) as server:
+        settings = settings_for(tmp_path, server)
+        opened = opened_members(monkeypatch)
+        with pytest.raises(DownloadError, match=rf"^{server.url}{VAL_ZIP}: {message}: refused$"):
+            fetch(settings, retry)
+        assert len(server.gets(VAL_ZIP)) == 1  # it passed its digest: no point in fetching again
+    assert [name for name in opened if name.startswith("val2014")] == []
+    assert_nothing_of_val(settings)
+
+
+def test_an_annotations_zip_may_unpack_to_8_times_its_size_not_more(
+    tmp_path: Path, coco_zips: dict[str, bytes], retry: RetryPolicy
+) -> None:
+    padded = b'{"images": [], "annotations": []}' + b" " * (20 << 20)
+    bomb = zip_of({"annotations/captions_val2014.json": padded}, zipfile.ZIP_DEFLATED)
+    with CocoServer({**coco_zips, ANNOTATIONS_ZIP: bomb}) as server:
+        settings = settings_for(tmp_path, server)
+        with pytest.raises(DownloadError, match=r"declares 21\.0 MB unpacked, more than 1\.\d MB"):
+            fetch(settings, retry)
+    assert not (settings.coco_root / "annotations").exists()
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ({"entries": 5}, r"the zip holds 13 entries, more than 5: refused"),
+        (
+            {"entry_size": 100},
+            r"'val2014/COCO_val2014_\d+\.jpg' declares .*, more than 100 B for one entry: refused",
+        ),
+    ],
+)
+def test_entry_counts_and_sizes_are_bounded(
+    tmp_path: Path,
+    server: CocoServer,
+    retry: RetryPolicy,
+    monkeypatch: pytest.MonkeyPatch,
+    limit: dict[str, int],
+    message: str,
+) -> None:
+    monkeypatch.setattr(coco_download, "IMAGE_LIMITS", replace(coco_download.IMAGE_LIMITS, **limit))
+    settings = settings_for(tmp_path, server)
+    opened = opened_members(monkeypatch)
+    with pytest.raises(DownloadError, match=rf"^{server.url}{VAL_ZIP}: {message}"):
+        fetch(settings, retry)
+    assert [name for name in opened if name.startswith("val2014")] == []
+    assert_nothing_of_val(settings)
+
+
+PHOTO = "val2014/COCO_val2014_000000000001.jpg"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda _: zip_of([("val2014", b"x"), (PHOTO, b"x")]),
+            "'val2014' is both a file and a folder in the zip: refused",
+        ),
+        (
+            lambda _: zip_of([(PHOTO, b"x"), (PHOTO + "/inside.jpg", b"x")]),
+            f"'{PHOTO}' is both a file and a folder in the zip: refused",
+        ),
+        (
+            lambda _: zip_of([(PHOTO, b"x"), (PHOTO, b"y")]),
+            f"'{PHOTO}' is in the zip twice: refused",
+        ),
+        (
+            lambda _: declare_size(zip_of({PHOTO: b"abc"}), PHOTO, 10),
+            f"'{PHOTO}' holds less than the zip declares",
+        ),
+        (
+            lambda _: mark_encrypted(zip_of({PHOTO: b"x"}), PHOTO),
+            f"encrypted member '{PHOTO}' in the zip: refused",
+        ),
+        (
+            lambda zips: corrupt_member(zips[VAL_ZIP]),
+            r"broken zip: Bad CRC-32 for file 'val2014/COCO_val2014_\d+\.jpg'",
+        ),
+    ],
+    ids=["file-and-folder", "file-and-folder-inside", "twice", "short", "encrypted", "bad-crc"],
+)
+def test_a_zip_that_passes_its_digest_but_not_its_checks_is_refused_at_once(
+    tmp_path: Path,
+    coco_zips: dict[str, bytes],
+    retry: RetryPolicy,
+    make: Callable[[dict[str, bytes]], bytes],
+    message: str,
+) -> None:
+    with CocoServer({**coco_zips, VAL_ZIP: make(coco_zips)}) as server:
+        settings = settings_for(tmp_path, server)
+        with pytest.raises(DownloadError, match=rf"^{server.url}{VAL_ZIP}: {message}$"):
+            fetch(settings, retry)
+        assert len(server.gets(VAL_ZIP)) == 1
+    assert_nothing_of_val(settings)
+
+
+def opened_members(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the zip members read from now on (every unpacking reads through this)."""
+    opened: list[str] = []
+    real = zipfile.ZipFile.open
+
+    def spy(self, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    return opened
+
+
+def assert_nothing_of_val(settings: Settings) -> None:
+    """No val2014 folder, and nothing of its zip left in the work folder."""
+    assert not (settings.coco_root / "val2014").exists()
+    work = settings.coco_root / WORK_DIR
+    assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == [
+        "annotations_trainval2014.zip.done"
+    ]
 
 
 # --- disk space --------------------------------------------------------------------------
@@ -352,7 +661,7 @@ def test_too_little_disk_space_is_refused_before_any_byte(
         return real(path)._replace(free=1000)
 
     monkeypatch.setattr(shutil, "disk_usage", tiny)
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     with pytest.raises(DownloadError) as caught:
         fetch(settings, retry)
     assert str(caught.value).startswith(f"not enough disk space in {settings.coco_root}: need ")
@@ -363,8 +672,8 @@ def test_too_little_disk_space_is_refused_before_any_byte(
 
 def test_disk_space_counts_everything_unpacked_and_the_largest_download() -> None:
     plan = [
-        CocoFile("annotations_trainval2014.zip", "u", "annotations", "r", 241_000_000),
-        CocoFile("val2014.zip", "u", "val2014", "r", 6_200_000_000, have=1_000_000_000),
+        CocoFile("annotations_trainval2014.zip", "u", "annotations", "r", 241_000_000, DIGEST),
+        CocoFile("val2014.zip", "u", "val2014", "r", 6_200_000_000, DIGEST, have=1_000_000_000),
     ]
     need = disk_space_needed(plan)
     assert need == 4 * 241_000_000 + int(1.05 * 6_200_000_000) + 5_200_000_000
@@ -379,10 +688,10 @@ def test_503_then_success(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy, sleeps: Sleeps
 ) -> None:
     server.fault(VAL_ZIP, status=503)
-    fetch(settings_for(tmp_path, server.url), retry)
+    fetch(settings_for(tmp_path, server), retry)
     assert [r.status for r in server.gets(VAL_ZIP)] == [503, 200]
     assert sleeps == [1.0]
-    assert_val_in_place(settings_for(tmp_path, server.url))
+    assert_val_in_place(settings_for(tmp_path, server))
 
 
 def test_503_every_time_names_the_url_and_the_attempts(
@@ -390,9 +699,24 @@ def test_503_every_time_names_the_url_and_the_attempts(
 ) -> None:
     server.fault(VAL_ZIP, times=3, status=503)
     with pytest.raises(DownloadError) as caught:
-        fetch(settings_for(tmp_path, server.url), retry)
+        fetch(settings_for(tmp_path, server), retry)
     assert str(caught.value) == (f"{server.url}{VAL_ZIP}: 503 Service Unavailable after 3 attempts")
     assert sleeps == [1.0, 2.0]  # exponential backoff, bounded attempts
+
+
+def test_the_retry_count_is_a_total_even_when_every_attempt_makes_progress(
+    tmp_path: Path, server: CocoServer, retry: RetryPolicy, sleeps: Sleeps
+) -> None:
+    server.fault(VAL_ZIP, times=3, drop_after=100)
+    settings = settings_for(tmp_path, server)
+    with pytest.raises(DownloadError) as caught:
+        fetch(settings, retry)
+    message = str(caught.value)
+    assert message.startswith(f"{server.url}{VAL_ZIP}: ") and message.endswith(" after 3 attempts")
+    assert "\n" not in message
+    assert [r.range for r in server.gets(VAL_ZIP, at_least=3)] == [None, "bytes=100-", "bytes=200-"]
+    assert sleeps == [1.0, 2.0]
+    assert (settings.coco_root / WORK_DIR / "val2014.zip.part").stat().st_size == 300  # for a rerun
 
 
 def test_404_is_not_retried(
@@ -400,7 +724,7 @@ def test_404_is_not_retried(
 ) -> None:
     server.fault(VAL_ZIP, status=404)
     with pytest.raises(DownloadError) as caught:
-        fetch(settings_for(tmp_path, server.url), retry)
+        fetch(settings_for(tmp_path, server), retry)
     assert str(caught.value) == f"{server.url}{VAL_ZIP}: 404 Not Found"
     assert len(server.gets(VAL_ZIP, at_least=1)) == 1 and sleeps == []
 
@@ -409,7 +733,7 @@ def test_a_wrong_base_url_fails_when_planning(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy
 ) -> None:
     with pytest.raises(DownloadError, match=rf"{server.url}/nowhere/annotations/.*: 404"):
-        fetch(settings_for(tmp_path, server.url + "/nowhere"), retry)
+        fetch(settings_for(tmp_path, server, server.url + "/nowhere"), retry)
     assert server.gets() == []
 
 
@@ -418,7 +742,7 @@ def test_an_unreachable_server_is_retried_then_named(
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(DownloadError, match=rf"{url}/annotations/.* after 3 attempts"):
-        fetch(settings_for(tmp_path, url), retry)
+        fetch(make_settings(tmp_path, coco_root=tmp_path / "coco", coco_base_url=url), retry)
     assert sleeps == [1.0, 2.0]
 
 
@@ -432,7 +756,7 @@ def test_an_own_unzip_is_trusted(
     coco_zips: dict[str, bytes],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     make_mini_coco(settings.coco_root, {"val2014": 3})
     with caplog.at_level(logging.INFO, logger="core.coco_download"):
         result = fetch(settings, retry)
@@ -444,7 +768,7 @@ def test_an_own_unzip_is_trusted(
 def test_annotations_are_merged_into_an_existing_folder(
     tmp_path: Path, server: CocoServer, retry: RetryPolicy
 ) -> None:
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     mine = settings.coco_root / "annotations"
     mine.mkdir(parents=True)
     (mine / "my_notes.json").write_text("{}")
@@ -461,7 +785,7 @@ def test_a_second_download_into_the_same_folder_is_refused(
 ) -> None:
     from filelock import FileLock
 
-    settings = settings_for(tmp_path, server.url)
+    settings = settings_for(tmp_path, server)
     work = settings.coco_root / WORK_DIR
     work.mkdir(parents=True)
     with FileLock(str(work / ".lock")), pytest.raises(DownloadError, match="another download"):
@@ -474,6 +798,6 @@ def test_a_corrupt_deflated_zip_is_fetched_again(
 ) -> None:
     # the annotations zip is deflated: corruption shows as a zlib error or a bad CRC
     server.fault(ANNOTATIONS_ZIP, body=corrupt_member(coco_zips[ANNOTATIONS_ZIP]))
-    fetch(settings_for(tmp_path, server.url), retry)
+    fetch(settings_for(tmp_path, server), retry)
     assert len(server.gets(ANNOTATIONS_ZIP)) == 2
-    assert_val_in_place(settings_for(tmp_path, server.url))
+    assert_val_in_place(settings_for(tmp_path, server))

@@ -56,8 +56,7 @@ def test_blank_chroma_host_means_embedded(monkeypatch: pytest.MonkeyPatch) -> No
         ("CLIP_MODEL", " "),
         ("ADMIN_USER_IDS", "alice"),
         ("LOG_LEVEL", "CHATTY"),
-        ("WEBHOOK_SECRET", "has spaces"),
-        ("WEBHOOK_SECRET", "x" * 257),
+        ("COLLECTION", "images\n"),
     ],
 )
 def test_bad_value_is_one_clear_line(
@@ -70,6 +69,59 @@ def test_bad_value_is_one_clear_line(
     assert name in message
     assert "\n" not in message
     assert repr(value) in message
+
+
+SECRET = "S3CRET-abc123"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEBHOOK_SECRET", f"has spaces {SECRET}"),
+        ("WEBHOOK_SECRET", SECRET + "x" * 257),
+        ("WEBHOOK_SECRET", f"{SECRET}\n"),
+        ("TELEGRAM_BOT_TOKEN", f"123456:{SECRET}\n"),
+        ("TELEGRAM_BOT_TOKEN", f" 123456:{SECRET}"),
+        ("TELEGRAM_BOT_TOKEN", f"123456:{SECRET}\"'"),
+        ("TELEGRAM_BOT_TOKEN", SECRET),
+        ("CHROMA_AUTH_TOKEN", f"{SECRET}\n"),
+        ("CHROMA_AUTH_TOKEN", f"Bearer {SECRET}"),
+        ("CHROMA_AUTH_TOKEN", f"{SECRET}\u00e9"),
+    ],
+)
+def test_a_bad_secret_is_named_but_never_shown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TOP_K", "many")  # another bad value: shown, as ever
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{name}: " in message and "TOP_K='many'" in message
+    assert "S3CRET" not in message and "abc123" not in message and "\n" not in message
+
+
+def test_a_bot_token_with_whitespace_is_refused_with_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", f"123456:{SECRET}\n")
+    with pytest.raises(ConfigError, match="contains whitespace or characters a token never has"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TELEGRAM_BOT_TOKEN", "123456789:AAH-x_Yz0"),
+        ("CHROMA_AUTH_TOKEN", "a.b~c/d+e=f:g!"),
+        ("WEBHOOK_SECRET", "my-Secret_1"),
+    ],
+)
+def test_good_secrets_are_kept_as_given(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(load_settings(), name.lower()).get_secret_value() == value
 
 
 def test_admins_and_log_level(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,3 +149,13 @@ def test_readers_name_their_real_image_folders(tmp_path: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
         FolderReader(tmp_path / "nope").scan()
+
+
+def test_a_deeply_nested_annotation_file_is_a_dataset_error_naming_it(tmp_path: Path) -> None:
+    make_mini_coco(tmp_path, {"val2014": 2})
+    captions = tmp_path / "annotations" / "captions_val2014.json"
+    captions.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(DatasetError) as caught:
+        CocoReader(tmp_path, ["val2014"]).scan()
+    assert str(caught.value).startswith(f"annotation file {captions} is nested too deeply")
+    assert "\n" not in str(caught.value)

@@ -43,7 +43,13 @@ def test_download_says_what_it_fetches_then_indexes_and_a_rerun_fetches_nothing(
 ) -> None:
     make_mini_coco(tmp_path / "source", {"val2014": 12}, seed=3)
     with CocoServer(build_coco_zips(tmp_path / "source")) as server:
-        set_env(monkeypatch, tmp_path, coco_root=tmp_path / "coco", coco_base_url=server.url)
+        set_env(
+            monkeypatch,
+            tmp_path,
+            coco_root=tmp_path / "coco",
+            coco_base_url=server.url,
+            coco_checksums=server.write_checksums(tmp_path / "SHA256SUMS"),
+        )
         with caplog.at_level(logging.INFO, logger="index_builder"):
             code = main(["--download", "--split", "val2014", "--limit", "5", "--no-progress"])
         assert code == 0

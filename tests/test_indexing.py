@@ -21,6 +21,7 @@ from core.config import Settings
 from core.datasets import CocoReader, FolderReader
 from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
+from core.indexed_files import HostRoots, IndexedFiles, roots_file
 from core.indexing import (
     MAX_UNCONFIRMED_REMOVAL,
     WRITE_BATCHES,
@@ -64,6 +65,19 @@ def images_store(settings: Settings, encoder: ClipEncoder) -> VectorStore[ImageR
     )
 
 
+def searcher(
+    settings: Settings, encoder: ClipEncoder, store: VectorStore[ImageRecord] | None = None
+) -> SearchService:
+    """A search over the collection (or `store`) that sends what this host serves."""
+    store = store or images_store(settings, encoder)
+    return SearchService(encoder, store, files=IndexedFiles(HostRoots(settings)))
+
+
+def recorded_roots(settings: Settings) -> set[str]:
+    """The folders the builder recorded in this host's roots file."""
+    return set(json.loads(roots_file(settings).read_text())["roots"])
+
+
 def coco_settings(tmp_path: Path, **overrides) -> Settings:
     return make_settings(tmp_path, coco_root=tmp_path / "coco", **overrides)
 
@@ -104,13 +118,11 @@ def test_built_index_is_searchable(tmp_path: Path, encoder: ClipEncoder) -> None
     made = make_mini_coco(settings.coco_root, {"val2014": 36})
     index(settings, encoder, splits=("val2014",))
     labels = {str(m.id): (m.color, m.shape) for m in made}
-    hits = SearchService(encoder, images_store(settings, encoder)).by_text("a blue triangle", 3)
+    hits = searcher(settings, encoder).by_text("a blue triangle", 3)
     assert [labels[h.id] for h in hits] == [("blue", "triangle")] * 3
     # The stored vectors are the encoder's, for the draft-decoded picture.
     image = made[0]
-    stored = SearchService(encoder, images_store(settings, encoder)).by_image(
-        load_image(image.path), 1
-    )[0]
+    stored = searcher(settings, encoder).by_image(load_image(image.path), 1)[0]
     assert stored.id == str(image.id) and stored.score > 0.98
 
 
@@ -126,9 +138,7 @@ def test_compiled_build_stores_the_same_vectors(
     summary = index(settings, compiled, splits=("val2014",), compile_model=True, batch_size=4)
     assert summary.indexed == 10
     assert sum(batches) >= 12 and set(batches) == {4}  # 10 pictures (+ warm-up) ran compiled
-    hit = SearchService(encoder, images_store(settings, encoder)).by_image(
-        load_image(made[0].path), 1
-    )[0]
+    hit = searcher(settings, encoder).by_image(load_image(made[0].path), 1)[0]
     assert hit.id == str(made[0].id) and hit.score > 0.98
 
 
@@ -205,7 +215,7 @@ def test_incremental_refresh_adds_removes_and_reembeds(
     assert sorted(summary.missing) == sorted(str(g.path.resolve()) for g in gone)
     ids = {r.id for r in store}
     assert ids == {str(m.id) for m in made if m not in gone} | {str(i) for i in new_ids}
-    hit = SearchService(encoder, store).by_image(load_image(changed.path), 1)[0]
+    hit = searcher(settings, encoder, store).by_image(load_image(changed.path), 1)[0]
     assert hit.id == str(changed.id) and hit.score > 0.98  # re-embedded from the new picture
     assert report_path(settings).read_text().count("missing on disk") == 2
 
@@ -277,7 +287,7 @@ def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: ClipEncoder) -
     draw("green", "triangle", width=80, height=80).save(folder / "c.webp")
     second = index(settings, encoder, reader=FolderReader(folder), prune=True)  # 1 of 2: confirm
     assert (second.indexed, second.removed, second.total) == (1, 1, 2)
-    hit = SearchService(encoder, images_store(settings, encoder)).by_text("a green triangle", 1)[0]
+    hit = searcher(settings, encoder).by_text("a green triangle", 1)[0]
     assert hit.path.endswith("c.webp") and hit.captions == ()
 
 
@@ -455,7 +465,7 @@ def test_killed_mid_run_then_rerun_completes_exactly_once(
     assert summary.indexed == total - len(stored_ids)
     final_ids = [r.id for r in images_store(settings, encoder)]
     assert len(final_ids) == len(set(final_ids)) == total
-    vectors_ok = SearchService(encoder, images_store(settings, encoder)).by_text("a red circle", 5)
+    vectors_ok = searcher(settings, encoder).by_text("a red circle", 5)
     assert len(vectors_ok) == 5 and np.isfinite([h.score for h in vectors_ok]).all()
 
 
@@ -491,7 +501,7 @@ def test_build_records_the_real_image_folders(tmp_path: Path, encoder: ClipEncod
     (settings.coco_root / "val2014").symlink_to(disk / "val2014")  # val2014 on another disk
     index(settings, encoder)
     expected = {str((settings.coco_root / "train2014").resolve()), str(disk.resolve() / "val2014")}
-    assert set(images_store(settings, encoder).roots()) == expected  # not annotations/
+    assert recorded_roots(settings) == expected  # not annotations/
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -499,7 +509,7 @@ def test_build_records_the_real_image_folders(tmp_path: Path, encoder: ClipEncod
     link = tmp_path / "link"
     link.symlink_to(photos)
     index(settings, encoder, reader=FolderReader(link))
-    assert set(images_store(settings, encoder).roots()) == expected | {str(photos.resolve())}
+    assert recorded_roots(settings) == expected | {str(photos.resolve())}
 
 
 def test_roots_are_recorded_before_the_first_picture(
@@ -516,7 +526,7 @@ def test_roots_are_recorded_before_the_first_picture(
     monkeypatch.setattr(VectorStore, "upsert", killed)
     summary = index(settings, encoder, reader=FolderReader(folder))
     assert summary.interrupted and summary.indexed == 0
-    assert images_store(settings, encoder).roots() == (str(folder.resolve()),)
+    assert recorded_roots(settings) == {str(folder.resolve())}
 
 
 def folder_of(folder: Path, n: int, *, color: str = "red") -> list[Path]:
@@ -649,7 +659,7 @@ def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: ClipEnc
     assert (summary.indexed, summary.removed, summary.total) == (3, 0, 6)
     stored = {r.path: r.id for r in images_store(settings, encoder)}
     assert set(stored) == {str(p) for p in one + two}
-    hits = SearchService(encoder, images_store(settings, encoder)).by_text("a circle", 6)
+    hits = searcher(settings, encoder).by_text("a circle", 6)
     assert len({h.id for h in hits}) == 6
 
 
@@ -755,7 +765,7 @@ def test_ctrl_c_before_anything_changed_says_so(
     def ctrl_c(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(VectorStore, "add_roots", ctrl_c)
+    monkeypatch.setattr("core.indexing.record_roots", ctrl_c)
     summary = index(settings, encoder, splits=("val2014",))
     assert summary.interrupted and not summary.changed
     assert index_builder.interruption(summary) == (
@@ -883,7 +893,7 @@ def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
     assert len(ids) == len(set(ids)) == store.count() == len(made)  # no duplicates, none lost
     assert set(ids) == {str(m.id) for m in made}
     coco = settings.coco_root.resolve()
-    assert set(store.roots()) == {str(coco / "train2014"), str(coco / "val2014")}
+    assert recorded_roots(settings) == {str(coco / "train2014"), str(coco / "val2014")}
     assert set(store.categories()) == {"cat", "dog"}  # each shard recorded its own
     captions = Database(settings).open(
         "sharded_on_server_captions", CaptionRecord, model=settings.clip_model, dim=encoder.dim

@@ -55,7 +55,10 @@ def test_make_run_from_nothing(tmp_path: Path) -> None:
         CocoServer(build_coco_zips(tmp_path / "mirror")) as mirror,
         FakeTelegram(hide_button_messages=True) as tg,
     ):
-        env = subprocess_env(settings, **tg.env(), COCO_BASE_URL=mirror.url)
+        checksums = str(mirror.write_checksums(tmp_path / "SHA256SUMS"))
+        env = subprocess_env(
+            settings, **tg.env(), COCO_BASE_URL=mirror.url, COCO_CHECKSUMS=checksums
+        )
         proc = make_run(env, log)
         try:
             deadline = time.monotonic() + 240
@@ -107,3 +110,16 @@ def test_make_run_reports_a_bad_setting_once(tmp_path: Path) -> None:
         stop(proc)
     said = (tmp_path / "make.log").read_text()
     assert said.count("bad setting RATE_LIMIT_PER_MINUTE='lots'") == 1, said
+
+
+def test_make_run_folder_lets_the_bot_serve_that_folder() -> None:
+    """The bot's roots come from the host: `make run FOLDER=...` names the folder to it."""
+    plan = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "run", "FOLDER=/srv/my photos", "PY=python"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert 'python index_builder.py --folder "/srv/my photos"' in plan
+    assert plan[-1] == 'PICTURE_ROOTS="/srv/my photos" python -m bot'

@@ -83,7 +83,7 @@ class FakeServices:
         return SearchPage(hits, offset, more, prepared.reading, PICTURES)
 
     async def original(self, image_id: str, path: str) -> bytes:
-        return self.files.read(image_id, path)
+        return self.files.read(image_id, path).data
 
     def close(self) -> None:
         pass

@@ -129,7 +129,7 @@ def test_a_copied_picture_comes_back_once(tmp_path: Path, shape_index: ShapeInde
     hits = dedup.by_image_file(tmp_path / "copy.jpg", 7)
     names = [Path(h.path).name for h in hits]
     assert len(hits) == 6 and len({"copy.jpg", shape_index.images[0].path.name} & set(names)) == 1
-    keep_all = SearchService(dedup.encoder, dedup.store)  # no DUPLICATE_COSINE: both copies
+    keep_all = SearchService(dedup.encoder, dedup.store, files=dedup.files)  # both copies
     assert keep_all.by_image_file(tmp_path / "copy.jpg", 7)[1].score >= 0.999
 
 

@@ -84,6 +84,35 @@ def test_the_store_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
     assert all(store.get(c.token) is not None for c in (contexts[0], contexts[2], contexts[3]))
 
 
+def test_one_user_cannot_push_everyone_elses_searches_out(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SearchContexts(tmp_path / "s.sqlite3", max_contexts=10, max_per_user=3, clock=clock)
+    earlier = context(user_id=7, chat_id=7)
+    store.put(earlier)
+    flood = [context(user_id=5) for _ in range(20)]
+    for c in flood:
+        clock.now += 1
+        store.put(c)
+    assert store.get(earlier.token) == earlier  # the other user's search still resolves
+    assert len(store) == 4
+    kept = [c for c in flood if store.get(c.token) is not None]
+    assert kept == flood[-3:]  # the flooding user's own oldest went
+
+
+def test_a_users_share_counts_their_least_recently_used_first(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SearchContexts(tmp_path / "s.sqlite3", max_per_user=2, clock=clock)
+    first, second, third = context(), context(), context()
+    for c in (first, second):
+        clock.now += 1
+        store.put(c)
+    clock.now += 1
+    assert store.get(first.token) is not None  # used: now their most recent
+    store.put(third)
+    assert store.get(second.token) is None
+    assert store.get(first.token) is not None and store.get(third.token) is not None
+
+
 def test_contexts_expire_after_the_ttl_since_their_last_use(tmp_path: Path) -> None:
     clock = Clock()
     store = SearchContexts(tmp_path / "s.sqlite3", ttl_s=100, clock=clock)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from telegram import Bot, Message
 
 from bot.file_ids import FileIdCache
 from bot.replies import NO_RESULTS
-from bot.sending import chat_action, send_hits
+from bot.sending import chat_action, file_keys, send_hits
 from core.indexed_files import IndexedFiles
 from core.search import Hit
 from tests.bot_harness import jpeg
@@ -32,12 +33,21 @@ def make_hits(tmp_path: Path, n: int) -> list[Hit]:
     return hits
 
 
+def guard(hits: list[Hit]) -> IndexedFiles:
+    roots = tuple({str(Path(hit.path).parent) for hit in hits})
+    return IndexedFiles(lambda: roots)
+
+
+def keys(hits: list[Hit]) -> list[str]:
+    """The file_id cache keys of `hits`' files as they are now."""
+    return list(file_keys(hits, guard(hits)).values())
+
+
 def send(tg: FakeTelegram, hits: list[Hit], cache: FileIdCache, user: int) -> None:
     async def main() -> None:
         async with Bot(tg.token, base_url=tg.base_url, base_file_url=tg.base_file_url) as bot:
             message = Message.de_json(tg.inject_text("query", user_id=user), bot)
-            roots = tuple({str(Path(hit.path).parent) for hit in hits})
-            await send_hits(message, hits, cache, IndexedFiles(lambda: roots))
+            await send_hits(message, hits, cache, guard(hits))
 
     asyncio.run(main())
 
@@ -49,7 +59,8 @@ def test_one_hit_is_a_single_photo(tmp_path: Path) -> None:
         send(tg, [hit], cache, user=1)
         [sent] = tg.sent_to(1)
         assert sent.kind == "photo" and sent.caption == "#1 · 0.90 · caption 0"
-        assert cache.get_many([hit.version]) == {hit.version: sent.photo_file_ids[0]}
+        [key] = keys([hit])
+        assert cache.get_many([key]) == {key: sent.photo_file_ids[0]}
 
 
 def test_no_hits_is_a_message(tmp_path: Path) -> None:
@@ -77,7 +88,7 @@ def test_mixed_cached_and_new_and_stale_file_ids(tmp_path: Path) -> None:
         send(tg, hits, cache, user=1)  # two by file_id, one uploaded
         album = tg.sent_to(1)[-1]
         assert album.by_file_id == [True, True, False]
-        versions = [hit.version for hit in hits]
+        versions = keys(hits)
         assert set(cache.get_many(versions)) == set(versions)
         cache.put_many({versions[0]: "STALE-ID-FROM-ANOTHER-BOT"})
         send(tg, hits, cache, user=2)  # Telegram refuses the stale id: all uploaded afresh
@@ -100,6 +111,24 @@ def test_a_changed_picture_is_uploaded_fresh_not_by_its_old_file_id(tmp_path: Pa
         assert new.by_file_id == [False, True]
         assert tg.file_bytes(new.photo_file_ids[0]) == changed.read_bytes()
         assert new.photo_file_ids[0] != old.photo_file_ids[0]
+
+
+def test_a_record_pointed_at_another_file_is_not_sent_by_the_old_file_id(
+    tmp_path: Path,
+) -> None:
+    """The cache key names the very file, not what the record says of it (id, size, mtime
+    are the store's, so whoever writes it can make them match a cached picture)."""
+    hits = make_hits(tmp_path, 2)
+    other = tmp_path / "other.jpg"
+    other.write_bytes(jpeg("blue", "square", seed=9))
+    cache = FileIdCache(tmp_path / "ids.sqlite3", bot_id=1)
+    with FakeTelegram() as tg:
+        send(tg, hits, cache, user=1)
+        swapped = replace(hits[0], path=str(other))  # same id, size and mtime in the record
+        send(tg, [swapped, hits[1]], cache, user=1)
+        album = tg.sent_to(1)[-1]
+        assert album.by_file_id == [False, True]
+        assert tg.file_bytes(album.photo_file_ids[0]) == other.read_bytes()
 
 
 def test_records_outside_the_roots_are_never_sent(tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_metadata_written_by_several_builders_at_once_keeps_everyones(
     tmp_path: Path, chroma_server: ChromaServer
 ) -> None:
     """Builders of several shards on one server create the collection and record their
-    roots and categories at the same moment: nobody's are lost (modify() replaces the
+    categories at the same moment: nobody's are lost (modify() replaces the
     whole metadata, so a plain read-merge-write would lose some)."""
     settings = make_settings(
         tmp_path, chroma_host=chroma_server.host, chroma_port=chroma_server.port
@@ -238,14 +238,12 @@ def test_metadata_written_by_several_builders_at_once_keeps_everyones(
         start.wait()
         store = db.open("shared_metadata", ImageRecord, model="m", dim=8, create=True)
         start.wait()
-        store.add_roots([f"/data/shard{n}", "/data/common"])
-        store.add_categories([f"category {n}"])
+        store.add_categories([f"category {n}", "common"])
 
     with ThreadPoolExecutor(writers) as pool:
         list(pool.map(builder, range(writers)))
     store = Database(settings).open("shared_metadata", ImageRecord, model="m", dim=8)
-    assert set(store.roots()) == {f"/data/shard{n}" for n in range(writers)} | {"/data/common"}
-    assert set(store.categories()) == {f"category {n}" for n in range(writers)}
+    assert set(store.categories()) == {f"category {n}" for n in range(writers)} | {"common"}
     assert [c.name for c in Database(settings)._client.list_collections()].count(
         "shared_metadata"
     ) == 1
@@ -258,10 +256,10 @@ def test_a_metadata_write_replaced_by_a_stale_one_is_merged_again(
     is merged again, with theirs."""
     db = Database(make_settings(tmp_path))
     store = db.open("stale_metadata", ImageRecord, model="m", dim=8, create=True)
-    store.add_roots(["/data/old"])
+    store.add_categories(["old"])
     collection = db._client.get_collection("stale_metadata", embedding_function=None)
     stale = dict(collection.metadata)  # what the other builder read, before our write
-    stale["roots"] = json.dumps(["/data/old", "/data/theirs"])
+    stale["categories"] = json.dumps(["old", "theirs"])
     writes = []
 
     def other_builder_writes(seconds: float) -> None:
@@ -270,7 +268,7 @@ def test_a_metadata_write_replaced_by_a_stale_one_is_merged_again(
             collection.modify(metadata=stale)
 
     monkeypatch.setattr(store_module.time, "sleep", other_builder_writes)
-    store.add_roots(["/data/ours"])
+    store.add_categories(["ours"])
     assert writes  # the stale write did land after ours
-    assert set(store.roots()) == {"/data/old", "/data/ours", "/data/theirs"}
+    assert set(store.categories()) == {"old", "ours", "theirs"}
     assert db.open("stale_metadata", ImageRecord, model="m", dim=8)  # model and dim kept

@@ -1,29 +1,38 @@
-"""Downloading URL lists to validated files on disk, against a local HTTP server only."""
+"""Downloading URL lists to validated files on disk, what a rerun fetches again, and the
+failure report, against a local HTTP server only."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-from core import url_downloads
+from core import url_fetch, url_network
 from core.errors import DownloadError
 from core.url_downloads import (
+    DownloadOptions,
     DownloadSummary,
     download_url_list,
-    is_public_address,
-    robots_refusal,
+    spreadsheet_safe,
 )
+from core.url_fetch import FetchRules
 from core.url_lists import UrlListReader, url_hash
+from tests.conftest import ROOT
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer
 
 HTML = b"<!doctype html><html><body>Sorry, this image is gone.</body></html>"
+LOCAL = DownloadOptions(FetchRules(allow_private=True), progress=False)
+"""A list on the local test server: private addresses allowed, no progress bar."""
 
 
 def failed_tsv(summary: DownloadSummary) -> dict[str, str]:
@@ -35,42 +44,6 @@ def failed_tsv(summary: DownloadSummary) -> dict[str, str]:
 def server() -> Iterator[UrlServer]:
     with UrlServer() as server:
         yield server
-
-
-# Addresses
-
-
-@pytest.mark.parametrize(
-    "address",
-    ["10.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1", "224.0.0.1", "127.0.0.1",
-     "192.168.1.1", "100.64.0.1", "0.0.0.0", "::", "fe80::1%eth0", "fc00::1", "ff02::1",
-     "2002:a00:1::", "64:ff9b::a00:1", "240.0.0.1", "not an address"],
-)  # fmt: skip
-def test_private_and_special_addresses_are_refused(address: str) -> None:
-    assert not is_public_address(address)
-
-
-@pytest.mark.parametrize(
-    "address", ["93.184.216.34", "::ffff:93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
-)
-def test_public_addresses_are_allowed(address: str) -> None:
-    assert is_public_address(address)
-
-
-@pytest.mark.parametrize(
-    ("values", "refusal"),
-    [
-        (["noai"], "noai"),
-        (["noindex, nofollow"], "noindex"),
-        (["all", "NoImageAI"], "noimageai"),
-        (["clip-image-search-bot: noimageindex"], "noimageindex"),
-        (["googlebot: noindex"], None),
-        (["nofollow", "unavailable_after: 25 Jun 2010 15:00:00 PST"], None),
-        ([], None),
-    ],
-)
-def test_robots_tag_directives(values: list[str], refusal: str | None) -> None:
-    assert robots_refusal(values) == refusal
 
 
 # Downloading
@@ -110,9 +83,8 @@ def test_mixed_list_keeps_the_pictures_and_records_each_failure(
         tmp_path / "Mixed List!.tsv", [(f"caption {n}", u) for n, u in enumerate(urls)]
     )
 
-    summary = download_url_list(
-        listing, tmp_path / "data", read_timeout_s=0.5, allow_private=True, progress=False
-    )
+    rules = FetchRules(read_timeout_s=0.5, allow_private=True)
+    summary = download_url_list(listing, tmp_path / "data", replace(LOCAL, rules=rules))
 
     folder = tmp_path / "data" / "Mixed_List"
     assert summary.folder == folder and summary.failed_path == folder / "Mixed_List-failed.tsv"
@@ -128,7 +100,7 @@ def test_mixed_list_keeps_the_pictures_and_records_each_failure(
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
     # The endless body was cut off near the limit, not read to its end.
     assert server.sent["/huge.jpg"] < 40 * 1024 * 1024
-    assert server.requests["/loop"] == url_downloads.DEFAULT_MAX_REDIRECTS + 1
+    assert server.requests["/loop"] == url_fetch.DEFAULT_MAX_REDIRECTS + 1
     manifest = [json.loads(line) for line in (folder / "Mixed_List-manifest.jsonl").open()]
     assert {m["url"]: m["caption"] for m in manifest} == {
         urls[0]: "caption 0",
@@ -147,19 +119,17 @@ def test_rerun_fetches_nothing_and_retry_failed_tries_again(
         ("a page", server.add("/p.jpg", Route(HTML))),
     ]
     listing = write_tsv(tmp_path / "list.tsv", rows)
-    first = download_url_list(listing, tmp_path, allow_private=True, progress=False)
+    first = download_url_list(listing, tmp_path, LOCAL)
     assert (first.downloaded, first.failed_count) == (1, 2)
     requests = server.total_requests
 
-    again = download_url_list(listing, tmp_path, allow_private=True, progress=False)
+    again = download_url_list(listing, tmp_path, LOCAL)
     assert server.total_requests == requests
     assert (again.downloaded, again.already_there, again.skipped_failed) == (0, 1, 2)
     assert again.failed_count == 0 and set(failed_tsv(again)) == {rows[1][1], rows[2][1]}
 
     server.add("/gone.jpg", Route(picture("red", "square", "PNG")))
-    retried = download_url_list(
-        listing, tmp_path, allow_private=True, retry_failed=True, progress=False
-    )
+    retried = download_url_list(listing, tmp_path, replace(LOCAL, retry_failed=True))
     assert server.total_requests == requests + 2
     assert (retried.downloaded, retried.already_there, retried.failed_count) == (1, 1, 1)
     assert failed_tsv(retried) == {rows[2][1]: "not an image"}
@@ -172,10 +142,10 @@ def test_a_lost_manifest_line_is_rewritten_without_fetching(
         tmp_path / "list.tsv",
         [("a red circle", server.add("/r.jpg", Route(picture("red", "circle"))))],
     )
-    download_url_list(listing, tmp_path, allow_private=True, progress=False)
+    download_url_list(listing, tmp_path, LOCAL)
     (tmp_path / "list" / "list-manifest.jsonl").unlink()
     (tmp_path / "list" / ".abc.part").write_bytes(b"half a file")
-    again = download_url_list(listing, tmp_path, allow_private=True, progress=False)
+    again = download_url_list(listing, tmp_path, LOCAL)
     assert again.already_there == 1 and server.total_requests == 1
     assert len(UrlListReader(listing, tmp_path).scan().records) == 1
     assert not (tmp_path / "list" / ".abc.part").exists()
@@ -190,7 +160,7 @@ def test_limit_takes_the_first_valid_pictures_in_list_order(
         server.add(path, Route(jpeg) if "ok" in path else Route(status=500))
     listing = write_tsv(tmp_path / "list.tsv", [(p, server.base + p) for p in paths])
     summary = download_url_list(
-        listing, tmp_path, limit=3, concurrency=8, allow_private=True, progress=True
+        listing, tmp_path, replace(LOCAL, limit=3, concurrency=8, progress=True)
     )
     assert summary.valid == 3 and summary.failed["HTTP 500"] == 2
     assert set(server.requests) == set(paths[:5])
@@ -205,7 +175,7 @@ def test_one_download_per_list_folder_at_a_time(tmp_path: Path) -> None:
         FileLock(str(tmp_path / "data" / "list" / ".download.lock")),
         pytest.raises(DownloadError, match="another download"),
     ):
-        download_url_list(listing, tmp_path / "data", allow_private=True, progress=False)
+        download_url_list(listing, tmp_path / "data", LOCAL)
 
 
 # Network safety
@@ -216,9 +186,9 @@ def test_loopback_is_refused_without_allow_private(tmp_path: Path, server: UrlSe
     listing = write_tsv(
         tmp_path / "list.tsv", [("a red circle", url), ("v6", "http://[::1]/x.jpg")]
     )
-    summary = download_url_list(listing, tmp_path, progress=False)
+    summary = download_url_list(listing, tmp_path, DownloadOptions(progress=False))
     assert summary.failed == {"private address": 2} and summary.downloaded == 0
-    assert server.total_requests == 0
+    assert server.connections == 0
     assert failed_tsv(summary) == {url: "private address", "http://[::1]/x.jpg": "private address"}
 
 
@@ -227,22 +197,137 @@ def test_every_redirect_hop_is_checked(
 ) -> None:
     # Treat the test server as public: its redirect to a private address must be refused
     # before anything connects there.
-    monkeypatch.setattr(url_downloads, "is_public_address", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr(url_network, "is_public_address", lambda address: address == "127.0.0.1")
     url = server.add("/hop", Route(status=302, headers={"Location": "http://10.0.0.1/meta"}))
     listing = write_tsv(tmp_path / "list.tsv", [("hop", url)])
-    summary = download_url_list(listing, tmp_path, connect_timeout_s=0.2, progress=False)
+    rules = FetchRules(connect_timeout_s=0.2)
+    summary = download_url_list(listing, tmp_path, DownloadOptions(rules, progress=False))
     assert summary.failed == {"private address": 1} and server.requests["/hop"] == 1
 
 
-def test_the_connected_peer_is_checked_too(
-    tmp_path: Path, server: UrlServer, monkeypatch: pytest.MonkeyPatch
+# What a rerun fetches again
+
+
+def test_a_refusal_by_policy_is_fetched_by_a_rerun_that_allows_it(
+    tmp_path: Path, server: UrlServer
 ) -> None:
-    # DNS rebinding: the name resolved to a public address at the check, the connection went
-    # to a private one. The peer check refuses before the body is read.
-    monkeypatch.setattr(url_downloads, "_resolve", lambda host, port: ["93.184.216.34"])
     url = server.add("/r.jpg", Route(picture("red", "circle")))
-    listing = write_tsv(tmp_path / "list.tsv", [("rebound", url)])
-    summary = download_url_list(listing, tmp_path, progress=False)
-    assert summary.failed == {"private address": 1} and summary.downloaded == 0
-    assert server.requests["/r.jpg"] == 1
-    assert not [p for p in (tmp_path / "list").iterdir() if p.suffix == ".jpg"]
+    listing = write_tsv(tmp_path / "list.tsv", [("a red circle", url)])
+    refused = download_url_list(listing, tmp_path, DownloadOptions(progress=False))
+    assert refused.failed == {"private address": 1} and server.connections == 0
+    assert failed_tsv(refused) == {url: "private address"}
+
+    allowed = download_url_list(listing, tmp_path, LOCAL)  # no retry_failed
+    assert (allowed.downloaded, allowed.skipped_failed, allowed.failed_count) == (1, 0, 0)
+    assert server.requests["/r.jpg"] == 1 and failed_tsv(allowed) == {}
+
+
+def test_only_permanent_failures_are_remembered(tmp_path: Path, server: UrlServer) -> None:
+    jpeg = picture("blue", "circle")
+    transient = {
+        "/busy.jpg": Route(status=503),
+        "/later.jpg": Route(status=429, headers={"Retry-After": "1"}),
+        "/noai.jpg": Route(jpeg, headers={"X-Robots-Tag": "noai"}),
+    }
+    permanent = {
+        "/gone.jpg": Route(status=404),
+        "/removed.jpg": Route(status=410),
+        "/page.jpg": Route(HTML),
+        "/huge.jpg": Route(stream_bytes=2 * 1024 * 1024),
+    }
+    for path, route in {**transient, **permanent}.items():
+        server.add(path, route)
+    listing = write_tsv(tmp_path / "list.tsv", [(p, server.base + p) for p in server.routes])
+    rules = FetchRules(allow_private=True, max_bytes=1024 * 1024)
+    first = download_url_list(listing, tmp_path, DownloadOptions(rules, progress=False))
+    assert first.failed_count == 7 and first.downloaded == 0
+
+    for path in server.routes:
+        server.add(path, Route(jpeg))
+    second = download_url_list(listing, tmp_path, DownloadOptions(rules, progress=False))
+    assert second.downloaded == len(transient) and second.skipped_failed == len(permanent)
+    assert set(server.requests) == set(server.routes)
+    assert all(server.requests[p] == 2 for p in transient)
+    assert all(server.requests[p] == 1 for p in permanent)
+    assert set(failed_tsv(second)) == {server.base + p for p in permanent}
+
+
+def test_the_state_is_on_disk_and_a_fresh_process_skips_what_is_done(
+    tmp_path: Path, server: UrlServer
+) -> None:
+    rows = [
+        ("a red circle", server.add("/r.jpg", Route(picture("red", "circle")))),
+        ("gone", server.base + "/gone.jpg"),
+        ("busy", server.add("/busy.jpg", Route(status=500))),
+    ]
+    listing = write_tsv(tmp_path / "list.tsv", [*rows, rows[0]])
+    first = download_url_list(listing, tmp_path, LOCAL)
+    assert (first.downloaded, first.failed_count, first.duplicates) == (1, 2, 1)
+
+    with sqlite3.connect(tmp_path / "list" / "list-state.sqlite3") as db:
+        state = db.execute("SELECT url, file, failure, permanent FROM urls ORDER BY line")
+        assert list(state) == [
+            (rows[0][1], url_hash(rows[0][1]) + ".jpg", None, 0),
+            (rows[1][1], None, "HTTP 404", 1),
+            (rows[2][1], None, "HTTP 500", 0),
+        ]
+    again = (
+        "from core.url_downloads import DownloadOptions, download_url_list\n"
+        "from core.url_fetch import FetchRules\n"
+        f"s = download_url_list({str(listing)!r}, {str(tmp_path)!r}, "
+        "DownloadOptions(FetchRules(allow_private=True), progress=False))\n"
+        "print(s.already_there, s.skipped_failed, s.failed_count, s.duplicates)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", again], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["1", "1", "1", "1"]
+    assert server.requests == {"/r.jpg": 1, "/gone.jpg": 1, "/busy.jpg": 2}
+
+
+# The failure report
+
+
+@pytest.mark.parametrize(
+    ("cell", "safe"),
+    [
+        ("http://example.test/a.jpg", "http://example.test/a.jpg"),
+        ("=1+2", "'=1+2"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1:A2)", "'@SUM(A1:A2)"),
+        ("\t=1", "'\\t=1"),
+        ("\r=1", "'\\r=1"),
+        ("a\nb\tc\rd", "a\\nb\\tc\\rd"),
+        (
+            "bell\x07 esc\x1b[31m nul\x00 del\x7f c1\x85",
+            "bell\\x07 esc\\x1b[31m nul\\x00 del\\x7f c1\\x85",
+        ),
+        ("a=1", "a=1"),
+        ("ünïcode – fine", "ünïcode – fine"),
+    ],
+)
+def test_spreadsheet_safe_cells(cell: str, safe: str) -> None:
+    assert spreadsheet_safe(cell) == safe
+
+
+def test_the_failure_report_is_safe_to_open_in_a_spreadsheet(
+    tmp_path: Path, server: UrlServer
+) -> None:
+    escape = server.base + "/\x1b[31mred\x07.jpg"
+    rows = [("a", "=1+2"), ("b", "+SUM(1)"), ("c", "-1"), ("d", "@A1"), ("e", escape)]
+    listing = write_tsv(tmp_path / "list.tsv", rows)
+    summary = download_url_list(listing, tmp_path, LOCAL)
+    assert summary.failed_count == 5
+    text = summary.failed_path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) == 5 and text.count("\n") == 5
+    assert [line.split("\t")[0] for line in lines] == [
+        "'=1+2",
+        "'+SUM(1)",
+        "'-1",
+        "'@A1",
+        server.base + "/\\x1b[31mred\\x07.jpg",
+    ]
+    assert not any(c < " " for c in text.replace("\t", "").replace("\n", ""))
+    assert failed_tsv(summary)[server.base + "/\\x1b[31mred\\x07.jpg"] == "bad URL"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,15 @@ import pytest
 from core.errors import DatasetError
 from core.indexing import run
 from core.search import SearchService
-from core.url_downloads import download_url_list
-from core.url_lists import UrlListReader, parse_url_list, url_image_id
+from core.url_downloads import DownloadOptions, download_url_list
+from core.url_fetch import FetchRules
+from core.url_lists import MAX_LINE_BYTES, UrlList, UrlListReader, parse_url_list, url_image_id
 from tests.conftest import make_settings
 from tests.fixtures.shapes import LABELS, caption
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer
+
+LOCAL = DownloadOptions(FetchRules(allow_private=True), progress=False)
 
 
 @pytest.fixture
@@ -89,9 +93,47 @@ def test_jsonl_rows_and_bad_rows(tmp_path: Path) -> None:
     assert url_list.bad_count == 3 and [b.line for b in url_list.bad_rows] == [2, 3, 4]
 
 
+@pytest.mark.parametrize(
+    ("suffix", "row"),
+    [
+        (".tsv", "{caption}\thttp://example.test/{n}.jpg"),
+        (".csv", "{caption},http://example.test/{n}.jpg"),
+        (".jsonl", '{{"caption": "{caption}", "url": "http://example.test/{n}.jpg"}}'),
+    ],
+)
+def test_a_line_longer_than_64_kb_is_a_bad_row(tmp_path: Path, suffix: str, row: str) -> None:
+    long_caption = "a very long caption " * (MAX_LINE_BYTES // 20 + 1)
+    lines = [row.format(caption=c, n=n) for n, c in enumerate(["one", long_caption, "three"])]
+    header = ["caption,url"] if suffix == ".csv" else []
+    path = tmp_path / f"list{suffix}"
+    path.write_text("\n".join([*header, *lines]) + "\n", encoding="utf-8")
+    entries, url_list = parse_url_list(path)
+    assert [e.caption for e in entries] == ["one", "three"]
+    assert url_list.bad_count == 1
+    assert url_list.bad_rows[0].line == 2 + len(header)
+    assert "longer than 64 KB" in url_list.bad_rows[0].reason
+
+
+def test_a_huge_line_is_never_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "list.tsv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("one\thttp://example.test/1.jpg\n")
+        f.write("x" * (16 * 1024 * 1024) + "\thttp://example.test/2.jpg\n")
+        f.write("three\thttp://example.test/3.jpg\n")
+    url_list = UrlList.open(path)
+    tracemalloc.start()
+    try:
+        captions = [entry.caption for entry in url_list.entries()]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert captions == ["one", "three"] and url_list.bad_count == 1
+    assert peak < 1024 * 1024  # the 16 MB line was read in 64 KB pieces
+
+
 def test_missing_or_unknown_list_is_a_dataset_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"nowhere\.tsv not found"):
-        download_url_list(tmp_path / "nowhere.tsv", tmp_path / "data", progress=False)
+        download_url_list(tmp_path / "nowhere.tsv", tmp_path / "data")
     (tmp_path / "list.xml").write_text("<urls/>")
     with pytest.raises(DatasetError, match=r"list\.xml: unknown format"):
         parse_url_list(tmp_path / "list.xml")
@@ -108,7 +150,7 @@ def test_reader_scans_the_manifest(tmp_path: Path, server: UrlServer) -> None:
     listing = write_tsv(tmp_path / "list.tsv", rows)
     with pytest.raises(DatasetError, match="download the list first"):
         UrlListReader(listing, tmp_path / "data").scan()
-    download_url_list(listing, tmp_path / "data", allow_private=True, progress=False)
+    download_url_list(listing, tmp_path / "data", LOCAL)
     reader = UrlListReader(listing, tmp_path / "data")
     folder = str((tmp_path / "data" / "list").resolve())
     assert reader.roots == (folder,)
@@ -137,7 +179,7 @@ def test_downloaded_list_is_indexed_and_searchable(tmp_path: Path, server: UrlSe
         labels[url_image_id(url)] = (color, shape)
     listing = write_tsv(tmp_path / "shapes.tsv", rows)
     settings = make_settings(tmp_path, data_dir=tmp_path / "data")
-    summary = download_url_list(listing, settings.data_dir, allow_private=True, progress=False)
+    summary = download_url_list(listing, settings.data_dir, LOCAL)
     assert summary.downloaded == len(rows) == 25
 
     indexed = run(settings, UrlListReader(listing, settings.data_dir), progress=False)
@@ -149,4 +191,4 @@ def test_downloaded_list_is_indexed_and_searchable(tmp_path: Path, server: UrlSe
     store = service.store
     record = store.get([hits[0].id])[0]
     assert record.url in {u for _, u in rows} and url_image_id(record.url) == record.id
-    assert str((settings.data_dir / "shapes").resolve()) in store.roots()
+    assert service.files.allowed(record.id, record.path)  # DATA_DIR is served
