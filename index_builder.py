@@ -25,11 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-from core.coco_download import ensure_coco, format_size, plan_coco
 from core.config import Settings, load_settings
-from core.datasets import COCO_SPLITS, CocoReader, FolderReader, Reader
 from core.errors import DownloadError, SearchBotError
-from core.indexing import (
+from core.indexing.build import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_WORKERS,
     REBUILD_WITH_SHARD,
@@ -37,10 +35,14 @@ from core.indexing import (
     run,
 )
 from core.redaction import RedactSecrets, install, secret_values
-from core.shards import EVERYTHING, Shard
-from core.url_downloads import DownloadOptions, DownloadSummary, download_url_list
-from core.url_fetch import FetchRules
-from core.url_lists import UrlListReader
+from core.sources.coco import COCO_SPLITS, CocoReader
+from core.sources.coco_download import ensure_coco, format_size, plan_coco
+from core.sources.folders import FolderReader
+from core.sources.scan import Reader
+from core.sources.shards import EVERYTHING, Shard
+from core.sources.url_downloads import DownloadOptions, DownloadSummary, download_url_list
+from core.sources.url_fetch import FetchRules
+from core.sources.url_lists import UrlListReader
 
 log = logging.getLogger("index_builder")
 

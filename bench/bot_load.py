@@ -136,8 +136,8 @@ def encoder_only(clip: Path, queries: list[str]) -> dict[str, float]:
 
 
 def run(quick: bool, workdir: Path) -> dict:
-    from core.datasets import FolderReader
-    from core.indexing import run as index
+    from core.indexing.build import run as index
+    from core.sources.folders import FolderReader
 
     clip = vit_b32_dir().path
     photos = make_photos(workdir.parent / "photos", 120 if quick else 500)

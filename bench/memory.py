@@ -75,8 +75,8 @@ def bot_rss(settings, workdir: Path, label: str) -> dict:
 
 
 def bot_memory(quick: bool, workdir: Path) -> dict:
-    from core.datasets import FolderReader
-    from core.indexing import run as index
+    from core.indexing.build import run as index
+    from core.sources.folders import FolderReader
 
     clip = vit_b32_dir().path
     photos = make_photos(workdir.parent / "photos", 40)

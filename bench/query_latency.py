@@ -47,7 +47,7 @@ CHROMA_DEFAULT_HNSW = {
 def coco_like_record(n: int, photo: Path):
     """Record `n` of a benchmark collection: the metadata a COCO record carries (split, size,
     five captions, file size and mtime), all pointing at one real photo."""
-    from core.records import ImageRecord
+    from core.store.records import ImageRecord
 
     return ImageRecord(
         id=str(n),
@@ -63,9 +63,9 @@ def coco_like_record(n: int, photo: Path):
 
 def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
     """A collection of `vectors` with COCO-like records; returns (store, inserts per second)."""
-    from core.indexed_files import record_roots
-    from core.records import ImageRecord
-    from core.store import Database
+    from core.search.sendable_files import record_roots
+    from core.store.database import Database
+    from core.store.records import ImageRecord
 
     records = [coco_like_record(n, photo) for n in range(len(vectors))]
     store = Database(settings).open(
@@ -133,9 +133,9 @@ def text_like(queries: np.ndarray, seed: int = 1) -> np.ndarray:
 
 
 def run(quick: bool, workdir: Path) -> dict:
-    from core.indexed_files import HostRoots, IndexedFiles
     from core.models.clip import ClipEncoder
-    from core.search import SearchService
+    from core.search.sendable_files import HostRoots, SendableFiles
+    from core.search.service import SearchService
 
     count = 20_000 if quick else COCO_SIZE
     n_queries = 60 if quick else 200
@@ -156,7 +156,7 @@ def run(quick: bool, workdir: Path) -> dict:
 
     encoder = ClipEncoder.from_settings(settings)
     encoder.load()
-    files = IndexedFiles(HostRoots(settings))
+    files = SendableFiles(HostRoots(settings))
     service = SearchService(encoder, store, files=files, max_image_pixels=settings.max_image_pixels)
     images = [p.read_bytes() for p in photos]
     for n in range(5):  # warm-up
@@ -241,7 +241,7 @@ def run(quick: bool, workdir: Path) -> dict:
 
 
 def _project_hnsw() -> dict:
-    from core.store import HNSW
+    from core.store.database import HNSW
 
     return dict(HNSW)
 

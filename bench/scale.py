@@ -108,9 +108,9 @@ class Filler:
     """Grows the collection and times searches, through the project's `VectorStore`."""
 
     def __init__(self, settings, photo: Path) -> None:
-        from core.indexed_files import record_roots
-        from core.records import ImageRecord
-        from core.store import Database
+        from core.search.sendable_files import record_roots
+        from core.store.database import Database
+        from core.store.records import ImageRecord
 
         self.photo = photo
         self.store = Database(settings).open(
@@ -487,6 +487,6 @@ def _tables(points: list[Point]) -> None:
 
 
 def _project_hnsw() -> dict:
-    from core.store import HNSW
+    from core.store.database import HNSW
 
     return dict(HNSW)

@@ -269,8 +269,8 @@ def _minute(actions: list[Action], rss: float) -> Minute:
 
 
 def run(quick: bool, workdir: Path) -> dict:
-    from core.datasets import FolderReader
-    from core.indexing import run as index
+    from core.indexing.build import run as index
+    from core.sources.folders import FolderReader
 
     workdir.mkdir(parents=True, exist_ok=True)
     photos = make_photos(workdir.parent / "photos", PHOTOS)

@@ -22,10 +22,10 @@ from telegram.ext import (
 
 from bot import handlers
 from bot.file_ids import FileIdCache
-from bot.handlers import BotData
 from bot.limits import RetryingRateLimiter, UserRateLimiter
-from bot.searches import SearchContexts
+from bot.saved_searches import SearchContexts
 from bot.services import Services
+from bot.state import BotData
 from core.config import Settings
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bot.local_db import open_local_db
-from core.indexed_files import FileIdentity
+from core.search.sendable_files import FileIdentity
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_ids (

@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
 
 from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
-from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
+from telegram.ext import ApplicationHandlerStop
 from telegram.helpers import effective_message_type
 
 from bot import groups, inline, replies, results
-from bot.file_ids import FileIdCache
-from bot.limits import OncePerWindow, UserRateLimiter
-from bot.searches import SearchContexts, parse_press
+from bot.saved_searches import parse_press
 from bot.sending import chat_action
-from bot.services import Services
+from bot.state import BotData, Context
 from core.errors import ModelUnavailable, SearchBotError
-from core.search import MAX_QUERY_CHARS, clean_query
+from core.search.service import MAX_QUERY_CHARS, clean_query
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +31,6 @@ DOWNLOAD_LIMIT = 20 * 1024 * 1024
 """Telegram lets bots download files up to 20 MB."""
 ASK = re.compile(r"^/ask(?:@\w+)?(?:\s+(.*))?$", re.DOTALL | re.IGNORECASE)
 """/ask, /ask@SomeBot, with or without a question after it."""
-
-
-@dataclass
-class BotData:
-    """The application's shared state (PTB's bot_data), typed. Filled in post_init."""
-
-    services: Services = field(init=False)
-    file_ids: FileIdCache = field(init=False)
-    limiter: UserRateLimiter = field(init=False)
-    allowed_user_ids: frozenset[int] = frozenset()
-    admin_user_ids: frozenset[int] = frozenset()
-    refusals: OncePerWindow = field(default_factory=OncePerWindow)
-    searches: SearchContexts = field(init=False)
-    pressing: set[str] = field(default_factory=set)
-    """Tokens whose press is being worked on (a second press waits for the first)."""
-    storage_chat_id: int | None = None
-    """Where inline mode uploads pictures once to get their file_ids (STORAGE_CHAT_ID)."""
-    inline_storage_warned: bool = False
-    warming: asyncio.Task | None = None
-    """Loading the search index once the bot runs (kept: a task nobody holds may vanish)."""
-
-
-Context = CallbackContext[ExtBot, dict, dict, BotData]
 
 
 class FileTooBig(SearchBotError):

@@ -18,10 +18,10 @@ from telegram.error import TelegramError
 
 from bot import replies
 from bot.sending import file_keys, send_album
-from core.search import Hit, clean_query
+from core.search.service import Hit, clean_query
 
 if TYPE_CHECKING:
-    from bot.handlers import BotData
+    from bot.state import BotData
 
 log = logging.getLogger(__name__)
 

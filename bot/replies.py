@@ -19,7 +19,7 @@ from core.errors import (
     UnknownCategory,
     UnknownPicture,
 )
-from core.search import Hit
+from core.search.service import Hit
 
 CAPTION_LIMIT = 1024
 """Telegram's limit for a photo caption, in characters (after HTML parsing)."""
@@ -97,7 +97,7 @@ SEARCH_SYNTAX = [
     "• a photo with a caption — that photo changed by the words: <i>at night</i>, "
     "<code>-red</code>",
 ]
-"""Help lines on the compound-query syntax; the weights are core.query's."""
+"""Help lines on the compound-query syntax; the weights are core.search.query's."""
 
 
 def start_text(*, ask_enabled: bool, model: ModelNote) -> str:

@@ -3,7 +3,7 @@ and where we are ("a red circle — 1–5 of 72"), with buttons under it (media 
 carry a keyboard): More ▸, Similar <rank>, Full size. And what each button does.
 
 The handlers call `show_search` for a new search and `refusal`/`run_press` for a press;
-each search's state lives in `bot.searches`, behind the token its buttons carry.
+each search's state lives in `bot.saved_searches`, behind the token its buttons carry.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
 from bot import replies
-from bot.searches import Album, Press, SearchContext, Shown
+from bot.saved_searches import Album, Press, SearchContext, Shown
 from bot.sending import chat_action, send_album
 from core.errors import BadImage
-from core.search import SearchPage
+from core.search.service import SearchPage
 
 if TYPE_CHECKING:
-    from bot.handlers import BotData
     from bot.services import Results
+    from bot.state import BotData
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from bot.file_ids import FileIdCache, picture_key
 from bot.replies import NO_RESULTS, hit_caption
 from core.errors import BadImage
 from core.images import photo_for_upload
-from core.indexed_files import IndexedFiles, RefusedFile
-from core.search import Hit
+from core.search.sendable_files import RefusedFile, SendableFiles
+from core.search.service import Hit
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def chat_action(
 
 
 async def send_hits(
-    message: Message, hits: list[Hit], file_ids: FileIdCache, files: IndexedFiles
+    message: Message, hits: list[Hit], file_ids: FileIdCache, files: SendableFiles
 ) -> list[Hit]:
     """Answer `message` with `hits` as one album (see `send_album`), or say nothing was found
     when no picture could be sent."""
@@ -65,7 +65,7 @@ async def send_album(
     chat_id: int,
     hits: list[Hit],
     file_ids: FileIdCache,
-    files: IndexedFiles,
+    files: SendableFiles,
     *,
     first_rank: int = 1,
     reply_to: int | None = None,
@@ -100,7 +100,7 @@ async def send_album(
     return [source.hit for source in sources]
 
 
-def file_keys(hits: list[Hit], files: IndexedFiles) -> dict[str, str]:
+def file_keys(hits: list[Hit], files: SendableFiles) -> dict[str, str]:
     """hit id → the file_id cache key of the file its path leads to now (see `picture_key`);
     hits whose file may not be sent are left out (`files` logs them). Blocking: call it in
     a worker thread."""
@@ -138,7 +138,7 @@ class _Source:
 
 
 async def _send(
-    target: _Target, hits: list[Hit], known: _Known, files: IndexedFiles
+    target: _Target, hits: list[Hit], known: _Known, files: SendableFiles
 ) -> tuple[list[_Source], list[Message]]:
     """Send the album; returns, aligned, what was sent of each hit and its message."""
     sources = await asyncio.to_thread(_sources, hits, known, files)
@@ -166,7 +166,7 @@ async def _send(
     return sources, sent
 
 
-def _sources(hits: list[Hit], known: _Known, files: IndexedFiles) -> list[_Source]:
+def _sources(hits: list[Hit], known: _Known, files: SendableFiles) -> list[_Source]:
     """A file_id or the bytes to upload for each hit; refused or unreadable files, and files
     that do not decode as a picture, are left out (`files` logs refusals)."""
     sources: list[_Source] = []

@@ -27,8 +27,8 @@ from typing import TypeVar
 
 from PIL import Image
 
+from bot.batching import MicroBatcher
 from bot.limits import AskSlots
-from core.batching import MicroBatcher
 from core.config import Settings
 from core.errors import (
     BadImage,
@@ -39,10 +39,10 @@ from core.errors import (
     StoreUnavailable,
 )
 from core.images import check_picture, load_image
-from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
 from core.models.vqa import VqaModel
-from core.search import PreparedQuery, Query, SearchPage, SearchService
+from core.search.sendable_files import SendableFiles
+from core.search.service import PreparedQuery, Query, SearchPage, SearchService
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class Services:
         return await asyncio.to_thread(read)
 
     @property
-    def files(self) -> IndexedFiles:
+    def files(self) -> SendableFiles:
         """The guard every picture read to be sent goes through (only indexed files)."""
         assert self._search is not None, "no search has run yet"
         return self._search.files

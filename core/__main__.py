@@ -21,14 +21,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.collection_info import describe, quick_info
 from core.config import Settings, load_settings
-from core.datasets import COCO_SPLITS
 from core.errors import BadImage, EmptyQuery, SearchBotError
 from core.redaction import RedactSecrets, install, secret_values
+from core.sources.coco import COCO_SPLITS
+from core.store.collection_info import describe, quick_info
 
 if TYPE_CHECKING:
-    from core.search import Hit
+    from core.search.service import Hit
 
 # The search and evaluation modules (and chromadb, numpy) are imported by the commands that
 # use them: `status` of an embedded index needs none of them.
@@ -153,7 +153,7 @@ def _status(settings: Settings) -> int:
     million pictures); through Chroma otherwise, which names any problem."""
     info, where = quick_info(settings, settings.collection), describe(settings)
     if info is None:
-        from core.store import Database  # here: it imports chromadb
+        from core.store.database import Database  # here: it imports chromadb
 
         info = Database(settings).info(settings.collection)
     if info is None or info.count == 0:
@@ -167,8 +167,8 @@ def _status(settings: Settings) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
-    from core.query import parse_query
-    from core.search import Query, SearchService, empty_query_message
+    from core.search.query import parse_query
+    from core.search.service import Query, SearchService, empty_query_message
 
     k = args.k or settings.top_k
     picture = None

@@ -27,13 +27,13 @@ import numpy as np
 from tqdm import tqdm
 
 from core.config import Settings
-from core.datasets import COCO_SPLITS, CocoReader
 from core.errors import BadEvalInput, BadImage, DatasetError
 from core.images import decode_image
 from core.json_files import read_json
-from core.records import CaptionRecord, ImageRecord
-from core.search import SearchService
-from core.store import Database, Match, VectorStore
+from core.search.service import SearchService
+from core.sources.coco import COCO_SPLITS, CocoReader
+from core.store.database import Database, Match, VectorStore
+from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
     from core.models.clip import ClipEncoder

@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from core.config import Settings
-from core.datasets import CocoReader
-from core.indexing import run
+from core.indexing.build import run
+from core.sources.coco import CocoReader
 from tests.chroma_run import stop_process
 from tests.conftest import make_settings, subprocess_env
 from tests.fake_telegram import FakeTelegram, Sent

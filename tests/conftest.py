@@ -125,8 +125,8 @@ def siglip_shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
 def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
     from core.images import load_image
     from core.models.clip import ClipEncoder
-    from core.records import ImageRecord
-    from core.store import Database
+    from core.store.database import Database
+    from core.store.records import ImageRecord
     from tests.mini_coco import make_mini_coco
 
     images = make_mini_coco(root / "coco", {"train2014": 40, "val2014": 20}, seed=11)

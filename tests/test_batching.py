@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from core.batching import MicroBatcher
+from bot.batching import MicroBatcher
 
 
 def test_concurrent_requests_share_batches_and_keep_their_results() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bot.startup import TOKEN_REFUSED, webhook_secret
-from core.datasets import CocoReader
-from core.indexing import run
+from core.indexing.build import run
+from core.sources.coco import CocoReader
 from tests.bot_harness import running_bot
 from tests.chroma_run import ChromaServer, free_port
 from tests.conftest import make_settings, subprocess_env

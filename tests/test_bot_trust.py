@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.datasets import CocoReader
 from core.images import load_image
-from core.indexing import run
+from core.indexing.build import run
 from core.models.clip import ClipEncoder
-from core.records import ImageRecord
-from core.store import Database
+from core.sources.coco import CocoReader
+from core.store.database import Database
+from core.store.records import ImageRecord
 from tests.bot_harness import RunningBot, build_index, jpeg, png_bytes, running_bot
 from tests.chroma_run import ChromaServer
 from tests.conftest import make_settings

@@ -1,4 +1,4 @@
-"""core.checksums: the pinned official digests and COCO_CHECKSUMS files as `md5sum` and
+"""core.sources.checksums: the pinned official digests and COCO_CHECKSUMS files as `md5sum` and
 `sha256sum` print them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.checksums import OFFICIAL, Digest, expected_digests, file_digest, read_checksums
 from core.errors import ConfigError
+from core.sources.checksums import OFFICIAL, Digest, expected_digests, file_digest, read_checksums
 
 MD5 = "0123456789abcdef0123456789abcdef"
 SHA256 = "ab" * 32

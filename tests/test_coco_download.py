@@ -1,4 +1,4 @@
-"""core.coco_download against a real HTTP server on 127.0.0.1 (tests/coco_server.py) that
+"""core.sources.coco_download against a real HTTP server on 127.0.0.1 (tests/coco_server.py) that
 serves a mini COCO zipped in the official layout, with faults."""
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from core import checksums, coco_download
-from core.checksums import OFFICIAL, Digest
-from core.coco_download import (
+from core.config import Settings
+from core.errors import ConfigError, DatasetError, DownloadError
+from core.sources import checksums, coco_download
+from core.sources.checksums import OFFICIAL, Digest
+from core.sources.coco import CocoReader
+from core.sources.coco_download import (
     WORK_DIR,
     CocoFile,
     RetryPolicy,
@@ -26,9 +29,6 @@ from core.coco_download import (
     format_size,
     plan_coco,
 )
-from core.config import Settings
-from core.datasets import CocoReader
-from core.errors import ConfigError, DatasetError, DownloadError
 from tests.chroma_run import free_port
 from tests.coco_server import (
     ANNOTATIONS_ZIP,
@@ -273,7 +273,7 @@ def test_a_corrupt_zip_is_fetched_again_and_never_half_unpacked(
     seen_on_disk = []
     server.on_get = lambda path: seen_on_disk.append((settings.coco_root / "val2014").exists())
     server.fault(VAL_ZIP, body=corrupt_member(coco_zips[VAL_ZIP]))
-    with caplog.at_level(logging.WARNING, logger="core.coco_download"):
+    with caplog.at_level(logging.WARNING, logger="core.sources.coco_download"):
         result = fetch(settings, retry)
     assert len(server.gets(VAL_ZIP)) == 2
     assert seen_on_disk == [False, False, False]  # annotations, corrupt val, good val
@@ -362,8 +362,8 @@ def test_a_zip_without_the_split_folder_is_refused(
 
 
 def official(zips: dict[str, bytes], wrong: str = "") -> dict[str, Digest]:
-    """A pinned table like `core.checksums.OFFICIAL` for the test zips: their sizes and MD5s,
-    but a wrong MD5 for the URL path `wrong`."""
+    """A pinned table like `core.sources.checksums.OFFICIAL` for the test zips: their sizes
+    and MD5s, but a wrong MD5 for the URL path `wrong`."""
     return {
         path[1:]: Digest(
             "md5", "0" * 32 if path == wrong else hashlib.md5(data).hexdigest(), size=len(data)
@@ -432,7 +432,7 @@ def test_a_mirror_serving_other_zips_fails_their_digests_and_nothing_is_unpacked
             tmp_path, coco_root=tmp_path / "coco", coco_base_url=mirror.url, coco_checksums=sums
         )
         with (
-            caplog.at_level(logging.WARNING, logger="core.coco_download"),
+            caplog.at_level(logging.WARNING, logger="core.sources.coco_download"),
             pytest.raises(DownloadError) as caught,
         ):
             fetch(settings, retry)
@@ -475,7 +475,7 @@ def test_a_resumed_part_is_hashed_whole(
     half = bytearray(coco_zips[VAL_ZIP][: len(coco_zips[VAL_ZIP]) // 2])
     half[10:14] = b"\xff\xff\xff\xff"  # the first local header's time: no CRC covers it
     (work / "val2014.zip.part").write_bytes(half)
-    with caplog.at_level(logging.WARNING, logger="core.coco_download"):
+    with caplog.at_level(logging.WARNING, logger="core.sources.coco_download"):
         fetch(settings, retry)
     assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [
         (f"bytes={len(half)}-", 206),
@@ -493,7 +493,7 @@ def test_a_body_longer_than_expected_is_cut_at_the_expected_size(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.fault(VAL_ZIP, body=coco_zips[VAL_ZIP] + bytes(4 << 20), unannounced=True)
-    with caplog.at_level(logging.WARNING, logger="core.coco_download"):
+    with caplog.at_level(logging.WARNING, logger="core.sources.coco_download"):
         result = fetch(settings_for(tmp_path, server), retry)
     assert [(r.range, r.status) for r in server.gets(VAL_ZIP)] == [(None, 200)]
     assert result.bytes_downloaded == len(coco_zips[VAL_ZIP]) + len(coco_zips[ANNOTATIONS_ZIP])
@@ -758,7 +758,7 @@ def test_an_own_unzip_is_trusted(
 ) -> None:
     settings = settings_for(tmp_path, server)
     make_mini_coco(settings.coco_root, {"val2014": 3})
-    with caplog.at_level(logging.INFO, logger="core.coco_download"):
+    with caplog.at_level(logging.INFO, logger="core.sources.coco_download"):
         result = fetch(settings, retry)
     assert server.requests == []
     assert result.skipped == ("annotations_trainval2014.zip", "val2014.zip")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.collection_info import (
+from core.store.collection_info import (
     FILE,
     MAX_BODY,
     CollectionInfo,
@@ -24,8 +24,8 @@ from core.collection_info import (
     quick_info,
     server_info,
 )
-from core.records import ImageRecord
-from core.store import Database
+from core.store.database import Database
+from core.store.records import ImageRecord
 from tests.auth_proxy import AuthProxy
 from tests.chroma_run import ChromaServer, free_port
 from tests.conftest import make_settings

@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import indexing
 from core.__main__ import main as cli_main
-from core.datasets import CocoReader
 from core.evaluation import (
     TIE_TOLERANCE,
     EvalReport,
@@ -26,8 +24,10 @@ from core.evaluation import (
     text_to_image_ranks,
 )
 from core.images import decode_image
+from core.indexing import build as indexing
 from core.models.clip import ClipEncoder
-from core.search import SearchService
+from core.search.service import SearchService
+from core.sources.coco import CocoReader
 from tests.conftest import CliResult, make_settings
 from tests.mini_coco import make_mini_coco
 

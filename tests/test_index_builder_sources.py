@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core.records import ImageRecord
-from core.search import SearchService
-from core.shards import Shard
-from core.store import Database
-from core.url_lists import url_image_id
+from core.search.service import SearchService
+from core.sources.shards import Shard
+from core.sources.url_lists import url_image_id
+from core.store.database import Database
+from core.store.records import ImageRecord
 from index_builder import main
 from tests.coco_server import VAL_ZIP, CocoServer, build_coco_zips
 from tests.conftest import make_settings

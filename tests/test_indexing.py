@@ -18,11 +18,9 @@ from PIL import Image
 
 import index_builder
 from core.config import Settings
-from core.datasets import CocoReader, FolderReader
 from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
-from core.indexed_files import HostRoots, IndexedFiles, roots_file
-from core.indexing import (
+from core.indexing.build import (
     MAX_UNCONFIRMED_REMOVAL,
     WRITE_BATCHES,
     IndexSummary,
@@ -31,10 +29,13 @@ from core.indexing import (
     run,
 )
 from core.models.clip import ClipEncoder
-from core.records import CaptionRecord, ImageRecord
-from core.search import SearchService
-from core.shards import Shard, shard_of
-from core.store import Database, VectorStore
+from core.search.sendable_files import HostRoots, SendableFiles, roots_file
+from core.search.service import SearchService
+from core.sources.coco import CocoReader
+from core.sources.folders import FolderReader
+from core.sources.shards import Shard, shard_of
+from core.store.database import Database, VectorStore
+from core.store.records import CaptionRecord, ImageRecord
 from tests.chroma_run import ChromaServer
 from tests.conftest import ROOT, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
@@ -70,7 +71,7 @@ def searcher(
 ) -> SearchService:
     """A search over the collection (or `store`) that sends what this host serves."""
     store = store or images_store(settings, encoder)
-    return SearchService(encoder, store, files=IndexedFiles(HostRoots(settings)))
+    return SearchService(encoder, store, files=SendableFiles(HostRoots(settings)))
 
 
 def recorded_roots(settings: Settings) -> set[str]:
@@ -765,7 +766,7 @@ def test_ctrl_c_before_anything_changed_says_so(
     def ctrl_c(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("core.indexing.record_roots", ctrl_c)
+    monkeypatch.setattr("core.indexing.build.record_roots", ctrl_c)
     summary = index(settings, encoder, splits=("val2014",))
     assert summary.interrupted and not summary.changed
     assert index_builder.interruption(summary) == (

@@ -39,9 +39,9 @@ from transformers import (
 from core.errors import ModelMismatch, ModelUnavailable
 from core.images import decode_image
 from core.models.clip import ClipEncoder
-from core.records import ImageRecord
-from core.search import SearchService
-from core.store import Database
+from core.search.service import SearchService
+from core.store.database import Database
+from core.store.records import ImageRecord
 from tests.conftest import TINY_BLIP2, TINY_CLIP, make_settings
 from tests.fixtures.shapes import LABELS, draw
 

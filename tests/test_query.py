@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import EmptyQuery, NoCategories, UnknownCategory
-from core.query import (
+from core.search.query import (
     MINUS_WEIGHT,
     PLUS_WEIGHT,
     ParsedQuery,

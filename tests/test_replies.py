@@ -9,7 +9,7 @@ from core.errors import (
     SearchBotError,
     StoreUnavailable,
 )
-from core.search import Hit
+from core.search.service import Hit
 
 
 def hit(caption: str = "a dog on a beach", score: float = 0.31234) -> Hit:

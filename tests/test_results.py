@@ -19,8 +19,8 @@ from bot import replies
 from bot.app import ALLOWED_UPDATES, build_application
 from bot.services import Results
 from core.config import Settings
-from core.indexed_files import IndexedFiles
-from core.search import Hit, PreparedQuery, SearchPage
+from core.search.sendable_files import SendableFiles
+from core.search.service import Hit, PreparedQuery, SearchPage
 from tests.bot_harness import jpeg
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram, Sent
@@ -39,7 +39,7 @@ class FakeServices:
     def __init__(self, settings: Settings, root: Path) -> None:
         self.settings = settings
         self.ask_enabled = False
-        self.files = IndexedFiles(lambda: (str(root),))
+        self.files = SendableFiles(lambda: (str(root),))
         self.similar_calls: list[str] = []
         self.hits = []
         for i in range(PICTURES):

@@ -11,11 +11,11 @@ import pytest
 from core.__main__ import main as cli_main
 from core.errors import BadImage, EmptyQuery, IndexEmpty
 from core.images import load_image
-from core.indexed_files import IndexedFiles
 from core.models.clip import ClipEncoder
-from core.records import ImageRecord
-from core.search import MAX_QUERY_CHARS, SearchService, clean_query
-from core.store import Database
+from core.search.sendable_files import SendableFiles
+from core.search.service import MAX_QUERY_CHARS, SearchService, clean_query
+from core.store.database import Database
+from core.store.records import ImageRecord
 from tests.conftest import ROOT, ShapeIndex, make_settings, subprocess_env
 from tests.fixtures.shapes import LABELS, caption
 
@@ -105,7 +105,7 @@ def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: Shape
     )
     vectors = encoder.embed_images([load_image(c) for _, c in copies])
     store.upsert([ImageRecord(id=str(i.id), path=str(c)) for i, c in copies], vectors)
-    service = SearchService(encoder, store, files=IndexedFiles(lambda: (str(tmp_path),)))
+    service = SearchService(encoder, store, files=SendableFiles(lambda: (str(tmp_path),)))
     target_image, target_copy = copies[0]
     assert service.by_image(load_image(target_copy), 5)[0].id == str(target_image.id)
     target_copy.unlink()
@@ -123,7 +123,7 @@ def test_empty_collection_is_index_empty(tmp_path: Path) -> None:
         "built_but_empty", ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )
     with pytest.raises(IndexEmpty, match="index is empty"):
-        SearchService(encoder, store, files=IndexedFiles(tuple)).by_text("a red circle", 5)
+        SearchService(encoder, store, files=SendableFiles(tuple)).by_text("a red circle", 5)
 
 
 def test_cli_as_a_real_subprocess(shape_index: ShapeIndex, tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.datasets import CocoReader, FolderReader
 from core.errors import EmptyQuery, NoCategories, UnknownCategory, UnknownPicture
-from core.indexing import run
-from core.query import combine
-from core.records import CaptionRecord
-from core.search import PreparedQuery, Query, SearchService
-from core.store import Database
+from core.indexing.build import run
+from core.search.query import combine
+from core.search.service import PreparedQuery, Query, SearchService
+from core.sources.coco import CocoReader
+from core.sources.folders import FolderReader
+from core.store.database import Database
+from core.store.records import CaptionRecord
 from tests.conftest import ShapeIndex, make_settings
 from tests.fixtures.shapes import LABELS, caption
 from tests.mini_coco import make_mini_coco

@@ -12,8 +12,8 @@ from telegram import Bot, Message
 from bot.file_ids import FileIdCache
 from bot.replies import NO_RESULTS
 from bot.sending import chat_action, file_keys, send_hits
-from core.indexed_files import IndexedFiles
-from core.search import Hit
+from core.search.sendable_files import SendableFiles
+from core.search.service import Hit
 from tests.bot_harness import jpeg
 from tests.fake_telegram import FakeTelegram
 
@@ -33,9 +33,9 @@ def make_hits(tmp_path: Path, n: int) -> list[Hit]:
     return hits
 
 
-def guard(hits: list[Hit]) -> IndexedFiles:
+def guard(hits: list[Hit]) -> SendableFiles:
     roots = tuple({str(Path(hit.path).parent) for hit in hits})
-    return IndexedFiles(lambda: roots)
+    return SendableFiles(lambda: roots)
 
 
 def keys(hits: list[Hit]) -> list[str]:
@@ -145,7 +145,7 @@ def test_records_outside_the_roots_are_never_sent(tmp_path: Path) -> None:
         async def main() -> None:
             async with Bot(tg.token, base_url=tg.base_url) as bot:
                 message = Message.de_json(tg.inject_text("query", user_id=3), bot)
-                files = IndexedFiles(lambda: (str(indexed),))
+                files = SendableFiles(lambda: (str(indexed),))
                 cache = FileIdCache(tmp_path / "ids.sqlite3", bot_id=1)
                 await send_hits(message, hits, cache, files)
 

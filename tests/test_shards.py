@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from core.datasets import folder_image_id
-from core.shards import EVERYTHING, Shard, shard_of
-from core.url_lists import url_image_id
+from core.sources.folders import folder_image_id
+from core.sources.shards import EVERYTHING, Shard, shard_of
+from core.sources.url_lists import url_image_id
 from index_builder import main
 from tests.conftest import ROOT
 
@@ -48,7 +48,7 @@ another shard, so the next refresh of each shard would re-embed what is stored."
 def test_shards_are_stable_across_runs_and_processes() -> None:
     assert {id_: shard_of(id_, 4) for id_ in PINNED} == PINNED
     code = (
-        "import json, sys; from core.shards import shard_of; "
+        "import json, sys; from core.sources.shards import shard_of; "
         "print(json.dumps([shard_of(i, 5) for i in json.loads(sys.stdin.read())]))"
     )
     sample = IDS[::25]  # of every kind of id

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.records import ImageRecord
-from core.store import Database
+from core.store.database import Database
+from core.store.records import ImageRecord
 from tests.chroma_run import ChromaServer
 from tests.conftest import ROOT, ShapeIndex, make_settings, subprocess_env
 from tests.fake_telegram import FakeTelegram

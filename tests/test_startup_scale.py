@@ -13,8 +13,8 @@ import pytest
 from chromadb.api.models.Collection import Collection
 
 from bot.services import Services
-from core.records import ImageRecord
-from core.store import Database, VectorStore
+from core.store.database import Database, VectorStore
+from core.store.records import ImageRecord
 from tests.bot_harness import running_bot
 from tests.conftest import ShapeIndex
 from tests.fake_telegram import FakeTelegram

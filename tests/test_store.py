@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import store as store_module
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
-from core.records import CaptionRecord, ImageRecord
-from core.store import Database
+from core.store import database as store_module
+from core.store.database import Database
+from core.store.records import CaptionRecord, ImageRecord
 from tests.auth_proxy import AuthProxy
 from tests.chroma_run import ChromaServer, free_port
 from tests.conftest import make_settings

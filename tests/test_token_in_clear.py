@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from core.collection_info import _warn_token_in_clear, auth_headers, is_loopback, token_in_clear
+from core.store.collection_info import (
+    _warn_token_in_clear,
+    auth_headers,
+    is_loopback,
+    token_in_clear,
+)
 from tests.conftest import make_settings
 
 TOKEN = "S3CRET-abc123"
@@ -42,7 +47,7 @@ def test_a_token_over_plain_http_to_another_host_is_warned_about_once(
 ) -> None:
     settings = make_settings(tmp_path, chroma_host="10.0.0.5", chroma_auth_token=TOKEN)
     assert token_in_clear(settings)
-    with caplog.at_level(logging.WARNING, logger="core.collection_info"):
+    with caplog.at_level(logging.WARNING, logger="core.store.collection_info"):
         for _ in range(3):  # the store and each GET of `status` build the headers
             assert auth_headers(settings) == {"Authorization": f"Bearer {TOKEN}"}
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -66,6 +71,6 @@ def test_no_warning_when_the_token_stays_safe(
     values: dict[str, object] = {"chroma_host": "10.0.0.5", "chroma_auth_token": TOKEN}
     settings = make_settings(tmp_path, **(values | changes))
     assert not token_in_clear(settings)
-    with caplog.at_level(logging.WARNING, logger="core.collection_info"):
+    with caplog.at_level(logging.WARNING, logger="core.store.collection_info"):
         auth_headers(settings)
     assert not caplog.records

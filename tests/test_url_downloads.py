@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from core import url_fetch, url_network
 from core.errors import DownloadError
-from core.url_downloads import (
+from core.sources import url_fetch, url_network
+from core.sources.url_downloads import (
     DownloadOptions,
     DownloadSummary,
     download_url_list,
     spreadsheet_safe,
 )
-from core.url_fetch import FetchRules
-from core.url_lists import UrlListReader, url_hash
+from core.sources.url_fetch import FetchRules
+from core.sources.url_lists import UrlListReader, url_hash
 from tests.conftest import ROOT
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer
@@ -272,8 +272,8 @@ def test_the_state_is_on_disk_and_a_fresh_process_skips_what_is_done(
             (rows[2][1], None, "HTTP 500", 0),
         ]
     again = (
-        "from core.url_downloads import DownloadOptions, download_url_list\n"
-        "from core.url_fetch import FetchRules\n"
+        "from core.sources.url_downloads import DownloadOptions, download_url_list\n"
+        "from core.sources.url_fetch import FetchRules\n"
         f"s = download_url_list({str(listing)!r}, {str(tmp_path)!r}, "
         "DownloadOptions(FetchRules(allow_private=True), progress=False))\n"
         "print(s.already_there, s.skipped_failed, s.failed_count, s.duplicates)\n"

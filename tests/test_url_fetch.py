@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import url_fetch
 from core.images import DecodedImage
-from core.url_downloads import DownloadOptions, download_url_list
-from core.url_fetch import FetchFailure, FetchRules, PixelBudget, robots_refusal
+from core.sources import url_fetch
+from core.sources.url_downloads import DownloadOptions, download_url_list
+from core.sources.url_fetch import FetchFailure, FetchRules, PixelBudget, robots_refusal
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer
 

@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 from core.errors import DatasetError
-from core.indexing import run
-from core.search import SearchService
-from core.url_downloads import DownloadOptions, download_url_list
-from core.url_fetch import FetchRules
-from core.url_lists import MAX_LINE_BYTES, UrlList, UrlListReader, parse_url_list, url_image_id
+from core.indexing.build import run
+from core.search.service import SearchService
+from core.sources.url_downloads import DownloadOptions, download_url_list
+from core.sources.url_fetch import FetchRules
+from core.sources.url_lists import (
+    MAX_LINE_BYTES,
+    UrlList,
+    UrlListReader,
+    parse_url_list,
+    url_image_id,
+)
 from tests.conftest import make_settings
 from tests.fixtures.shapes import LABELS, caption
 from tests.url_list_files import picture, write_tsv

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from core import url_network
-from core.url_downloads import DownloadOptions, DownloadSummary, download_url_list
-from core.url_fetch import FetchRules
-from core.url_network import is_public_address
+from core.sources import url_network
+from core.sources.url_downloads import DownloadOptions, DownloadSummary, download_url_list
+from core.sources.url_fetch import FetchRules
+from core.sources.url_network import is_public_address
 from tests.local_http import LocalHttpServer
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DownloadError
-from core.url_state import UrlRow, UrlState
+from core.sources.url_state import UrlRow, UrlState
 
 
 def test_what_each_url_came_to_outlives_the_run(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ from PIL import Image
 from core.config import Settings
 from core.errors import EmptyQuery, IndexEmpty, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
-from core.indexed_files import HostRoots, IndexedFiles
-from core.query import (
+from core.search.query import (
     HASHTAG_PROMPT,
     MINUS_WEIGHT,
     PLUS_WEIGHT,
@@ -25,8 +24,9 @@ from core.query import (
     parse_query,
     resolve_categories,
 )
-from core.records import CaptionRecord, ImageRecord
-from core.store import Database, Match, VectorStore
+from core.search.sendable_files import HostRoots, SendableFiles
+from core.store.database import Database, Match, VectorStore
+from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
     from core.models.clip import ClipEncoder
@@ -161,7 +161,7 @@ class SearchService:
         encoder: ClipEncoder,
         store: VectorStore[ImageRecord],
         *,
-        files: IndexedFiles,
+        files: SendableFiles,
         max_image_pixels: int = 40_000_000,
         captions: VectorStore[CaptionRecord] | None = None,
         caption_fusion: float = 1.0,
@@ -203,7 +203,7 @@ class SearchService:
         return cls(
             encoder,
             store,
-            files=IndexedFiles(HostRoots(settings)),
+            files=SendableFiles(HostRoots(settings)),
             max_image_pixels=settings.max_image_pixels,
             captions=captions,
             caption_fusion=settings.caption_fusion,

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings
-from core.datasets import COCO_SPLITS
 from core.errors import BadImage
+from core.sources.coco import COCO_SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class HostRoots:
         return roots
 
 
-class IndexedFiles:
+class SendableFiles:
     """Guards reads of indexed pictures. Thread-safe."""
 
     def __init__(

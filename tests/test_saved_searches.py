@@ -1,4 +1,4 @@
-"""bot.searches: the search contexts behind buttons (LRU, TTL, persistence) and the
+"""bot.saved_searches: the search contexts behind buttons (LRU, TTL, persistence) and the
 callback data they travel as (≤ 64 bytes, parsed defensively)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.searches import (
+from bot.saved_searches import (
     CALLBACK_DATA_LIMIT,
     MAX_ALBUMS,
     TOKEN_CHARS,
@@ -19,7 +19,7 @@ from bot.searches import (
     new_token,
     parse_press,
 )
-from core.search import PreparedQuery
+from core.search.service import PreparedQuery
 
 QUERY = PreparedQuery(vector=(0.6, 0.8), categories=("dog",), reading="a dog −people · #dog")
 

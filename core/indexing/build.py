@@ -11,7 +11,7 @@ Used by index_builder.py (the CLI) and by the tests and benchmarks that build an
   unmounted folder) stops before changing anything unless `prune` confirms it; one builder
   at a time writes to an embedded store (a lock file next to it); the folders the index is
   built from are recorded in the collection before the first picture is stored.
-- Sharded: with `shard` (core.shards) a run takes only its shard's pictures, and every rule
+- Sharded: with `shard` (core.sources.shards) a run takes only its shard's pictures, and every rule
   above (new, changed, removed, the removal guard, captions) applies to that shard alone,
   so N builders of N shards fill one Chroma server together, at the same time.
 - Honest: an interruption (Ctrl-C) after the scan is caught, and the summary says exactly
@@ -42,13 +42,13 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from core.config import Settings
-from core.datasets import Reader, Scan
 from core.errors import BadImage, ConfigError, StoreBusy, StoreUnavailable, UnsafeRemoval
 from core.images import decode_image
-from core.indexed_files import record_roots
-from core.records import CaptionRecord, ImageRecord
-from core.shards import EVERYTHING, Shard
-from core.store import Database, VectorStore
+from core.search.sendable_files import record_roots
+from core.sources.scan import Reader, Scan
+from core.sources.shards import EVERYTHING, Shard
+from core.store.database import Database, VectorStore
+from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
     from core.models.clip import ClipEncoder

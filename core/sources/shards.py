@@ -1,8 +1,8 @@
 """Shards: which pictures one of N index builders takes, so that N builders (on N hosts)
 fill one Chroma server together.
 
-For index_builder.py (`--shard I/N`), core.indexing (a sharded run scans, embeds, refreshes
-and removes only its shard's pictures) and core.url_downloads (a sharded download fetches
+For index_builder.py (`--shard I/N`), core.indexing.build (a sharded run scans, embeds, refreshes
+and removes only its shard's pictures) and core.sources.url_downloads (a sharded download fetches
 only its shard's pictures).
 
 A picture's shard is a stable hash of its record id (a COCO image id, a folder picture's id,

@@ -1,82 +1,24 @@
-"""Readers: where the pictures to index are, as `ImageRecord`s.
-
-- `CocoReader`: COCO2014 as distributed, `<root>/annotations/captions_<split>.json` and
-  `<root>/<split>/COCO_<split>_<12-digit id>.jpg`. The id of a record is the COCO image id.
-- `FolderReader`: any folder of pictures, recursively; the id is derived from the folder's
-  real path and the picture's path relative to it, so two folders never share an id.
-
-Every reader names its `roots`: the real paths (symlinks followed) of the folders its
-pictures lie in. The builder records them in the collection, and the bot sends only files
-under one of them.
-
-A reader scans metadata only (JSON and file stats, never pixels). Files listed but missing
-on disk are collected in `missing`, not fatal; a missing or malformed annotation file is a
-`DatasetError` naming the file and what is wrong with it.
+"""COCO2014 as distributed, as `ImageRecord`s: `<root>/annotations/captions_<split>.json`
+and `<root>/<split>/COCO_<split>_<12-digit id>.jpg`. The id of a record is the COCO image
+id; its captions and categories come from the annotation files. A missing or malformed
+annotation file is a `DatasetError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
 
 from core.errors import DatasetError
 from core.json_files import read_json
-from core.records import ImageRecord
+from core.sources.scan import Scan
+from core.store.records import ImageRecord
 
 log = logging.getLogger(__name__)
 
 COCO_SPLITS = ("train2014", "val2014")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-FOLDER_SPLIT_PREFIX = "folder:"
-
-
-@dataclass
-class Scan:
-    """What a reader found: records of files that exist, and records listed but missing."""
-
-    records: list[ImageRecord] = field(default_factory=list)
-    absent: list[ImageRecord] = field(default_factory=list)
-    """Records whose file is missing on disk."""
-
-    @property
-    def missing(self) -> list[str]:
-        """The paths of the records whose file is missing on disk."""
-        return [record.path for record in self.absent]
-
-    def add(self, record: ImageRecord) -> None:
-        """Add `record` with its file's size and mtime, or to `absent` when there is none."""
-        try:
-            stat = os.stat(record.path)
-        except OSError:
-            self.absent.append(record)
-            return
-        self.records.append(replace(record, file_size=stat.st_size, mtime_ns=stat.st_mtime_ns))
-
-    def only(self, keep: Callable[[str], bool]) -> Scan:
-        """The records (present and absent) whose id `keep` accepts, in the same order."""
-        return Scan([r for r in self.records if keep(r.id)], [r for r in self.absent if keep(r.id)])
-
-
-class Reader(Protocol):
-    """A source of pictures. `owns` tells which stored records belong to this source, so a
-    refresh removes only its own vanished entries, never another split's or folder's."""
-
-    description: str
-
-    @property
-    def roots(self) -> tuple[str, ...]:
-        """Real paths of the folders the pictures lie in (what the bot may send from)."""
-        ...
-
-    def scan(self) -> Scan: ...
-
-    def owns(self, split: str) -> bool: ...
 
 
 class CocoReader:
@@ -193,44 +135,3 @@ def read_coco_categories(path: Path) -> dict[int, tuple[str, ...]]:
         ) from None
     log.info("%s: %d categories over %d images", path.name, len(names), len(objects))
     return {image_id: tuple(sorted(found)) for image_id, found in objects.items()}
-
-
-class FolderReader:
-    """Every picture under a folder (recursively, by extension), without captions."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.split = FOLDER_SPLIT_PREFIX + str(self.root)
-        self.description = f"folder {self.root}"
-
-    @property
-    def roots(self) -> tuple[str, ...]:
-        return (str(self.root),)
-
-    def owns(self, split: str) -> bool:
-        return split == self.split
-
-    def scan(self) -> Scan:
-        if not self.root.is_dir():
-            raise DatasetError(f"folder {self.root} not found")
-        scan = Scan()
-        for directory, subdirs, files in os.walk(self.root):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                path = Path(directory) / name
-                relative = path.relative_to(self.root).as_posix()
-                record = ImageRecord(
-                    id=folder_image_id(str(self.root), relative), path=str(path), split=self.split
-                )
-                scan.add(record)
-        return scan
-
-
-def folder_image_id(root: str, relative_path: str) -> str:
-    """A stable id for a picture of a folder: "f" + 16 hex digits of the hash of the folder's
-    real path and the picture's path relative to it. Unique across folders (a/x.jpg of one
-    folder is not a/x.jpg of another); COCO ids are plain numbers, so the two never collide."""
-    key = f"{root}\0{relative_path}".encode("utf-8", "surrogateescape")
-    return "f" + hashlib.sha1(key).hexdigest()[:16]

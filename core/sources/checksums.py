@@ -1,4 +1,4 @@
-"""The digests the COCO2014 zips must have before `core.coco_download` unpacks them.
+"""The digests the COCO2014 zips must have before `core.sources.coco_download` unpacks them.
 
 By default the official zips' pinned sizes and MD5s (`OFFICIAL`). A mirror whose zips differ
 is used with `COCO_CHECKSUMS=<file>`: lines as `sha256sum` or `md5sum` print them

@@ -1,6 +1,6 @@
 """URL lists (Conceptual Captions and the like): what a list is and what lies on disk for it.
 
-For core.url_downloads (which fetches a list's pictures into the layout defined here),
+For core.sources.url_downloads (which fetches a list's pictures into the layout defined here),
 index_builder.py (`UrlListReader`, to index a downloaded list) and the tests. Knows nothing
 of the network or of Telegram.
 
@@ -12,7 +12,7 @@ of the network or of Telegram.
 - Files (`Folder`): `<data dir>/<list name>/<hash of the URL>.<ext>`; a manifest
   (`<list name>-manifest.jsonl`: url, caption, file, line) says what each file is,
   `<list name>-failed.tsv` (url, reason) what failed (a report for people), and
-  `<list name>-state.sqlite3` what each URL came to (core.url_state).
+  `<list name>-state.sqlite3` what each URL came to (core.sources.url_state).
 - `UrlListReader`: the downloaded pictures, read from the manifest (never the network).
 """
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from core.datasets import Scan
 from core.errors import DatasetError
-from core.records import ImageRecord
+from core.sources.scan import Scan
+from core.store.records import ImageRecord
 
 log = logging.getLogger(__name__)
 

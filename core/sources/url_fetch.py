@@ -1,21 +1,24 @@
 """Fetching one picture of a URL list: what is checked on every hop, and why.
 
-For core.url_downloads (which runs many fetches over a list) and the tests. A URL list is
-untrusted: any URL may point anywhere, any server may lie or stall. Knows nothing of Telegram.
+For core.sources.url_downloads (which runs many fetches over a list) and the tests. A URL
+list is untrusted: any URL may point anywhere, any server may lie or stall. Knows nothing of
+Telegram.
 
 - Addresses: each connection resolves its host once (`FetchRules.resolver`) and, unless
   `allow_private`, refuses when any address is private, loopback, link-local, multicast,
-  reserved or unspecified (core.url_network); then it connects to an address it checked, never
-  to a second lookup's answer (DNS rebinding). The Host header, the TLS server name and the
-  certificate check keep the host name. Every redirect hop goes through the same connector.
+  reserved or unspecified (core.sources.url_network); then it connects to an address it
+  checked, never to a second lookup's answer (DNS rebinding). The Host header, the TLS
+  server name and the certificate check keep the host name. Every redirect hop goes
+  through the same connector.
 - Time: one deadline per fetch (`deadline_s`, URL_FETCH_TIMEOUT_S) bounds the DNS lookup,
   connect, TLS, request, headers and body of every hop together, so a server dripping bytes
   holds a worker no longer than that.
 - Content: http/https only, no compressed bodies, a size limit while streaming, the
-  `X-Robots-Tag` refusals, and the body must be an allowed image by its magic bytes and by a
-  real decode (never by its Content-Type).
-- Memory: decodes share a pixel budget (`decode_budget_pixels`), each charged its size from the
-  image header before any pixel is decoded, so parallel huge pictures wait for each other.
+  `X-Robots-Tag` refusals, and the body must be an allowed image by its magic bytes and by
+  a real decode (never by its Content-Type).
+- Memory: decodes share a pixel budget (`decode_budget_pixels`), each charged its size from
+  the image header before any pixel is decoded, so parallel huge pictures wait for each
+  other.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from PIL import Image
 
 from core.errors import BadImage
 from core.images import allowed_formats, decode_image
-from core.url_network import (
+from core.sources.url_network import (
     LookupFailed,
     PinnedBackend,
     PrivateAddress,

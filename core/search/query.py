@@ -1,7 +1,7 @@
 """Compound queries: how a search text is read, and how its parts become one vector.
 
 Pure (no model, no store), so the reading rules are unit-tested on their own. Used by
-`core.search.SearchService.prepare`.
+`core.search.service.SearchService.prepare`.
 
 Syntax (what the bot's /help quotes):
 

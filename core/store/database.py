@@ -24,10 +24,10 @@ import numpy as np
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from core.collection_info import CollectionInfo, auth_headers, describe, embedded_count
 from core.config import Settings
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
-from core.records import R
+from core.store.collection_info import CollectionInfo, auth_headers, describe, embedded_count
+from core.store.records import R
 
 # HNSW parameters of new collections, tuned on 123k CLIP-like 512-d vectors (bench/): Chroma's
 # defaults (16 neighbours, ef 100) gave recall@10 0.976; these give 0.994 at about 3 ms.
@@ -184,7 +184,7 @@ class Database:
 
 def _count_at_rest(collection: chromadb.Collection, embedded_path: Path | None) -> int:
     """The number of records of `collection`, without loading its index when it is embedded
-    in `embedded_path` (from Chroma's SQLite file, see `core.collection_info`); through Chroma
+    in `embedded_path` (from Chroma's SQLite file, see `core.store.collection_info`); through Chroma
     otherwise."""
     count = None if embedded_path is None else embedded_count(embedded_path, collection.id)
     return collection.count() if count is None else count

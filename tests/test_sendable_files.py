@@ -1,4 +1,4 @@
-"""IndexedFiles and HostRoots: only regular, bounded files under the folders the host names
+"""SendableFiles and HostRoots: only regular, bounded files under the folders the host names
 are read, opened race-free, and a refused record is logged once."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from core.indexed_files import (
+from core.search.sendable_files import (
     ROOTS_TTL_S,
     HostRoots,
-    IndexedFiles,
     RefusedFile,
+    SendableFiles,
     record_roots,
     roots_file,
 )
@@ -33,8 +33,8 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
     return root, outside
 
 
-def guard(*roots: Path, max_bytes: int = 1024 * 1024) -> IndexedFiles:
-    return IndexedFiles(lambda: tuple(str(r) for r in roots), max_bytes=max_bytes)
+def guard(*roots: Path, max_bytes: int = 1024 * 1024) -> SendableFiles:
+    return SendableFiles(lambda: tuple(str(r) for r in roots), max_bytes=max_bytes)
 
 
 def test_a_file_under_a_root_is_read_with_what_it_is(layout: tuple[Path, Path]) -> None:
@@ -96,7 +96,7 @@ def test_devices_fifos_and_directories_are_refused_without_reading(
         assert isinstance(result[0], RefusedFile)
 
 
-def _try_read(files: IndexedFiles, path: Path, result: list[object]) -> None:
+def _try_read(files: SendableFiles, path: Path, result: list[object]) -> None:
     try:
         result.append(files.read("x", str(path)))
     except RefusedFile as err:
@@ -124,7 +124,7 @@ def test_a_refused_record_is_logged_once(
 ) -> None:
     root, outside = layout
     files = guard(root)
-    with caplog.at_level(logging.WARNING, logger="core.indexed_files"):
+    with caplog.at_level(logging.WARNING, logger="core.search.sendable_files"):
         for _ in range(5):
             assert not files.allowed("42", str(outside / "secret.jpg"))
     lines = [r.getMessage() for r in caplog.records if "never sent" in r.getMessage()]
@@ -183,7 +183,7 @@ def test_a_roots_file_others_may_have_written_is_ignored(
         path.symlink_to(elsewhere)
     now = [0.0]
     roots = HostRoots(settings, clock=lambda: now[0])
-    with caplog.at_level(logging.ERROR, logger="core.indexed_files"):
+    with caplog.at_level(logging.ERROR, logger="core.search.sendable_files"):
         for _ in range(3):
             assert "/" not in roots()
             now[0] += ROOTS_TTL_S + 1
@@ -196,7 +196,7 @@ def test_a_root_replaced_by_a_link_after_the_build_is_refused(
     root, outside = layout
     settings = make_settings(tmp_path)
     record_roots(settings, [str(root)])
-    files = IndexedFiles(HostRoots(settings))
+    files = SendableFiles(HostRoots(settings))
     assert files.allowed("1", str(root / "ok.jpg"))
     (outside / "ok.jpg").write_bytes(jpeg("blue", "square", seed=3))
     root.rename(root.with_name("moved-away"))

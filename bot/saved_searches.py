@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from bot.local_db import open_local_db
-from core.search import Hit, PreparedQuery
+from core.search.service import Hit, PreparedQuery
 
 TOKEN_CHARS = 10
 """token_urlsafe(8) gives 11 characters; 10 of them carry 60 random bits."""

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.datasets import CocoReader, FolderReader, folder_image_id
 from core.errors import DatasetError
+from core.sources.coco import CocoReader
+from core.sources.folders import FolderReader, folder_image_id
 from tests.mini_coco import CAPTION_TEMPLATES, make_mini_coco
 
 

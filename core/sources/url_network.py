@@ -1,6 +1,6 @@
 """Connections for URL-list fetches: to the address that was checked, within one deadline.
 
-For core.url_fetch, which hands `PinnedBackend` to its httpcore connection pool. A URL list
+For core.sources.url_fetch, which hands `PinnedBackend` to its httpcore connection pool. A URL list
 is untrusted, so its host names are too:
 
 - `PinnedBackend.connect_tcp` resolves a host once, checks every address it gets

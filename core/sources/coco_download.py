@@ -3,7 +3,7 @@
 Used by the index builder's `--download` flag: `plan_coco` tells, before anything is fetched,
 which zips the chosen splits still need and how big they are (HEAD requests); `ensure_coco`
 fetches, verifies and unpacks them. Nothing here knows about Telegram. The server and the zips
-are untrusted; the digests (`core.checksums`) are the trust anchor.
+are untrusted; the digests (`core.sources.checksums`) are the trust anchor.
 
 - Files: `{COCO_BASE_URL}/zips/<split>.zip` and
   `{COCO_BASE_URL}/annotations/annotations_trainval2014.zip` (by default the bucket's HTTPS
@@ -54,11 +54,11 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from tqdm import tqdm
 
-from core.checksums import Digest, expected_digests, file_digest
 from core.config import Settings
-from core.datasets import COCO_SPLITS
 from core.errors import DatasetError, DownloadError
 from core.json_files import MAX_JSON_BYTES
+from core.sources.checksums import Digest, expected_digests, file_digest
+from core.sources.coco import COCO_SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Downloading a URL list: caption + image URL pairs → validated picture files on disk.
 
 For index_builder.py (`--urls LIST`, `--allow-private-urls`, `--retry-failed`) and the
-tests. What a list is, how its files are named and where they lie is core.url_lists'; what
-one fetch checks is core.url_fetch's; this module runs the fetches over a list and keeps the
+tests. What a list is, how its files are named and where they lie is core.sources.url_lists'; what
+one fetch checks is core.sources.url_fetch's; this module runs the fetches over a list and keeps the
 books. Knows nothing of Telegram.
 
 - Files: written atomically into the list's `Folder`, each one appended to its manifest. A
@@ -10,9 +10,9 @@ books. Knows nothing of Telegram.
   (HTTP 404/410, not a picture, too large) is remembered until `retry_failed`; a refusal by
   policy (a private address, robots) or a transient one (timeout, 5xx, 429, connection
   error) is tried again by the next run, so one with `allow_private` fetches what one
-  without it refused. With a `shard` (core.shards) only the URLs whose record id falls in it
+  without it refused. With a `shard` (core.sources.shards) only the URLs whose record id falls in it
   are fetched.
-- Memory: what each URL came to lives on disk (core.url_state), the list is read row by
+- Memory: what each URL came to lives on disk (core.sources.url_state), the list is read row by
   row, at most `concurrency` fetches are in flight: a 3.3-million-row list runs in bounded
   memory.
 - Reports: the failed.tsv (url, reason) is rewritten at the end of each run, safe to open in
@@ -42,10 +42,10 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from core.errors import DownloadError
-from core.shards import EVERYTHING, Shard
-from core.url_fetch import PICTURE_EXTENSIONS, Fetcher, FetchFailure, FetchRules
-from core.url_lists import Folder, UrlEntry, UrlList, url_hash, url_image_id
-from core.url_state import UrlState
+from core.sources.shards import EVERYTHING, Shard
+from core.sources.url_fetch import PICTURE_EXTENSIONS, Fetcher, FetchFailure, FetchRules
+from core.sources.url_lists import Folder, UrlEntry, UrlList, url_hash, url_image_id
+from core.sources.url_state import UrlState
 
 log = logging.getLogger(__name__)
 
