@@ -330,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
 def tuned_encoder(settings: Settings, batch: int | str):
     """The CLIP encoder, loaded; with DTYPE=auto or `--batch-size auto`, the choice is
     measured (or read from CHROMA_PATH/hardware-tuning.json) and logged first."""
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder.from_settings(settings, tune_batch=batch == "auto")
+    encoder = DualEncoder.from_settings(settings, tune_batch=batch == "auto")
     encoder.load()  # logs "DTYPE auto → ..." and "--batch-size auto → ..."
     if batch == "auto":
         assert encoder.tuning is not None and encoder.tuning.batch_size is not None

@@ -121,9 +121,9 @@ def rate_limit_waits(log: str, chat_ids: set[int]) -> float:
 def encoder_only(clip: Path, queries: list[str]) -> dict[str, float]:
     """Encoder milliseconds for these queries one by one vs in one batch (what micro-batching
     saves on the model itself)."""
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(clip))
+    encoder = DualEncoder(str(clip))
     encoder.embed_texts(queries)  # warm-up (also loads)
     started = time.perf_counter()
     for query in queries:

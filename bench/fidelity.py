@@ -23,10 +23,10 @@ def _overlap_at_10(
 
 
 def compare(model: Path, images: list, texts: list[str], n_index: int) -> dict:
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    fp32 = ClipEncoder(str(model), device="cpu", dtype="float32")
-    bf16 = ClipEncoder(str(model), device="cpu", dtype="bfloat16")
+    fp32 = DualEncoder(str(model), device="cpu", dtype="float32")
+    bf16 = DualEncoder(str(model), device="cpu", dtype="bfloat16")
     a_img, b_img = fp32.embed_images(images), bf16.embed_images(images)
     a_txt, b_txt = fp32.embed_texts(texts), bf16.embed_texts(texts)
     cosines = np.concatenate([np.sum(a_img * b_img, axis=1), np.sum(a_txt * b_txt, axis=1)])
@@ -42,9 +42,9 @@ def compare(model: Path, images: list, texts: list[str], n_index: int) -> dict:
 
 def draft_vs_full(model: Path, paths: list[Path]) -> dict:
     from core.images import load_image
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(model), device="cpu", dtype="float32")
+    encoder = DualEncoder(str(model), device="cpu", dtype="float32")
     draft = encoder.embed_images([load_image(p, min_side=encoder.input_size) for p in paths])
     full = encoder.embed_images([load_image(p) for p in paths])
     cosines = np.sum(draft * full, axis=1)
@@ -60,9 +60,9 @@ def builder_vs_exact(model: Path, paths: list[Path], texts: list[str], n_index: 
     decoding; the overlap is of top-10 results for the same exact-path queries over an
     index built either way."""
     from core.images import load_image
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(model), device="cpu", dtype="bfloat16")
+    encoder = DualEncoder(str(model), device="cpu", dtype="bfloat16")
     pictures = [load_image(p, min_side=encoder.input_size) for p in paths]
     exact = encoder.embed_images(pictures)
     built = encoder.embed_pixels(encoder.batch_pixels([encoder.prepare(p) for p in pictures]))

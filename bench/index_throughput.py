@@ -86,9 +86,9 @@ def ceiling(
     median of `PASSES` passes over at least two full batches of the largest size."""
     import torch
 
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(clip), device=DEVICE, dtype="auto")
+    encoder = DualEncoder(str(clip), device=DEVICE, dtype="auto")
     encoder.load()
     cpu = encoder.device.type == "cpu"
     batches = batches or ((16, 32, 64, 128) if cpu else (64, 128, 256, 512))
@@ -179,9 +179,9 @@ def decode_cost(photos: list[Path], clip: Path, dtype: str) -> dict[str, float]:
     path, when it applies); and the builder's batched preprocessing (`dtype`): wall
     milliseconds per photo on all cores, a batch of 32, the median of `PASSES`."""
     from core.images import load_image
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(clip), device="cpu", dtype=dtype)
+    encoder = DualEncoder(str(clip), device="cpu", dtype=dtype)
     data = [p.read_bytes() for p in photos[:60]]
     processor = encoder._model.get().processor.image_processor
 

@@ -4,7 +4,7 @@ one run, next to its published COCO retrieval quality.
 The models are the real checkpoints' architectures with random weights (the weights cannot be
 downloaded here): CLIP ViT-B/32 and ViT-B/16 (CLIPConfig), SigLIP B/16-224 (SiglipConfig's
 defaults) and SigLIP 2 B/16-224 (the fixed-resolution SigLIP 2 checkpoints are SiglipModel
-with Gemma's 256k vocabulary). Each goes through the project's ClipEncoder in the dtype
+with Gemma's 256k vocabulary). Each goes through the project's DualEncoder in the dtype
 DTYPE=auto picks. Speed does not depend on the weights' values; quality does, so the
 quality column is the published COCO 5k text→image R@1, not a measurement.
 
@@ -82,11 +82,11 @@ def run(quick: bool, workdir: Path) -> dict:
 
 
 def measure(path: Path, photos: list[Path]) -> dict:
-    """One model through ClipEncoder: index images/s and text query p50, after a warm-up."""
+    """One model through DualEncoder: index images/s and text query p50, after a warm-up."""
     from core.images import load_image
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
-    encoder = ClipEncoder(str(path), device="cpu", dtype="auto")
+    encoder = DualEncoder(str(path), device="cpu", dtype="auto")
     encoder.load()
     size = encoder.input_size
     encoder.embed_images([load_image(photos[0], min_side=size)] * BATCH, BATCH)

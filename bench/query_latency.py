@@ -133,7 +133,7 @@ def text_like(queries: np.ndarray, seed: int = 1) -> np.ndarray:
 
 
 def run(quick: bool, workdir: Path) -> dict:
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
     from core.search.sendable_files import HostRoots, SendableFiles
     from core.search.service import SearchService
 
@@ -154,7 +154,7 @@ def run(quick: bool, workdir: Path) -> dict:
     text_recall, text_ann_ms = recall_at_10(store, base, texts)
     default_text_recall, _ = recall_at_10(default_store, base, texts)
 
-    encoder = ClipEncoder.from_settings(settings)
+    encoder = DualEncoder.from_settings(settings)
     encoder.load()
     files = SendableFiles(HostRoots(settings))
     service = SearchService(encoder, store, files=files, max_image_pixels=settings.max_image_pixels)
@@ -173,7 +173,7 @@ def run(quick: bool, workdir: Path) -> dict:
         image_s.append(time.perf_counter() - started)
         assert len(hits) == 10
     text, image = summarise_ms(text_s), summarise_ms(image_s)
-    fp32 = ClipEncoder(settings.clip_model, device=settings.device, dtype="float32")
+    fp32 = DualEncoder(settings.clip_model, device=settings.device, dtype="float32")
     fp32_service = SearchService(
         fp32, store, files=files, max_image_pixels=settings.max_image_pixels
     )

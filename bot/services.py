@@ -39,7 +39,7 @@ from core.errors import (
     StoreUnavailable,
 )
 from core.images import check_picture, load_image
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.models.vqa import VqaModel
 from core.search.sendable_files import SendableFiles
 from core.search.service import PreparedQuery, Query, SearchPage, SearchService
@@ -82,7 +82,7 @@ class Services:
     """What the handlers use: `await search_text(...)`, `search_photo(...)`, `similar(...)`,
     `page(...)`, `ask(...)`."""
 
-    def __init__(self, settings: Settings, encoder: ClipEncoder, vqa: VqaModel | None) -> None:
+    def __init__(self, settings: Settings, encoder: DualEncoder, vqa: VqaModel | None) -> None:
         self.settings = settings
         self.encoder = encoder
         self.vqa = vqa
@@ -105,7 +105,7 @@ class Services:
         Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
         unreachable index is logged and retried on each request instead.
         """
-        encoder = ClipEncoder.from_settings(settings)
+        encoder = DualEncoder.from_settings(settings)
         encoder.load()
         vqa = None
         if settings.vqa_enabled:

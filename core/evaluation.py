@@ -36,7 +36,7 @@ from core.store.database import Database, Match, VectorStore
 from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -286,15 +286,15 @@ class Evaluator:
     def __init__(
         self,
         settings: Settings,
-        encoder: ClipEncoder | None = None,
+        encoder: DualEncoder | None = None,
         *,
         use_index: bool = True,
         progress: bool = True,
     ) -> None:
         self.settings = settings
-        from core.models.clip import ClipEncoder  # here: it imports torch
+        from core.models.encoder import DualEncoder  # here: it imports torch
 
-        self.encoder = encoder or ClipEncoder.from_settings(settings)
+        self.encoder = encoder or DualEncoder.from_settings(settings)
         self.use_index = use_index
         self.progress = progress
 

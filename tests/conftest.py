@@ -124,7 +124,7 @@ def siglip_shape_index(tmp_path_factory: pytest.TempPathFactory) -> ShapeIndex:
 
 def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
     from core.images import load_image
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
     from core.store.database import Database
     from core.store.records import ImageRecord
     from tests.mini_coco import make_mini_coco
@@ -133,7 +133,7 @@ def build_shape_index(root: Path, model: Path, collection: str) -> ShapeIndex:
     settings = make_settings(
         root, clip_model=str(model), collection=collection, coco_root=root / "coco"
     )
-    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    encoder = DualEncoder(settings.clip_model, device="cpu", dtype="float32")
     vectors = encoder.embed_images([load_image(image.path) for image in images])
     records = [
         ImageRecord(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from core.images import load_image
 from core.indexing.build import run
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.sources.coco import CocoReader
 from core.store.database import Database
 from core.store.records import ImageRecord
@@ -56,7 +56,7 @@ def poison(settings, images, root: Path) -> dict[str, Path | str]:
         "p-fifo": fifo,
         "p-huge": huge,
     }
-    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    encoder = DualEncoder(settings.clip_model, device="cpu", dtype="float32")
     red = next(i for i in images if (i.color, i.shape) == ("red", "circle"))
     vector = encoder.embed_images([load_image(red.path)])
     store = Database(settings).open(
@@ -74,7 +74,7 @@ def poison(settings, images, root: Path) -> dict[str, Path | str]:
 ENV_BYTES = b"TELEGRAM_BOT_TOKEN=123456:SECRET-never-leaves\n"
 
 
-def poison_the_roots(settings, root: Path, encoder: ClipEncoder, red: np.ndarray) -> None:
+def poison_the_roots(settings, root: Path, encoder: DualEncoder, red: np.ndarray) -> None:
     """The store claims "/" as an indexed folder (as a build before the host decided would
     have recorded it) and names an operator's .env, a private photo outside every folder
     the host serves, and a picture that will turn into something else once it was shown."""

@@ -25,7 +25,7 @@ from core.evaluation import (
 )
 from core.images import decode_image
 from core.indexing import build as indexing
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.search.service import SearchService
 from core.sources.coco import CocoReader
 from tests.conftest import CliResult, make_settings
@@ -156,11 +156,11 @@ def coco(tmp_path_factory: pytest.TempPathFactory) -> Coco:
 
 
 @pytest.fixture(scope="module")
-def encoder() -> ClipEncoder:
-    return ClipEncoder(make_settings(Path("unused")).clip_model, device="cpu", dtype="float32")
+def encoder() -> DualEncoder:
+    return DualEncoder(make_settings(Path("unused")).clip_model, device="cpu", dtype="float32")
 
 
-def independent(encoder: ClipEncoder, images: list[tuple[Path, list[str]]]) -> dict:
+def independent(encoder: DualEncoder, images: list[tuple[Path, list[str]]]) -> dict:
     """The expected JSON numbers: the fixture encodes, plain Python ranks (same tie rule)."""
     pictures = [decode_image(p, min_side=encoder.input_size).image for p, _ in images]
     image_vectors = encoder.embed_images(pictures).tolist()
@@ -190,7 +190,7 @@ def check_json(result: CliResult, expected: dict) -> dict:
 
 
 def test_limit_json_equals_an_independent_computation(
-    coco: Coco, encoder: ClipEncoder, tmp_path: Path, run_cli
+    coco: Coco, encoder: DualEncoder, tmp_path: Path, run_cli
 ) -> None:
     settings = make_settings(tmp_path, coco_root=coco.root)
     result = run_cli(settings, "eval", "--limit", "14", "--json")
@@ -290,7 +290,7 @@ def write_karpathy(path: Path, coco: Coco) -> list[tuple[Path, list[str]]]:
 
 
 def test_karpathy_file_selects_its_test_split(
-    coco: Coco, encoder: ClipEncoder, tmp_path: Path, run_cli
+    coco: Coco, encoder: DualEncoder, tmp_path: Path, run_cli
 ) -> None:
     split_file = tmp_path / "dataset_coco.json"
     expected_images = write_karpathy(split_file, coco)

@@ -28,7 +28,7 @@ from core.indexing.build import (
     report_path,
     run,
 )
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.search.sendable_files import HostRoots, SendableFiles, roots_file
 from core.search.service import SearchService
 from core.sources.coco import CocoReader
@@ -40,34 +40,34 @@ from tests.chroma_run import ChromaServer
 from tests.conftest import ROOT, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
 from tests.mini_coco import CAPTION_TEMPLATES, FIRST_ID, coco_file_name, make_mini_coco
-from tests.test_clip import counting_compile
+from tests.test_encoder import counting_compile
 
 
 @pytest.fixture(scope="module")
-def encoder() -> ClipEncoder:
+def encoder() -> DualEncoder:
     """One fixture CLIP for the in-process runs (fp32: the vectors are compared exactly)."""
-    encoder = ClipEncoder(
+    encoder = DualEncoder(
         str(ROOT / "tests" / "fixtures" / "tiny_clip"), device="cpu", dtype="float32"
     )
     encoder.load()
     return encoder
 
 
-def index(settings: Settings, encoder: ClipEncoder, **kwargs) -> IndexSummary:
+def index(settings: Settings, encoder: DualEncoder, **kwargs) -> IndexSummary:
     reader = kwargs.pop("reader", None) or CocoReader(
         settings.coco_root, kwargs.pop("splits", ("train2014", "val2014"))
     )
     return run(settings, reader, encoder=encoder, progress=False, **kwargs)
 
 
-def images_store(settings: Settings, encoder: ClipEncoder) -> VectorStore[ImageRecord]:
+def images_store(settings: Settings, encoder: DualEncoder) -> VectorStore[ImageRecord]:
     return Database(settings).open(
         settings.collection, ImageRecord, model=settings.clip_model, dim=encoder.dim
     )
 
 
 def searcher(
-    settings: Settings, encoder: ClipEncoder, store: VectorStore[ImageRecord] | None = None
+    settings: Settings, encoder: DualEncoder, store: VectorStore[ImageRecord] | None = None
 ) -> SearchService:
     """A search over the collection (or `store`) that sends what this host serves."""
     store = store or images_store(settings, encoder)
@@ -91,7 +91,7 @@ def coco_server_settings(tmp_path: Path, server: ChromaServer, collection: str) 
 
 
 def test_full_build_stores_every_picture_with_its_record(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"train2014": 24, "val2014": 12})
@@ -114,7 +114,7 @@ def test_full_build_stores_every_picture_with_its_record(
         )
 
 
-def test_built_index_is_searchable(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_built_index_is_searchable(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 36})
     index(settings, encoder, splits=("val2014",))
@@ -128,11 +128,11 @@ def test_built_index_is_searchable(tmp_path: Path, encoder: ClipEncoder) -> None
 
 
 def test_compiled_build_stores_the_same_vectors(
-    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 10})
-    compiled = ClipEncoder(
+    compiled = DualEncoder(
         str(ROOT / "tests" / "fixtures" / "tiny_clip"), device="cpu", dtype="float32"
     )
     batches = counting_compile(monkeypatch)
@@ -144,7 +144,7 @@ def test_compiled_build_stores_the_same_vectors(
 
 
 def test_the_writer_gathers_batches_into_larger_upserts(
-    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"train2014": 30, "val2014": 10})
@@ -163,7 +163,7 @@ def test_the_writer_gathers_batches_into_larger_upserts(
 
 
 def test_rerun_with_nothing_changed_is_quick_and_says_so(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"train2014": 12, "val2014": 6})
@@ -172,7 +172,7 @@ def test_rerun_with_nothing_changed_is_quick_and_says_so(
     assert again.up_to_date and (again.indexed, again.unchanged, again.total) == (0, 18, 18)
 
 
-def test_limit_builds_a_subset_and_grows_it(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_limit_builds_a_subset_and_grows_it(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"train2014": 20, "val2014": 10})
     first = index(settings, encoder, limit=8)
@@ -186,7 +186,7 @@ def test_limit_builds_a_subset_and_grows_it(tmp_path: Path, encoder: ClipEncoder
 
 
 def test_incremental_refresh_adds_removes_and_reembeds(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"train2014": 14, "val2014": 6})
@@ -221,7 +221,7 @@ def test_incremental_refresh_adds_removes_and_reembeds(
     assert report_path(settings).read_text().count("missing on disk") == 2
 
 
-def test_refreshing_one_split_leaves_the_other_alone(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_refreshing_one_split_leaves_the_other_alone(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"train2014": 6, "val2014": 4})
     index(settings, encoder)
@@ -257,7 +257,7 @@ def write_bad_and_odd_files(folder: Path) -> dict[str, str]:
     }
 
 
-def test_bad_files_are_reported_and_skipped(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_bad_files_are_reported_and_skipped(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = make_settings(tmp_path, max_image_pixels=40_000_000)
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -276,7 +276,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, encoder: ClipEncoder
     assert summary.report == report_path(settings) and summary.report.parent == settings.chroma_path
 
 
-def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = make_settings(tmp_path)
     folder = tmp_path / "photos"
     (folder / "holiday").mkdir(parents=True)
@@ -292,7 +292,7 @@ def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: ClipEncoder) -
     assert hit.path.endswith("c.webp") and hit.captions == ()
 
 
-def test_captions_collection(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_captions_collection(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 12})
     summary = index(settings, encoder, with_captions=True, splits=("val2014",))
@@ -316,7 +316,7 @@ def test_captions_collection(tmp_path: Path, encoder: ClipEncoder) -> None:
     assert (third.removed, third.captions_removed) == (1, len(CAPTION_TEMPLATES))
 
 
-def test_rebuild_starts_from_scratch(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_rebuild_starts_from_scratch(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"val2014": 6})
     index(settings, encoder, splits=("val2014",))
@@ -324,14 +324,14 @@ def test_rebuild_starts_from_scratch(tmp_path: Path, encoder: ClipEncoder) -> No
     assert (summary.indexed, summary.unchanged, summary.total) == (6, 0, 6)
 
 
-def test_another_model_is_refused_unless_rebuilding(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_another_model_is_refused_unless_rebuilding(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"val2014": 4})
     index(settings, encoder, splits=("val2014",))
     renamed = tmp_path / "renamed_clip"
     renamed.symlink_to(ROOT / "tests" / "fixtures" / "tiny_clip")
     other = coco_settings(tmp_path, clip_model=str(renamed))
-    other_encoder = ClipEncoder(str(renamed), device="cpu", dtype="float32")
+    other_encoder = DualEncoder(str(renamed), device="cpu", dtype="float32")
     with pytest.raises(ModelMismatch, match="--rebuild"):
         run(other, CocoReader(other.coco_root, ["val2014"]), encoder=other_encoder, progress=False)
     summary = run(
@@ -345,7 +345,7 @@ def test_another_model_is_refused_unless_rebuilding(tmp_path: Path, encoder: Cli
 
 
 def test_build_against_a_chroma_server(
-    tmp_path: Path, encoder: ClipEncoder, chroma_server: ChromaServer
+    tmp_path: Path, encoder: DualEncoder, chroma_server: ChromaServer
 ) -> None:
     settings = coco_server_settings(tmp_path, chroma_server, "built_on_server")
     make_mini_coco(settings.coco_root, {"train2014": 12, "val2014": 12})
@@ -447,7 +447,7 @@ def signal_mid_run(
 
 
 def test_killed_mid_run_then_rerun_completes_exactly_once(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     total = 400
@@ -470,14 +470,14 @@ def test_killed_mid_run_then_rerun_completes_exactly_once(
     assert len(vectors_ok) == 5 and np.isfinite([h.score for h in vectors_ok]).all()
 
 
-def test_missing_annotations_in_process(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_missing_annotations_in_process(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     with pytest.raises(DatasetError, match=r"annotations_trainval2014\.zip"):
         index(settings, encoder)
 
 
 def test_ctrl_c_stops_cleanly_and_reports_what_was_stored(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"train2014": 300, "val2014": 100}, size=(64, 48))
@@ -493,7 +493,7 @@ def test_ctrl_c_stops_cleanly_and_reports_what_was_stored(
 # --- roots, removal safety, one builder at a time, folder ids, captions, Ctrl-C ---------------
 
 
-def test_build_records_the_real_image_folders(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_build_records_the_real_image_folders(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"train2014": 3, "val2014": 3})
     disk = tmp_path / "disk"
@@ -514,7 +514,7 @@ def test_build_records_the_real_image_folders(tmp_path: Path, encoder: ClipEncod
 
 
 def test_roots_are_recorded_before_the_first_picture(
-    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path)
     folder = tmp_path / "photos"
@@ -541,7 +541,7 @@ def folder_of(folder: Path, n: int, *, color: str = "red") -> list[Path]:
     return paths
 
 
-def test_an_emptied_folder_never_wipes_the_index(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_an_emptied_folder_never_wipes_the_index(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = make_settings(tmp_path)
     folder = tmp_path / "mnt"
     paths = folder_of(folder, 4)
@@ -564,7 +564,7 @@ def test_an_emptied_folder_never_wipes_the_index(tmp_path: Path, encoder: ClipEn
     assert (pruned.removed, pruned.indexed, pruned.total) == (4, 1, 1)
 
 
-def test_an_emptied_coco_split_never_wipes_the_index(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_an_emptied_coco_split_never_wipes_the_index(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"train2014": 4, "val2014": 6})
     index(settings, encoder)
@@ -603,7 +603,7 @@ def test_cli_refuses_a_large_removal_with_one_clear_line(
 
 def test_a_second_builder_is_refused_while_one_runs(
     tmp_path: Path,
-    encoder: ClipEncoder,
+    encoder: DualEncoder,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
@@ -651,7 +651,7 @@ def test_a_chroma_server_takes_no_lock(tmp_path: Path) -> None:
     assert not settings.chroma_path.exists()
 
 
-def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = make_settings(tmp_path)
     one = folder_of(tmp_path / "one", 3, color="red")
     two = folder_of(tmp_path / "two", 3, color="blue")
@@ -665,7 +665,7 @@ def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: ClipEnc
 
 
 def test_an_index_with_old_folder_ids_asks_before_reembedding(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = make_settings(tmp_path)
     folder = tmp_path / "photos"
@@ -690,7 +690,7 @@ def test_an_index_with_old_folder_ids_asks_before_reembedding(
     assert (summary.removed, summary.indexed, summary.total) == (3, 3, 3)
 
 
-def test_removed_pictures_take_their_captions_along(tmp_path: Path, encoder: ClipEncoder) -> None:
+def test_removed_pictures_take_their_captions_along(tmp_path: Path, encoder: DualEncoder) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 12})
     index(settings, encoder, with_captions=True, splits=("val2014",))
@@ -736,7 +736,7 @@ def test_ctrl_c_during_the_rebuilds_drop_says_what_was_dropped(
 
 
 def test_ctrl_c_while_compiling_says_what_was_removed(
-    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 12})
@@ -758,7 +758,7 @@ def test_ctrl_c_while_compiling_says_what_was_removed(
 
 
 def test_ctrl_c_before_anything_changed_says_so(
-    tmp_path: Path, encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = coco_settings(tmp_path)
     make_mini_coco(settings.coco_root, {"val2014": 3})
@@ -778,7 +778,7 @@ def test_ctrl_c_before_anything_changed_says_so(
 
 
 def test_folder_shards_build_the_union_and_limit_counts_within_a_shard(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = make_settings(tmp_path)
     folder = tmp_path / "photos"
@@ -807,7 +807,7 @@ def test_folder_shards_build_the_union_and_limit_counts_within_a_shard(
 
 
 def test_a_shards_refresh_removes_only_its_own_vanished_entries(
-    tmp_path: Path, encoder: ClipEncoder
+    tmp_path: Path, encoder: DualEncoder
 ) -> None:
     settings = coco_settings(tmp_path)
     made = make_mini_coco(settings.coco_root, {"val2014": 40})
@@ -863,7 +863,7 @@ def coco_shard_categories(per_split: dict[str, int]) -> dict[str, list[int]]:
 
 
 def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
-    tmp_path: Path, encoder: ClipEncoder, chroma_server: ChromaServer
+    tmp_path: Path, encoder: DualEncoder, chroma_server: ChromaServer
 ) -> None:
     settings = coco_server_settings(tmp_path, chroma_server, "sharded_on_server")
     per_split = {"train2014": 24, "val2014": 16}

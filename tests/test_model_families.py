@@ -1,4 +1,4 @@
-"""CLIP, SigLIP and SigLIP 2 through the one `ClipEncoder`: each family's vectors equal the
+"""CLIP, SigLIP and SigLIP 2 through the one `DualEncoder`: each family's vectors equal the
 reference Hugging Face call, the JPEG draft decode keeps them, other models are refused, and
 a collection stays tied to the model that built it.
 
@@ -38,7 +38,7 @@ from transformers import (
 
 from core.errors import ModelMismatch, ModelUnavailable
 from core.images import decode_image
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.search.service import SearchService
 from core.store.database import Database
 from core.store.records import ImageRecord
@@ -81,10 +81,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
 
 
 @pytest.fixture(scope="module")
-def encoders(built: dict[str, Built]) -> dict[str, ClipEncoder]:
+def encoders(built: dict[str, Built]) -> dict[str, DualEncoder]:
     out = {}
     for family, b in built.items():
-        out[family] = ClipEncoder(str(b.path), device="cpu", dtype="float32")
+        out[family] = DualEncoder(str(b.path), device="cpu", dtype="float32")
         out[family].load()
     return out
 
@@ -103,7 +103,7 @@ def pictures() -> list[Image.Image]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_is_detected(family: str, encoders: dict[str, ClipEncoder]) -> None:
+def test_family_is_detected(family: str, encoders: dict[str, DualEncoder]) -> None:
     encoder = encoders[family]
     assert encoder.family == family
     assert encoder.multilingual is (family == "siglip2")  # Gemma tokenizer: multilingual
@@ -113,7 +113,7 @@ def test_family_is_detected(family: str, encoders: dict[str, ClipEncoder]) -> No
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_vectors_equal_the_reference_call(
-    family: str, built: dict[str, Built], encoders: dict[str, ClipEncoder]
+    family: str, built: dict[str, Built], encoders: dict[str, DualEncoder]
 ) -> None:
     model, processor = _reference(built[family])
     kwargs = built[family].reference_text_kwargs
@@ -128,7 +128,7 @@ def test_text_vectors_equal_the_reference_call(
 
 
 def test_siglip_texts_must_be_padded_to_the_full_context(
-    built: dict[str, Built], encoders: dict[str, ClipEncoder]
+    built: dict[str, Built], encoders: dict[str, DualEncoder]
 ) -> None:
     """The test above has teeth: SigLIP with CLIP's padding would give other vectors."""
     model, processor = _reference(built["siglip"])
@@ -142,7 +142,7 @@ def test_siglip_texts_must_be_padded_to_the_full_context(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_image_vectors_equal_the_reference_call(
-    family: str, built: dict[str, Built], encoders: dict[str, ClipEncoder]
+    family: str, built: dict[str, Built], encoders: dict[str, DualEncoder]
 ) -> None:
     model, processor = _reference(built[family])
     images = pictures()
@@ -158,7 +158,7 @@ def test_image_vectors_equal_the_reference_call(
     assert np.max(got @ got.T - np.eye(len(images))) < 0.9999  # the pictures are told apart
 
 
-def test_clip_crops_and_siglip_squashes(encoders: dict[str, ClipEncoder]) -> None:
+def test_clip_crops_and_siglip_squashes(encoders: dict[str, DualEncoder]) -> None:
     """A wide picture: CLIP sees only its centre, SigLIP the whole of it, squashed."""
     wide = Image.new("RGB", (448, 224), "white")
     wide.paste((255, 0, 0), (0, 0, 112, 224))  # a red band on the left quarter
@@ -175,7 +175,7 @@ def test_clip_crops_and_siglip_squashes(encoders: dict[str, ClipEncoder]) -> Non
     [((640, 480), (320, 240)), ((1800, 500), (900, 250))],  # a COCO photo, a panorama
 )
 def test_jpeg_draft_decode_keeps_the_vector(
-    family: str, size: tuple[int, int], drafted: tuple[int, int], encoders: dict[str, ClipEncoder]
+    family: str, size: tuple[int, int], drafted: tuple[int, int], encoders: dict[str, DualEncoder]
 ) -> None:
     """Draft decoding keeps BOTH sides at least the input size (1800×500 is decoded at 1/2,
     not 1/8): SigLIP squashes the whole picture, so its long side must not be undersampled
@@ -197,15 +197,15 @@ def test_jpeg_draft_decode_keeps_the_vector(
 def test_multilingual_siglip_by_name(built: dict[str, Built], tmp_path: Path) -> None:
     named = tmp_path / "siglip-base-patch16-256-multilingual"
     named.symlink_to(built["siglip"].path, target_is_directory=True)
-    encoder = ClipEncoder(str(named), device="cpu", dtype="float32")
+    encoder = DualEncoder(str(named), device="cpu", dtype="float32")
     assert (encoder.family, encoder.multilingual) == ("siglip", True)
-    assert ClipEncoder(str(TINY_CLIP), device="cpu").multilingual is False
+    assert DualEncoder(str(TINY_CLIP), device="cpu").multilingual is False
 
 
 def test_big_vocabulary_siglip_is_multilingual(tmp_path: Path) -> None:
     tiny = {"hidden_size": 4, "intermediate_size": 4, "num_hidden_layers": 1}
     config, processor = _siglip(_word_tokenizer(), vocab_size=250_000, small=tiny)
-    encoder = ClipEncoder(str(_save(tmp_path / "m", config, processor, {}).path), device="cpu")
+    encoder = DualEncoder(str(_save(tmp_path / "m", config, processor, {}).path), device="cpu")
     assert (encoder.family, encoder.multilingual) == ("siglip", True)
 
 
@@ -216,7 +216,7 @@ def test_other_models_are_refused_in_one_line(tmp_path: Path, kind: str) -> None
         path = tmp_path / "bert"
         BertConfig(**SMALL, **SMALL_HEADS).save_pretrained(path)
     with pytest.raises(ModelUnavailable) as caught:
-        ClipEncoder(str(path), device="cpu").load()
+        DualEncoder(str(path), device="cpu").load()
     assert str(caught.value) == (
         f"CLIP_MODEL {path} is a {kind} model: supported are CLIP, SigLIP and SigLIP 2 dual "
         "encoders"
@@ -226,7 +226,7 @@ def test_other_models_are_refused_in_one_line(tmp_path: Path, kind: str) -> None
 def test_siglip2_naflex_is_refused_clearly(tmp_path: Path) -> None:
     Siglip2Config().save_pretrained(tmp_path)
     with pytest.raises(ModelUnavailable, match=r"NaFlex .* fixed-resolution SigLIP 2"):
-        ClipEncoder(str(tmp_path), device="cpu").load()
+        DualEncoder(str(tmp_path), device="cpu").load()
 
 
 def test_a_missing_tokenizer_library_is_one_clear_line(
@@ -237,11 +237,11 @@ def test_a_missing_tokenizer_library_is_one_clear_line(
 
     monkeypatch.setattr(AutoProcessor, "from_pretrained", no_sentencepiece)
     with pytest.raises(ModelUnavailable, match=r"SentencePiece.*pip install sentencepiece"):
-        ClipEncoder(str(built["siglip"].path), device="cpu").load()
+        DualEncoder(str(built["siglip"].path), device="cpu").load()
 
 
 def test_a_collection_stays_tied_to_its_model_across_families(
-    tmp_path: Path, built: dict[str, Built], encoders: dict[str, ClipEncoder]
+    tmp_path: Path, built: dict[str, Built], encoders: dict[str, DualEncoder]
 ) -> None:
     clip = make_settings(tmp_path, clip_model=str(built["clip"].path))
     siglip = make_settings(tmp_path, clip_model=str(built["siglip"].path))

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from core.models import pixels
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.models.pixels import MAX_ASPECT, MAX_LEVEL_DIFFERENCE, BatchPixels, ExactPixels
 from tests.conftest import TINY_CLIP, TINY_SIGLIP
 from tests.fixtures.shapes import LABELS, draw
@@ -35,13 +35,13 @@ def photos(seed: int = 3, sizes: list[tuple[int, int]] = SIZES) -> list[Image.Im
     return out
 
 
-def encoder(model: str, dtype: str = "float32") -> ClipEncoder:
-    built = ClipEncoder(str(MODELS[model]), device="cpu", dtype=dtype)
+def encoder(model: str, dtype: str = "float32") -> DualEncoder:
+    built = DualEncoder(str(MODELS[model]), device="cpu", dtype=dtype)
     built.load()
     return built
 
 
-def processor_of(built: ClipEncoder):
+def processor_of(built: DualEncoder):
     return built._model.get().processor.image_processor
 
 

@@ -11,7 +11,7 @@ import pytest
 from core.__main__ import main as cli_main
 from core.errors import BadImage, EmptyQuery, IndexEmpty
 from core.images import load_image
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from core.search.sendable_files import SendableFiles
 from core.search.service import MAX_QUERY_CHARS, SearchService, clean_query
 from core.store.database import Database
@@ -94,7 +94,7 @@ def test_bad_image_bytes(service: SearchService) -> None:
 
 def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: ShapeIndex) -> None:
     settings = make_settings(tmp_path, collection="vanishing")
-    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    encoder = DualEncoder(settings.clip_model, device="cpu", dtype="float32")
     copies = []
     for image in shape_index.images[:12]:
         copy = tmp_path / image.path.name
@@ -118,7 +118,7 @@ def test_empty_collection_is_index_empty(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, collection="never_built")
     with pytest.raises(IndexEmpty):
         SearchService.open(settings)
-    encoder = ClipEncoder(settings.clip_model, device="cpu", dtype="float32")
+    encoder = DualEncoder(settings.clip_model, device="cpu", dtype="float32")
     store = Database(settings).open(
         "built_but_empty", ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )

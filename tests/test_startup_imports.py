@@ -63,7 +63,7 @@ def test_help_imports_no_model_library(tmp_path: Path, args: list[str]) -> None:
 
 def test_the_check_itself_sees_torch(tmp_path: Path) -> None:
     """The check is not blind: a command that loads a model is seen importing torch."""
-    code = "import core.models.clip"
+    code = "import core.models.encoder"
     result, names = imported(subprocess_env(make_settings(tmp_path)), tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert {"torch", "transformers"} <= names

@@ -16,7 +16,7 @@ from transformers import AutoModel
 import index_builder
 from bot import replies
 from core.models import runtime, tuning
-from core.models.clip import ClipEncoder
+from core.models.encoder import DualEncoder
 from tests.conftest import TINY_CLIP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def test_auto_measures_once_then_reuses_the_cache(
 
     monkeypatch.setattr(tuning, "measure_dtypes", counted)
     path = tmp_path / tuning.CACHE_NAME
-    first = ClipEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path, tune_batch=True)
+    first = DualEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path, tune_batch=True)
     vectors = first.embed_texts(["a red circle"])
     assert len(calls) == 1 and first.tuning is not None and not first.tuning.cached
     assert first.tuning.batch_size in tuning.BATCH_CANDIDATES
@@ -108,12 +108,12 @@ def test_auto_measures_once_then_reuses_the_cache(
     entry = next(iter(json.loads(path.read_text()).values()))
     assert entry["dtype"] == first.tuning.dtype
 
-    second = ClipEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path, tune_batch=True)
+    second = DualEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path, tune_batch=True)
     assert np.allclose(second.embed_texts(["a red circle"]), vectors, atol=1e-2)
     assert len(calls) == 1 and second.tuning is not None and second.tuning.cached
 
     monkeypatch.setattr(tuning, "cpu_name", lambda: "Another CPU")  # another machine
-    third = ClipEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path)
+    third = DualEncoder(str(TINY_CLIP), device="cpu", tuning_cache=path)
     third.load()
     assert len(calls) == 2 and len(json.loads(path.read_text())) == 2
 
@@ -127,7 +127,7 @@ def test_an_explicit_dtype_measures_nothing(
     monkeypatch.setattr(tuning, "measure_dtypes", refuse)
     monkeypatch.setattr(tuning, "measure_batches", refuse)
     path = tmp_path / tuning.CACHE_NAME
-    encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32", tuning_cache=path)
+    encoder = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32", tuning_cache=path)
     assert encoder.embed_texts(["a red circle"]).shape[0] == 1
     assert encoder.tuning is None and not path.exists()
 

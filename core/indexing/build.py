@@ -51,7 +51,7 @@ from core.store.database import Database, VectorStore
 from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class _Job:
     settings: Settings
     reader: Reader
     scan: Scan
-    encoder: ClipEncoder
+    encoder: DualEncoder
     db: Database
     options: _Options
     summary: IndexSummary
@@ -192,7 +192,7 @@ def run(
     wait: bool = False,
     progress: bool = True,
     compile_model: bool = False,
-    encoder: ClipEncoder | None = None,
+    encoder: DualEncoder | None = None,
     shard: Shard = EVERYTHING,
 ) -> IndexSummary:
     """Bring the collection `settings.collection` up to date with `reader`'s pictures (of
@@ -201,7 +201,7 @@ def run(
     `prune`: confirm a removal of more than `MAX_UNCONFIRMED_REMOVAL` of this source's
     entries (else `UnsafeRemoval`, nothing changed). `wait`: wait for another builder on
     the same embedded store instead of raising `StoreBusy`. `compile_model`: torch.compile
-    the image tower first (faster big builds, see ClipEncoder). A Ctrl-C after the scan is
+    the image tower first (faster big builds, see DualEncoder). A Ctrl-C after the scan is
     caught: the summary is `interrupted` and says what was done.
     """
     started = time.perf_counter()
@@ -213,9 +213,9 @@ def run(
     source = reader.description if shard.whole else f"{reader.description}, shard {shard}"
     with builder_lock(settings, wait=wait):
         scan = _scan(reader, source, shard)  # before loading any model: fails fast
-        from core.models.clip import ClipEncoder  # here: it imports torch
+        from core.models.encoder import DualEncoder  # here: it imports torch
 
-        encoder = encoder or ClipEncoder.from_settings(settings)
+        encoder = encoder or DualEncoder.from_settings(settings)
         encoder.load()
         summary = IndexSummary(source=source, collection=settings.collection, missing=scan.missing)
         job = _Job(settings, reader, scan, encoder, Database(settings), options, summary)
@@ -428,7 +428,7 @@ def _embed(job: _Job, store: VectorStore[ImageRecord], records: list[ImageRecord
 
 def _embed_images(
     records: list[ImageRecord],
-    encoder: ClipEncoder,
+    encoder: DualEncoder,
     store: VectorStore[ImageRecord],
     summary: IndexSummary,
     max_pixels: int,

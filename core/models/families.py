@@ -1,6 +1,6 @@
 """The dual encoders CLIP_MODEL may name, and how each family is told apart and fed.
 
-`core.models.clip.ClipEncoder` loads any of them with `AutoModel` + `AutoProcessor`; this
+`core.models.encoder.DualEncoder` loads any of them with `AutoModel` + `AutoProcessor`; this
 module decides, from the loaded config and tokenizer, which family a checkpoint is and what
 that family's processor expects, so the encoder's vectors equal the reference call
 (`model.get_*_features(**processor(...)).pooler_output`, normalised):

@@ -1,7 +1,7 @@
 """Image preprocessing for the dual encoder: decoded RGB pictures → the pixels the model
 takes, two ways.
 
-- `ExactPixels` (queries, `ClipEncoder.preprocess`): the image processor's own pixels,
+- `ExactPixels` (queries, `DualEncoder.preprocess`): the image processor's own pixels,
   bit for bit, in one Pillow pass per picture, on any thread.
 - `BatchPixels` (the index builder on a CPU): the same geometry with torch's SIMD
   antialiased resize, a whole batch on the model's thread, about four times cheaper than

@@ -1,7 +1,7 @@
 """Hardware-aware defaults: `DTYPE=auto` and `index_builder.py --batch-size auto` are chosen
 by a short measurement of the image tower on first use, not by a rule, and cached.
 
-Who uses it: `ClipEncoder` (dtype) and `index_builder.py` (batch size). Why measure: the
+Who uses it: `DualEncoder` (dtype) and `index_builder.py` (batch size). Why measure: the
 same rule ("bf16 where the CPU has it") is right on an Intel Xeon with AMX (bf16 152
 images/s at batch 32, fp32 30) and nearly pointless on an AMD EPYC with AVX512-BF16 (33 vs
 30), and the best batch differs (AMX: batch 32 152, batch 64 only 109).

@@ -29,7 +29,7 @@ from core.store.database import Database, Match, VectorStore
 from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
-    from core.models.clip import ClipEncoder
+    from core.models.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class SearchService:
 
     def __init__(
         self,
-        encoder: ClipEncoder,
+        encoder: DualEncoder,
         store: VectorStore[ImageRecord],
         *,
         files: SendableFiles,
@@ -182,13 +182,13 @@ class SearchService:
         """Near-duplicate threshold; None = keep them (`open` takes DUPLICATE_COSINE)."""
 
     @classmethod
-    def open(cls, settings: Settings, encoder: ClipEncoder | None = None) -> SearchService:
+    def open(cls, settings: Settings, encoder: DualEncoder | None = None) -> SearchService:
         """Load the encoder and open the configured collection, and its captions collection
         when there is one (raises `IndexEmpty`, `ModelMismatch`, `ModelUnavailable`,
         `StoreUnavailable`)."""
-        from core.models.clip import ClipEncoder  # here: it imports torch
+        from core.models.encoder import DualEncoder  # here: it imports torch
 
-        encoder = encoder or ClipEncoder.from_settings(settings)
+        encoder = encoder or DualEncoder.from_settings(settings)
         encoder.load()
         db = Database(settings)
         store = db.open(

@@ -57,7 +57,7 @@ class _Loaded:
     family: Family
 
 
-class ClipEncoder:
+class DualEncoder:
     """A dual encoder (CLIP, SigLIP, SigLIP 2: see `core.models.families`) that loads lazily
     (thread-safe) and embeds texts and images.
 
@@ -92,7 +92,7 @@ class ClipEncoder:
         self._batch_pixels: object = _UNSET
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, tune_batch: bool = False) -> ClipEncoder:
+    def from_settings(cls, settings: Settings, *, tune_batch: bool = False) -> DualEncoder:
         """The encoder CLIP_MODEL, DEVICE and DTYPE describe; DTYPE=auto is cached in
         `<CHROMA_PATH>/hardware-tuning.json`."""
         return cls(
@@ -364,7 +364,7 @@ def _normalised(features: object) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def _stack(parts: list[np.ndarray], encoder: ClipEncoder) -> np.ndarray:
+def _stack(parts: list[np.ndarray], encoder: DualEncoder) -> np.ndarray:
     if not parts:
         return np.zeros((0, encoder.dim), dtype=np.float32)
     return np.concatenate(parts).astype(np.float32, copy=False)

@@ -10,8 +10,8 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from core.errors import ConfigError, ModelUnavailable
-from core.models import clip
-from core.models.clip import ClipEncoder
+from core.models import encoder as encoder_module
+from core.models.encoder import DualEncoder
 from core.models.runtime import LazyModel, cpu_has_native_bf16, resolve_device, resolve_dtype
 from tests.conftest import TINY_CLIP, in_hf_cache
 from tests.fixtures.shapes import LABELS, caption, draw
@@ -29,8 +29,8 @@ def pictures(n: int = 8, seed: int = 7) -> list:
 
 
 @pytest.fixture(scope="module")
-def fp32() -> ClipEncoder:
-    encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+def fp32() -> DualEncoder:
+    encoder = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     encoder.load()
     return encoder
 
@@ -45,7 +45,7 @@ def normalised(features: object) -> np.ndarray:
     return torch.nn.functional.normalize(tensor, dim=-1).numpy()
 
 
-def test_text_embeddings_equal_the_reference_hf_call(fp32: ClipEncoder, reference) -> None:
+def test_text_embeddings_equal_the_reference_hf_call(fp32: DualEncoder, reference) -> None:
     model, processor = reference
     with torch.no_grad():
         expected = normalised(
@@ -56,7 +56,7 @@ def test_text_embeddings_equal_the_reference_hf_call(fp32: ClipEncoder, referenc
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_image_embeddings_equal_the_reference_hf_call(fp32: ClipEncoder, reference) -> None:
+def test_image_embeddings_equal_the_reference_hf_call(fp32: DualEncoder, reference) -> None:
     model, processor = reference
     images = pictures()
     with torch.no_grad():
@@ -69,13 +69,13 @@ def test_image_embeddings_equal_the_reference_hf_call(fp32: ClipEncoder, referen
     np.testing.assert_allclose(fp32.embed_pixels(fp32.preprocess(images)), expected, atol=1e-5)
 
 
-def test_vectors_are_unit_length(fp32: ClipEncoder) -> None:
+def test_vectors_are_unit_length(fp32: DualEncoder) -> None:
     for vectors in (fp32.embed_texts(TEXTS), fp32.embed_images(pictures())):
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_bfloat16_stays_close_to_float32(fp32: ClipEncoder) -> None:
-    bf16 = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="bfloat16")
+def test_bfloat16_stays_close_to_float32(fp32: DualEncoder) -> None:
+    bf16 = DualEncoder(str(TINY_CLIP), device="cpu", dtype="bfloat16")
     assert bf16.dtype == torch.bfloat16
     images = pictures(24, seed=3)
     for a, b in [
@@ -87,23 +87,23 @@ def test_bfloat16_stays_close_to_float32(fp32: ClipEncoder) -> None:
         assert cosines.min() >= 0.99, cosines
 
 
-def test_long_text_is_truncated_to_the_context(fp32: ClipEncoder) -> None:
+def test_long_text_is_truncated_to_the_context(fp32: DualEncoder) -> None:
     words = " ".join(["red"] * 600)
     long_text, prefix = "a red circle " + words, "a red circle " + " ".join(["red"] * 72)
     long_vec, prefix_vec = fp32.embed_texts([long_text, prefix])
     assert prefix_vec @ long_vec == pytest.approx(1.0, abs=1e-5)  # 77 tokens: BOS + 75 + EOS
 
 
-def test_empty_batches(fp32: ClipEncoder) -> None:
+def test_empty_batches(fp32: DualEncoder) -> None:
     assert fp32.embed_texts([]).shape == (0, 32)
     assert fp32.embed_images([]).shape == (0, 32)
 
 
-def test_input_size_and_dim_come_from_the_model(fp32: ClipEncoder) -> None:
+def test_input_size_and_dim_come_from_the_model(fp32: DualEncoder) -> None:
     assert (fp32.dim, fp32.input_size) == (32, 32)
 
 
-def test_semantics_survive_the_encoder(fp32: ClipEncoder) -> None:
+def test_semantics_survive_the_encoder(fp32: DualEncoder) -> None:
     captions = [caption(c, s) for c, s in LABELS]
     texts = fp32.embed_texts(captions)
     rng = random.Random(99)
@@ -118,14 +118,14 @@ def test_semantics_survive_the_encoder(fp32: ClipEncoder) -> None:
 
 def test_loading_is_lazy_and_happens_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    real = clip.load_streamed  # the weights are streamed into the model (from_config)
+    real = encoder_module.load_streamed  # the weights are streamed into the model (from_config)
 
     def counting(*args, **kwargs):
         loads.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(clip, "load_streamed", counting)
-    encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    monkeypatch.setattr(encoder_module, "load_streamed", counting)
+    encoder = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     assert not encoder.loaded and loads == []
     results: list[np.ndarray] = []
     threads = [
@@ -141,7 +141,7 @@ def test_loading_is_lazy_and_happens_once_across_threads(monkeypatch: pytest.Mon
         np.testing.assert_allclose(r, results[0], atol=1e-6)
 
 
-def test_concurrent_calls_from_threads_are_correct(fp32: ClipEncoder) -> None:
+def test_concurrent_calls_from_threads_are_correct(fp32: DualEncoder) -> None:
     expected = {t: fp32.embed_texts([t])[0] for t in TEXTS}
     got: dict[str, np.ndarray] = {}
 
@@ -160,12 +160,12 @@ def test_concurrent_calls_from_threads_are_correct(fp32: ClipEncoder) -> None:
 
 def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable) as caught:
-        ClipEncoder("nobody/no-such-clip-model", device="cpu").load()
+        DualEncoder("nobody/no-such-clip-model", device="cpu").load()
     message = str(caught.value)
     assert "nobody/no-such-clip-model" in message and "HF_HUB_OFFLINE" in message
     assert "hf download" in message
     with pytest.raises(ModelUnavailable, match=r"which has no config\.json"):
-        ClipEncoder(str(tmp_path), device="cpu").load()
+        DualEncoder(str(tmp_path), device="cpu").load()
 
 
 def test_a_failed_load_is_retried() -> None:
@@ -204,7 +204,7 @@ def test_device_and_dtype_resolution() -> None:
 )
 def test_real_default_model_matches_the_reference() -> None:
     name = "openai/clip-vit-base-patch32"
-    encoder = ClipEncoder(name, device="cpu", dtype="float32")
+    encoder = DualEncoder(name, device="cpu", dtype="float32")
     model, processor = CLIPModel.from_pretrained(name).eval(), CLIPProcessor.from_pretrained(name)
     images = pictures(2)
     with torch.no_grad():
@@ -235,10 +235,10 @@ def counting_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_compiled_image_tower_gives_the_same_vectors(
-    fp32: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    fp32: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches = counting_compile(monkeypatch)
-    compiled = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    compiled = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     compiled.compile(batch_size=4)
     warm_up = len(batches)
     assert warm_up >= 1  # compile() ran the compiled function once, to compile it now
@@ -250,7 +250,7 @@ def test_compiled_image_tower_gives_the_same_vectors(
 
 
 def test_a_failing_compile_falls_back_to_eager(
-    fp32: ClipEncoder, monkeypatch: pytest.MonkeyPatch
+    fp32: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tries: list[int] = []
 
@@ -259,7 +259,7 @@ def test_a_failing_compile_falls_back_to_eager(
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", lambda fn: broken)
-    encoder = ClipEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    encoder = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
     encoder.compile(batch_size=4)
     assert len(tries) == 1  # the compiled function was tried once, then dropped
     for _ in range(2):
