@@ -24,16 +24,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import Settings, load_settings
 from core.errors import DownloadError, SearchBotError
-from core.indexing.build import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_WORKERS,
-    REBUILD_WITH_SHARD,
-    IndexSummary,
-    run,
-)
+from core.indexing import BuildOptions, BuildSummary, run
+from core.indexing.build import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, REBUILD_WITH_SHARD
 from core.redaction import RedactSecrets, install, secret_values
 from core.sources.coco import COCO_SPLITS, CocoReader
 from core.sources.coco_download import ensure_coco, format_size, plan_coco
@@ -44,11 +40,15 @@ from core.sources.url_downloads import DownloadOptions, DownloadSummary, downloa
 from core.sources.url_fetch import FetchRules
 from core.sources.url_lists import UrlListReader
 
+if TYPE_CHECKING:  # torch and transformers load only when a model is used
+    from core.models.encoder import DualEncoder
+
 log = logging.getLogger("index_builder")
 
 COCO_PICTURES = {"train2014": 82_783, "val2014": 40_504}
 CPU_IMAGES_PER_S = 29
-"""Measured end to end on a 2-core AMD EPYC in bf16 (README, Benchmarks): for estimates."""
+"""Pictures per second end to end on a 2-core CPU, for the estimate before a download (where
+it comes from: docs/benchmarks.md)."""
 
 
 def batch_size(text: str) -> int | str:
@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Resumable and incremental: rerun the same command after an interruption or "
         "when files changed; only what is new or changed is embedded.",
     )
-    _add_source_flags(parser.add_argument_group("what to index"))
+    what = parser.add_argument_group("what to index")
+    _add_source_flags(what)
+    _add_fetch_flags(what)
+    _add_subset_flags(what)
     _add_build_flags(parser.add_argument_group("how to build"))
     return parser
 
@@ -114,6 +117,9 @@ def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
         "JSONL with caption and url keys; they are downloaded and checked into "
         "DATA_DIR/<list name>/ first (a rerun fetches only what is missing)",
     )
+
+
+def _add_fetch_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--download",
         action="store_true",
@@ -132,6 +138,9 @@ def _add_source_flags(parser: argparse._ArgumentGroup) -> None:
         help="with --urls: try again the URLs that failed for good in an earlier run (HTTP "
         "404/410, not a picture, too large); other failures are always retried",
     )
+
+
+def _add_subset_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--limit",
         type=positive,
@@ -199,8 +208,9 @@ def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the image tower first: about 20%% faster after about 30 s of "
-        "compiling, worth it for big builds (needs a C++ compiler; falls back if it fails)",
+        help="torch.compile the image tower first: often faster after about 30 s of "
+        "compiling (measured per CPU in docs/benchmarks.md), for big builds (needs a C++ "
+        "compiler; falls back if it fails)",
     )
     parser.add_argument(
         "--collection", metavar="NAME", help="collection name (default: COLLECTION)"
@@ -209,7 +219,7 @@ def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step (DEBUG)")
 
 
-def describe(summary: IndexSummary) -> str:
+def describe(summary: BuildSummary) -> str:
     """The human summary printed at the end of a run."""
     lines = [f"{summary.source} → collection {summary.collection!r}"]
     if summary.up_to_date and not summary.interrupted:
@@ -244,7 +254,7 @@ def describe(summary: IndexSummary) -> str:
     return "\n".join(lines)
 
 
-def interruption(summary: IndexSummary) -> str:
+def interruption(summary: BuildSummary) -> str:
     """What an interrupted run did, exactly, and how to go on."""
     where = f"interrupted while {summary.stage or 'starting'}"
     if not summary.changed:
@@ -273,8 +283,8 @@ def interruption(summary: IndexSummary) -> str:
 OMP_WAIT_POLICY = "PASSIVE"
 """torch's OpenMP threads wait for work asleep, not spinning (unless OMP_WAIT_POLICY is set).
 Spinning threads take the cores the decode and writer threads need, and when anything else
-runs on the machine a spinning model thread waits on a descheduled one: measured on 2 cores
-(README, Benchmarks), the same on a quiet machine and about 3× faster beside other work."""
+runs on the machine a spinning model thread waits on a descheduled one (docs/benchmarks.md
+measures both)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,21 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         redact = install(secret_values(settings))
         reader = prepare_source(settings, args)
         encoder, batch = tuned_encoder(settings, args.batch_size)
-        summary = run(
-            settings,
-            reader,
-            limit=args.limit,
-            batch_size=batch,
-            encoder=encoder,
-            workers=args.workers,
-            rebuild=args.rebuild,
-            with_captions=args.with_captions,
-            prune=args.prune,
-            wait=args.wait,
-            progress=not args.no_progress,
-            compile_model=args.compile,
-            shard=args.shard,
-        )
+        summary = run(settings, reader, build_options(args, batch), encoder=encoder)
     except SearchBotError as err:
         print(f"error: {redact.redact(str(err))}", file=sys.stderr)
         return err.exit_code
@@ -327,7 +323,37 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if summary.interrupted else 0
 
 
-def tuned_encoder(settings: Settings, batch: int | str):
+def build_options(args: argparse.Namespace, batch_size: int) -> BuildOptions:
+    """The build's options from the flags, with the batch size `--batch-size` came to."""
+    return BuildOptions(
+        limit=args.limit,
+        batch_size=batch_size,
+        workers=args.workers,
+        rebuild=args.rebuild,
+        with_captions=args.with_captions,
+        prune=args.prune,
+        wait=args.wait,
+        progress=not args.no_progress,
+        compile_model=args.compile,
+        shard=args.shard,
+    )
+
+
+def download_options(settings: Settings, args: argparse.Namespace) -> DownloadOptions:
+    """The `--urls` download's options from the flags and the settings."""
+    rules = FetchRules(
+        deadline_s=settings.url_fetch_timeout_s, allow_private=args.allow_private_urls
+    )
+    return DownloadOptions(
+        rules,
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+        shard=args.shard,
+    )
+
+
+def tuned_encoder(settings: Settings, batch: int | str) -> tuple[DualEncoder, int]:
     """The CLIP encoder, loaded; with DTYPE=auto or `--batch-size auto`, the choice is
     measured (or read from CHROMA_PATH/hardware-tuning.json) and logged first."""
     from core.models.encoder import DualEncoder
@@ -345,20 +371,7 @@ def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
     if args.folder is not None:
         return FolderReader(args.folder)
     if args.urls is not None:
-        rules = FetchRules(
-            deadline_s=settings.url_fetch_timeout_s, allow_private=args.allow_private_urls
-        )
-        fetched = download_url_list(
-            args.urls,
-            settings.data_dir,
-            DownloadOptions(
-                rules,
-                limit=args.limit,
-                retry_failed=args.retry_failed,
-                progress=not args.no_progress,
-                shard=args.shard,
-            ),
-        )
+        fetched = download_url_list(args.urls, settings.data_dir, download_options(settings, args))
         if not fetched.valid:
             raise DownloadError(
                 f"no picture of the list could be fetched: {describe_download(fetched)}"

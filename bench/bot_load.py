@@ -3,13 +3,16 @@ server, 20 users × 5 text queries at once, with micro-batching off and on, side
 A reply's time runs from its query to the moment the fake server has received the whole
 album, after a warm-up of a few other users' queries (not counted); the share of it spent
 waiting for Telegram's flood limits (the bot's rate limiter logs each wait at DEBUG) is
-reported beside it. Also the bot's peak memory with CLIP loaded."""
+reported beside it. Also the bot's peak memory with CLIP loaded.
+
+`measure` returns a `BotLoad`, which renders its JSON and its tables."""
 
 from __future__ import annotations
 
 import re
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import (
@@ -19,9 +22,9 @@ from bench.common import (
     percentile,
     start_bot,
     subprocess_env,
-    table,
     vit_b32_dir,
 )
+from bench.report import document, table
 from tests.fake_telegram import FakeTelegram
 
 TOP_K = 5
@@ -54,12 +57,94 @@ PLACES = [
 ]
 
 
+@dataclass(frozen=True)
+class LoadRun:
+    """One burst against one bot process."""
+
+    answered: int
+    right_album_size: int
+    """Replies that were an album of TOP_K photos."""
+    p50_s: float
+    p95_s: float
+    last_s: float
+    rate_limit_share: float
+    """The share of the reply time spent waiting for Telegram's flood limits."""
+    bot_rss_mb: float
+
+
+@dataclass(frozen=True)
+class EncoderBatching:
+    """The text encoder alone: the same queries one by one, then as one batch."""
+
+    queries: int
+    singles_ms: float
+    batched_ms: float
+
+
+@dataclass(frozen=True)
+class BotLoad:
+    """What `measure` found: each run (micro-batching off or on), and the encoder alone."""
+
+    users: int
+    per_user: int
+    runs: list[tuple[bool, LoadRun]]
+    """(micro-batching on, the run), in the order they ran."""
+    encoder: EncoderBatching
+
+    @property
+    def total(self) -> int:
+        return self.users * self.per_user
+
+    def with_micro_batch(self, on: bool) -> list[LoadRun]:
+        return [run for batched, run in self.runs if batched == on]
+
+    def to_json(self) -> dict:
+        on, off = self.with_micro_batch(True), self.with_micro_batch(False)
+        runs = [run for _, run in self.runs]
+        return {
+            "load_total": self.total,
+            "load_answered": min(r.answered for r in runs),
+            "load_right_album_size": min(r.right_album_size for r in runs),
+            "load_p50_s": _median(on, "p50_s"),
+            "load_p95_s": _median(on, "p95_s"),
+            "load_rate_limit_share": round(statistics.median(r.rate_limit_share for r in on), 3),
+            "load_micro_batch_off": _medians(off),
+            "load_micro_batch_on": _medians(on),
+            "bot_rss_mb": max(r.bot_rss_mb for r in runs),
+            "text_encoder_batching": {
+                "singles_ms": self.encoder.singles_ms,
+                "batched_ms": self.encoder.batched_ms,
+            },
+        }
+
+    def to_markdown(self) -> str:
+        encoder = self.encoder
+        note = (
+            f"Reply time: from the query to the whole album received by the fake server, after "
+            f"{WARM_UP_USERS} warm-up queries; the last column is the share of it the albums "
+            "spent waiting for Telegram's flood limits (30 messages/s, RetryAfter)."
+        )
+        batching = table(
+            "Text encoder alone: the same queries one by one vs one micro-batch",
+            ["queries", "one by one ms", "one batch ms", "speed-up"],
+            [
+                [
+                    encoder.queries,
+                    encoder.singles_ms,
+                    encoder.batched_ms,
+                    f"{encoder.singles_ms / encoder.batched_ms:.1f}×",
+                ]
+            ],
+        )
+        return document(_runs_table(self), note, batching)
+
+
 def distinct_queries(n: int) -> list[str]:
     """`n` different queries, so every user asks something of their own."""
     return [f"{SUBJECTS[i % 10]} {PLACES[(i // 10 + i) % 10]}" for i in range(n)]
 
 
-def one_run(settings, users: int, per_user: int, micro_batch: bool, workdir: Path) -> dict:
+def one_run(settings, users: int, per_user: int, micro_batch: bool, workdir: Path) -> LoadRun:
     log_path = workdir / f"bot-{'on' if micro_batch else 'off'}.log"
     # Each run starts with no file_ids: the fake server forgets its files between runs.
     for cache in settings.chroma_path.glob("*-telegram-file-ids.sqlite3*"):
@@ -88,15 +173,15 @@ def one_run(settings, users: int, per_user: int, micro_batch: bool, workdir: Pat
             proc.terminate()
             proc.wait(60)
     waited = rate_limit_waits(log_path.read_text(), set(user_ids))
-    return {
-        "answered": len(latencies),
-        "right_album_size": right,
-        "p50_s": round(percentile(latencies, 50), 2),
-        "p95_s": round(percentile(latencies, 95), 2),
-        "last_s": round(max(latencies), 2),
-        "rate_limit_share": round(waited / sum(latencies), 3),
-        "bot_rss_mb": round(rss),
-    }
+    return LoadRun(
+        answered=len(latencies),
+        right_album_size=right,
+        p50_s=round(percentile(latencies, 50), 2),
+        p95_s=round(percentile(latencies, 95), 2),
+        last_s=round(max(latencies), 2),
+        rate_limit_share=round(waited / sum(latencies), 3),
+        bot_rss_mb=round(rss),
+    )
 
 
 def warm_up(tg: FakeTelegram) -> None:
@@ -118,7 +203,7 @@ def rate_limit_waits(log: str, chat_ids: set[int]) -> float:
     )
 
 
-def encoder_only(clip: Path, queries: list[str]) -> dict[str, float]:
+def encoder_only(clip: Path, queries: list[str]) -> EncoderBatching:
     """Encoder milliseconds for these queries one by one vs in one batch (what micro-batching
     saves on the model itself)."""
     from core.models.encoder import DualEncoder
@@ -132,11 +217,14 @@ def encoder_only(clip: Path, queries: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     encoder.embed_texts(queries)
     batched = time.perf_counter() - started
-    return {"singles_ms": round(singles * 1000), "batched_ms": round(batched * 1000)}
+    return EncoderBatching(len(queries), round(singles * 1000), round(batched * 1000))
 
 
-def run(quick: bool, workdir: Path) -> dict:
-    from core.indexing.build import run as index
+def measure(quick: bool, workdir: Path) -> BotLoad:
+    """Index the photos, then bursts against the bot with micro-batching off and on, in
+    turn; then the text encoder alone."""
+    from core.indexing import BuildOptions
+    from core.indexing import run as index
     from core.sources.folders import FolderReader
 
     clip = vit_b32_dir().path
@@ -151,7 +239,7 @@ def run(quick: bool, workdir: Path) -> dict:
         vqa_enabled=False,
         duplicate_cosine=1.0,  # random weights make every picture a near-duplicate
     )
-    index(settings, FolderReader(photos[0].parent), progress=False)
+    index(settings, FolderReader(photos[0].parent), BuildOptions(progress=False))
     users, per_user = (10, 3) if quick else (20, 5)
     # Alternating off/on runs, so drift on a noisy machine hits both alike.
     rounds = 1 if quick else 3
@@ -160,13 +248,15 @@ def run(quick: bool, workdir: Path) -> dict:
         for _ in range(rounds)
         for micro_batch in (False, True)
     ]
-    on = [r for batched, r in runs if batched]
-    off = [r for batched, r in runs if not batched]
-    total = users * per_user
-    encoder = encoder_only(clip, distinct_queries(min(total, 32)))
-    table(
-        f"Bot under load: {users} users × {per_user} text queries at once, ViT-B/32, "
-        "fake Telegram on 127.0.0.1",
+    encoder = encoder_only(clip, distinct_queries(min(users * per_user, 32)))
+    return BotLoad(users, per_user, runs, encoder)
+
+
+def _runs_table(result: BotLoad) -> str:
+    total = result.total
+    return table(
+        f"Bot under load: {result.users} users × {result.per_user} text queries at once, "
+        "ViT-B/32, fake Telegram on 127.0.0.1",
         [
             "micro-batching",
             "answered",
@@ -178,15 +268,15 @@ def run(quick: bool, workdir: Path) -> dict:
         ],
         [
             [
-                label,
-                f"{r['answered']}/{total}",
-                f"{r['right_album_size']}/{total}",
-                r["p50_s"],
-                r["p95_s"],
-                r["last_s"],
-                f"{r['rate_limit_share']:.1%}",
+                "on" if batched else "off",
+                f"{r.answered}/{total}",
+                f"{r.right_album_size}/{total}",
+                r.p50_s,
+                r.p95_s,
+                r.last_s,
+                f"{r.rate_limit_share:.1%}",
             ]
-            for label, r in [("on" if batched else "off", r) for batched, r in runs]
+            for batched, r in result.runs
         ]
         + [
             [
@@ -196,49 +286,24 @@ def run(quick: bool, workdir: Path) -> dict:
                 _median(rs, "p50_s"),
                 _median(rs, "p95_s"),
                 _median(rs, "last_s"),
-                f"{statistics.median(r['rate_limit_share'] for r in rs):.1%}",
+                f"{statistics.median(r.rate_limit_share for r in rs):.1%}",
             ]
-            for label, rs in (("off", off), ("on", on))
+            for label, rs in (
+                ("off", result.with_micro_batch(False)),
+                ("on", result.with_micro_batch(True)),
+            )
         ],
     )
-    print(
-        f"Reply time: from the query to the whole album received by the fake server, after "
-        f"{WARM_UP_USERS} warm-up queries; the last column is the share of it the albums "
-        "spent waiting for Telegram's flood limits (30 messages/s, RetryAfter)."
-    )
-    table(
-        "Text encoder alone: the same queries one by one vs one micro-batch",
-        ["queries", "one by one ms", "one batch ms", "speed-up"],
-        [
-            [
-                min(total, 32),
-                encoder["singles_ms"],
-                encoder["batched_ms"],
-                f"{encoder['singles_ms'] / encoder['batched_ms']:.1f}×",
-            ]
-        ],
-    )
+
+
+def _medians(runs: list[LoadRun]) -> dict:
+    """The median p50 and p95 of `runs`, and the runs themselves."""
     return {
-        "load_total": total,
-        "load_answered": min(r["answered"] for _, r in runs),
-        "load_right_album_size": min(r["right_album_size"] for _, r in runs),
-        "load_p50_s": _median(on, "p50_s"),
-        "load_p95_s": _median(on, "p95_s"),
-        "load_rate_limit_share": round(statistics.median(r["rate_limit_share"] for r in on), 3),
-        "load_micro_batch_off": {
-            "p50_s": _median(off, "p50_s"),
-            "p95_s": _median(off, "p95_s"),
-            "runs": off,
-        },
-        "load_micro_batch_on": {
-            "p50_s": _median(on, "p50_s"),
-            "p95_s": _median(on, "p95_s"),
-            "runs": on,
-        },
-        "bot_rss_mb": max(r["bot_rss_mb"] for _, r in runs),
-        "text_encoder_batching": encoder,
+        "p50_s": _median(runs, "p50_s"),
+        "p95_s": _median(runs, "p95_s"),
+        "runs": [asdict(run) for run in runs],
     }
 
 
-def _median(runs: list[dict], key: str) -> float:
-    return round(statistics.median(r[key] for r in runs), 2)
+def _median(runs: list[LoadRun], key: str) -> float:
+    return round(statistics.median(getattr(r, key) for r in runs), 2)

@@ -1,5 +1,6 @@
-"""What every benchmark shares: the machine's description, timing statistics, COCO-like
-synthetic photos, clustered vectors, and full-size models with random weights.
+"""What every benchmark's measuring shares: the machine's description, timing statistics,
+COCO-like synthetic photos, clustered vectors, and full-size models with random weights.
+(The rendering of results is `bench.report`'s.)
 
 Model weights cannot be downloaded here, so the benchmarks use the real architectures
 with random weights: `CLIPModel(CLIPConfig())` has exactly the shapes and cost of
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-# --- reporting -------------------------------------------------------------------------------
+# --- measuring -------------------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -69,36 +70,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summarise_ms(samples_s: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in samples_s]
-    return {
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p95_ms": round(percentile(ms, 95), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-        "n": len(ms),
-    }
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds of a repeated call: median, 95th percentile, mean (2 decimals), count."""
 
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    n: int
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> str:
-    """A small Markdown table, printed and returned."""
-    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    text = "\n".join(lines)
-    print(text, flush=True)
-    return text
-
-
-def write_json(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
-def timed(func: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    func()
-    return time.perf_counter() - started
+    @classmethod
+    def of(cls, samples_s: list[float]) -> Timings:
+        """The timings of `samples_s` (seconds each)."""
+        ms = [s * 1000 for s in samples_s]
+        return cls(
+            p50_ms=round(percentile(ms, 50), 2),
+            p95_ms=round(percentile(ms, 95), 2),
+            mean_ms=round(statistics.fmean(ms), 2),
+            n=len(ms),
+        )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -147,8 +137,8 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, s
 
 
 def coco_like_jpeg(rng: random.Random, size: tuple[int, int] = (640, 480)) -> bytes:
-    """A 640×480 JPEG with the texture, detail and file size (≈100–200 kB at quality 90)
-    of a COCO photo: smooth colour regions, shapes, edges and sensor noise."""
+    """A 640×480 JPEG (quality 90) with the texture, detail and file size of a COCO photo:
+    smooth colour regions, shapes, edges and sensor noise."""
     nprng = np.random.default_rng(rng.randrange(2**32))
     base = nprng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
     image = Image.fromarray(base).resize(size, Image.BICUBIC)
@@ -187,8 +177,8 @@ def clip_like_vectors(
     count: int, dim: int = 512, latent: int = 48, clusters: int = 3000, seed: int = 0
 ) -> np.ndarray:
     """Unit vectors shaped like CLIP embeddings (uniform random vectors are not): a low
-    intrinsic dimension, topic clusters of very uneven size, and a direction all share.
-    Over 20k of them the mean pairwise cosine is ≈ 0.45 and the nearest neighbour's ≈ 0.88.
+    intrinsic dimension, topic clusters of very uneven size, and a direction all share
+    (their cosines are described in docs/benchmarks.md).
     """
     return next(clip_like_batches(count, count, dim, latent, clusters, seed))
 
@@ -258,9 +248,10 @@ def vit_b32_dir() -> ClipDir:
 
 
 def fast_vit_dir(layers: int = 3) -> Path:
-    """`vit_b32_dir()` with only the first `layers` of the image tower's 12: about 4× faster,
-    so the model runs on an AMD CPU about as fast as ViT-B/32 on an Intel CPU with AMX,
-    and the work around the model weighs as much as it does there."""
+    """`vit_b32_dir()` with only the first `layers` of the image tower's 12: a much faster
+    model (index_throughput's (d) reports by how much), so that on an AMD CPU it weighs
+    about what ViT-B/32 weighs on an Intel CPU with AMX, and the work around the model
+    weighs as much as it does there."""
     path = CACHE / f"clip-vit-base-patch32-random-{layers}-layers"
     if (path / "config.json").exists():
         return path

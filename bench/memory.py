@@ -1,12 +1,15 @@
 """Peak memory of index_builder.py over 1,000 and 5,000 photos: it must not grow with the
 dataset (pictures stream through a bounded window; only metadata is held). And the bot's
 peak memory with CLIP ViT-B/32 loaded (BLIP-2 off) per dtype, side by side, with where it
-goes (the imports alone, then the model)."""
+goes (the imports alone, then the model).
+
+`measure` returns a `Memory`, which renders its JSON and its tables."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import (
@@ -16,10 +19,10 @@ from bench.common import (
     rss_mb,
     start_bot,
     subprocess_env,
-    table,
     vit_b32_dir,
 )
-from bench.index_throughput import pipeline
+from bench.index_throughput import Builder, PipelineRun
+from bench.report import document, table
 
 IMPORTS = [
     ("python", ""),
@@ -29,6 +32,77 @@ IMPORTS = [
     ("+ telegram", "import telegram"),
     ("+ the bot's modules", "import bot.app"),
 ]
+
+
+@dataclass(frozen=True)
+class BotRss:
+    """One bot process's memory (MB), and what DTYPE=auto chose in it."""
+
+    started_rss_mb: float
+    peak_rss_mb: float
+    rss_after_query_mb: float
+    tuned: str | None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What `measure` found: the bot per DTYPE, its imports, the builder per dataset size."""
+
+    bot: dict[str, BotRss]
+    imports: list[tuple[str, float]]
+    """(step, RSS MB after it) of the bot's imports, in order."""
+    builder: dict[int, PipelineRun]
+    """index_builder.py runs by number of photos: the smaller, then the larger."""
+
+    def to_json(self) -> dict:
+        (small, small_run), (large, large_run) = self.builder.items()
+        return {
+            "builder_photos": [small, large],
+            "builder_rss_mb_1k": small_run.peak_rss_mb,
+            "builder_rss_mb_5k": large_run.peak_rss_mb,
+            "builder_runs": {str(n): asdict(r) for n, r in self.builder.items()},
+            "bot_memory": {label: asdict(r) for label, r in self.bot.items()},
+            "bot_imports_rss_mb": dict(self.imports),
+        }
+
+    def to_markdown(self) -> str:
+        bot = table(
+            "Bot peak memory (RSS) with CLIP ViT-B/32 loaded (random weights, BLIP-2 off)",
+            ["DTYPE", "after start MB", "peak MB", "after a query MB", "auto chose"],
+            [
+                [k, r.started_rss_mb, r.peak_rss_mb, r.rss_after_query_mb, r.tuned or ""]
+                for k, r in self.bot.items()
+            ],
+        )
+        imports = table(
+            "Where the bot's memory goes: RSS after each import",
+            ["step", "RSS MB"],
+            [list(row) for row in self.imports],
+        )
+        builder = table(
+            "index_builder.py peak memory (RSS) by dataset size",
+            ["photos", "peak RSS MB", "images/s", "wall s"],
+            [[f"{n:,}", r.peak_rss_mb, r.images_per_s, r.wall_s] for n, r in self.builder.items()],
+        )
+        return document(bot, imports, builder)
+
+
+def measure(quick: bool, workdir: Path) -> Memory:
+    """The bot per DTYPE first, then index_builder.py over a smaller and a larger set."""
+    bot, imports = bot_memory(workdir)
+    small, large = (200, 1000) if quick else (1000, 5000)
+    clip = vit_b32_dir().path
+    photos = make_photos(workdir.parent / "photos", large)
+    builder = {}
+    for count in (small, large):
+        folder = workdir / f"memory-{count}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in photos[:count]:
+            link = folder / path.name
+            if not link.exists():
+                link.symlink_to(path)
+        builder[count] = Builder(folder, clip, workdir).run(f"memory_{count}")
+    return Memory(bot, imports, builder)
 
 
 def imports_rss() -> list[tuple[str, float]]:
@@ -49,7 +123,7 @@ def imports_rss() -> list[tuple[str, float]]:
     return rows
 
 
-def bot_rss(settings, workdir: Path, label: str) -> dict:
+def bot_rss(settings, workdir: Path, label: str) -> BotRss:
     """Start `python -m bot`, answer one text query (CLIP loaded), read its peak RSS."""
     from tests.fake_telegram import FakeTelegram
 
@@ -66,16 +140,18 @@ def bot_rss(settings, workdir: Path, label: str) -> dict:
             proc.terminate()
             proc.wait(60)
     tuned = [x.split("DTYPE auto → ", 1)[1] for x in log_path.read_text().splitlines() if "→" in x]
-    return {
-        "started_rss_mb": round(started_mb),
-        "peak_rss_mb": round(peak),
-        "rss_after_query_mb": round(now_mb),
-        "tuned": tuned[0] if tuned else None,
-    }
+    return BotRss(
+        started_rss_mb=round(started_mb),
+        peak_rss_mb=round(peak),
+        rss_after_query_mb=round(now_mb),
+        tuned=tuned[0] if tuned else None,
+    )
 
 
-def bot_memory(quick: bool, workdir: Path) -> dict:
-    from core.indexing.build import run as index
+def bot_memory(workdir: Path) -> tuple[dict[str, BotRss], list[tuple[str, float]]]:
+    """The bot's memory per DTYPE (a small index), and where it goes (its imports)."""
+    from core.indexing import BuildOptions
+    from core.indexing import run as index
     from core.sources.folders import FolderReader
 
     clip = vit_b32_dir().path
@@ -91,7 +167,7 @@ def bot_memory(quick: bool, workdir: Path) -> dict:
         vqa_enabled=False,
         dtype="float32",
     )
-    index(settings, FolderReader(photos[0].parent), progress=False, batch_size=16)
+    index(settings, FolderReader(photos[0].parent), BuildOptions(progress=False, batch_size=16))
     runs = {}
     for label, dtype in [
         ("float32", "float32"),
@@ -100,42 +176,4 @@ def bot_memory(quick: bool, workdir: Path) -> dict:
         ("auto, cached", "auto"),
     ]:
         runs[label] = bot_rss(settings.model_copy(update={"dtype": dtype}), folder, label[:8])
-    imports = imports_rss()
-    table(
-        "Bot peak memory (RSS) with CLIP ViT-B/32 loaded (random weights, BLIP-2 off)",
-        ["DTYPE", "after start MB", "peak MB", "after a query MB", "auto chose"],
-        [
-            [k, r["started_rss_mb"], r["peak_rss_mb"], r["rss_after_query_mb"], r["tuned"] or ""]
-            for k, r in runs.items()
-        ],
-    )
-    table("Where the bot's memory goes: RSS after each import", ["step", "RSS MB"], imports)
-    return {"bot_memory": runs, "bot_imports_rss_mb": dict(imports)}
-
-
-def run(quick: bool, workdir: Path) -> dict:
-    bot = bot_memory(quick, workdir)
-    small, large = (200, 1000) if quick else (1000, 5000)
-    clip = vit_b32_dir().path
-    photos = make_photos(workdir.parent / "photos", large)
-    results = {}
-    for count in (small, large):
-        folder = workdir / f"memory-{count}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in photos[:count]:
-            link = folder / path.name
-            if not link.exists():
-                link.symlink_to(path)
-        results[count] = pipeline(folder, clip, workdir, f"memory_{count}")
-    table(
-        "index_builder.py peak memory (RSS) by dataset size",
-        ["photos", "peak RSS MB", "images/s", "wall s"],
-        [[f"{n:,}", r["peak_rss_mb"], r["images_per_s"], r["wall_s"]] for n, r in results.items()],
-    )
-    return {
-        "builder_photos": [small, large],
-        "builder_rss_mb_1k": results[small]["peak_rss_mb"],
-        "builder_rss_mb_5k": results[large]["peak_rss_mb"],
-        "builder_runs": {str(n): r for n, r in results.items()},
-        **bot,
-    }
+    return runs, imports_rss()

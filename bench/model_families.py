@@ -12,7 +12,9 @@ quality column is the published COCO 5k text→image R@1, not a measurement.
 - text query p50: one query through the tokenizer and the text tower.
 CLIP uses its real BPE tokenizer; the SigLIP stand-ins use a word-level tokenizer padded to
 the same 64 positions the real SentencePiece/Gemma tokenizers pad to (the text tower's cost
-is the same; tokenizing itself is well under a millisecond either way).
+is the same; tokenizing itself costs little beside it either way).
+
+`measure` returns a `ModelFamilies`, which renders its JSON and its table.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import CACHE, ROOT, make_photos, table, vit_b32_dir
+from bench.common import CACHE, ROOT, make_photos, vit_b32_dir
+from bench.report import document, table
 
 QUERY = "a dog running on a beach"
 BATCH = 32
@@ -48,40 +51,68 @@ FAMILIES = [
 ]
 
 
-def run(quick: bool, workdir: Path) -> dict:
-    photos = make_photos(workdir / "photos", 32 if quick else 96, seed=3)
-    rows, result = [], {}
-    for family in FAMILIES:
-        measured = measure(model_dir(family.build), photos)
-        rows.append(
-            [
-                family.label,
-                f"`{family.clip_model}`",
-                f"{measured['params_m'] * 4 / 1e3:.2f} GB",
-                measured["images_per_s"],
-                measured["text_p50_ms"],
-                family.coco_r1,
-                f"{measured['family']}, {measured['dtype']}",
-            ]
+@dataclass(frozen=True)
+class Cost:
+    """One model's cost here (random weights, the real shapes)."""
+
+    images_per_s: float
+    text_p50_ms: float
+    params_m: float
+    family: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelFamilies:
+    """What `measure` found: each family's cost, in `FAMILIES`' order."""
+
+    costs: dict[str, Cost]
+    """By `Family.build`."""
+
+    def to_json(self) -> dict:
+        return {"model_families": {build: asdict(cost) for build, cost in self.costs.items()}}
+
+    def to_markdown(self) -> str:
+        rows = [_row(family, self.costs[family.build]) for family in FAMILIES]
+        return document(
+            table(
+                "Model families: cost here (random weights, real shapes) and published COCO "
+                "quality",
+                [
+                    "model",
+                    "CLIP_MODEL",
+                    "weights (fp32)",
+                    "index images/s",
+                    "text query p50 ms",
+                    "COCO T→I R@1 (published)",
+                    "family, dtype",
+                ],
+                rows,
+            )
         )
-        result[family.build] = measured
-    table(
-        "Model families: cost here (random weights, real shapes) and published COCO quality",
-        [
-            "model",
-            "CLIP_MODEL",
-            "weights (fp32)",
-            "index images/s",
-            "text query p50 ms",
-            "COCO T→I R@1 (published)",
-            "family, dtype",
-        ],
-        rows,
+
+
+def _row(family: Family, cost: Cost) -> list[object]:
+    return [
+        family.label,
+        f"`{family.clip_model}`",
+        f"{cost.params_m * 4 / 1e3:.2f} GB",
+        cost.images_per_s,
+        cost.text_p50_ms,
+        family.coco_r1,
+        f"{cost.family}, {cost.dtype}",
+    ]
+
+
+def measure(quick: bool, workdir: Path) -> ModelFamilies:
+    """Every family's cost on the same photos, one after the other."""
+    photos = make_photos(workdir / "photos", 32 if quick else 96, seed=3)
+    return ModelFamilies(
+        {family.build: measure_model(model_dir(family.build), photos) for family in FAMILIES}
     )
-    return {"model_families": result}
 
 
-def measure(path: Path, photos: list[Path]) -> dict:
+def measure_model(path: Path, photos: list[Path]) -> Cost:
     """One model through DualEncoder: index images/s and text query p50, after a warm-up."""
     from core.images import load_image
     from core.models.encoder import DualEncoder
@@ -97,14 +128,14 @@ def measure(path: Path, photos: list[Path]) -> dict:
     images_per_s = len(photos) / (time.perf_counter() - started)
     encoder.embed_texts([QUERY])
     text_ms = statistics.median(_timed_ms(encoder.embed_texts, [QUERY]) for _ in range(21))
-    params = sum(p.numel() for p in encoder._model.get().model.parameters())
-    return {
-        "images_per_s": round(images_per_s, 1),
-        "text_p50_ms": round(text_ms, 1),
-        "params_m": round(params / 1e6, 1),
-        "family": encoder.family,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-    }
+    params = sum(p.numel() for p in encoder._model().model.parameters())
+    return Cost(
+        images_per_s=round(images_per_s, 1),
+        text_p50_ms=round(text_ms, 1),
+        params_m=round(params / 1e6, 1),
+        family=encoder.family,
+        dtype=str(encoder.dtype).removeprefix("torch."),
+    )
 
 
 def _timed_ms(call, *args: object) -> float:

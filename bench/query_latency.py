@@ -1,8 +1,10 @@
 """Query latency and ANN recall over an embedded collection of COCO2014's size (123,287
-vectors with metadata), in process, through the project's SearchService:
+vectors with metadata), in process, through the calls the bot makes (bot/services.py):
+`SearchService.open` from the settings, then for each query `prepare` and its first `page`.
 
-- text: tokenise → encode → top-10 with metadata;
-- image: 640×480 JPEG decode → encode → top-10 with metadata;
+- text: tokenise → encode → top-10 with metadata (`prepare_texts`, as the bot's
+  micro-batcher calls it, with a batch of one);
+- image: 640×480 JPEG decode → encode → top-10 with metadata (`prepare` of the photo);
 - recall@10 of Chroma's HNSW against exact search on the same CLIP-like vectors, for the
   project's HNSW settings and for Chroma's defaults, side by side.
 """
@@ -10,18 +12,13 @@ vectors with metadata), in process, through the project's SearchService:
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import (
-    bench_settings,
-    clip_like_vectors,
-    make_photos,
-    summarise_ms,
-    table,
-    vit_b32_dir,
-)
+from bench.common import Timings, bench_settings, clip_like_vectors, make_photos, vit_b32_dir
+from bench.report import document, table
 
 COCO_SIZE = 123_287
 QUERIES = [
@@ -42,6 +39,116 @@ CHROMA_DEFAULT_HNSW = {
     "ef_search": 100,
     "max_neighbors": 16,
 }
+K = 10
+"""Results per query."""
+WARM_UP = 5
+"""Queries of each kind run before the timed ones."""
+
+
+@dataclass(frozen=True)
+class AnnRecall:
+    """One HNSW configuration against exact search: recall@10 and query times, for
+    image-like and text-like query vectors."""
+
+    image: float
+    image_ms: Timings
+    text_like: float
+    text_like_ms: Timings
+
+
+@dataclass(frozen=True)
+class QueryLatency:
+    """What `measure` found."""
+
+    vectors: int
+    queries: int
+    tokenizer: str
+    dtype: str
+    insert_per_s: float
+    text: Timings
+    """A text search through the bot's path."""
+    text_fp32: Timings
+    """The same with DTYPE=float32 (the comparison)."""
+    image: Timings
+    """A photo search through the bot's path."""
+    hnsw: dict
+    project: AnnRecall
+    """The project's HNSW settings (`core.store.database.HNSW`)."""
+    chroma_defaults: AnnRecall
+
+    def to_json(self) -> dict:
+        return {
+            "vectors": self.vectors,
+            "tokenizer": self.tokenizer,
+            "dtype": self.dtype,
+            "insert_per_s": round(self.insert_per_s),
+            "text_p50_ms": self.text.p50_ms,
+            "text_p95_ms": self.text.p95_ms,
+            "text_fp32_p50_ms": self.text_fp32.p50_ms,
+            "image_p50_ms": self.image.p50_ms,
+            "image_p95_ms": self.image.p95_ms,
+            "ann_recall_at_10": round(self.project.image, 4),
+            "ann_query_ms": asdict(self.project.image_ms),
+            "hnsw": self.hnsw,
+            "chroma_default_recall_at_10": round(self.chroma_defaults.image, 4),
+            "chroma_default_query_ms": asdict(self.chroma_defaults.image_ms),
+            "ann_recall_at_10_text_like": round(self.project.text_like, 4),
+            "ann_query_text_like_ms": asdict(self.project.text_like_ms),
+            "chroma_default_recall_at_10_text_like": round(self.chroma_defaults.text_like, 4),
+        }
+
+    def to_markdown(self) -> str:
+        project, defaults = self.project, self.chroma_defaults
+        latency = table(
+            f"Query latency, {self.vectors:,} vectors with metadata, ViT-B/32 {self.dtype}, "
+            f"{self.queries} queries each, tokenizer: {self.tokenizer}",
+            ["query", "p50 ms", "p95 ms", "target"],
+            [
+                [
+                    "text: tokenise → encode → top-10",
+                    self.text.p50_ms,
+                    self.text.p95_ms,
+                    "p50 ≤ 25, p95 ≤ 50",
+                ],
+                [
+                    "text, float32 instead (comparison)",
+                    self.text_fp32.p50_ms,
+                    self.text_fp32.p95_ms,
+                    "",
+                ],
+                [
+                    "image: JPEG decode → encode → top-10",
+                    self.image.p50_ms,
+                    self.image.p95_ms,
+                    "p50 ≤ 80",
+                ],
+                [
+                    "Chroma top-10 alone (project HNSW)",
+                    project.image_ms.p50_ms,
+                    project.image_ms.p95_ms,
+                    "",
+                ],
+            ],
+        )
+        recall = table(
+            f"ANN recall@10 vs exact search, {self.vectors:,} CLIP-like vectors",
+            ["HNSW settings", "recall@10, image queries", "recall@10, text-like", "query p50 ms"],
+            [
+                [
+                    f"project: {_describe(self.hnsw)}",
+                    f"{project.image:.3f}",
+                    f"{project.text_like:.3f}",
+                    project.image_ms.p50_ms,
+                ],
+                [
+                    f"Chroma defaults: {_describe(CHROMA_DEFAULT_HNSW)}",
+                    f"{defaults.image:.3f}",
+                    f"{defaults.text_like:.3f}",
+                    defaults.image_ms.p50_ms,
+                ],
+            ],
+        )
+        return document(latency, recall)
 
 
 def coco_like_record(n: int, photo: Path):
@@ -75,11 +182,6 @@ def build(settings, name: str, vectors: np.ndarray, photo: Path, hnsw: dict):
     started = time.perf_counter()
     store.upsert(records, vectors)
     return store, len(vectors) / (time.perf_counter() - started)
-
-
-def recall_at_10(store, base: np.ndarray, queries: np.ndarray) -> tuple[float, dict]:
-    found, latencies = ann_top_k(store, queries, 10)
-    return recall(found, exact_top_k(base, queries, 10)), summarise_ms(latencies)
 
 
 def ann_top_k(store, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[float]]:
@@ -132,112 +234,110 @@ def text_like(queries: np.ndarray, seed: int = 1) -> np.ndarray:
     return (texts / np.linalg.norm(texts, axis=1, keepdims=True)).astype(np.float32)
 
 
-def run(quick: bool, workdir: Path) -> dict:
-    from core.models.encoder import DualEncoder
-    from core.search.sendable_files import HostRoots, SendableFiles
-    from core.search.service import SearchService
-
+def measure(quick: bool, workdir: Path) -> QueryLatency:
+    """Build the collection twice (the project's HNSW settings and Chroma's defaults), measure
+    ANN recall on both, then time searches through the bot's path."""
     count = 20_000 if quick else COCO_SIZE
     n_queries = 60 if quick else 200
     clip_dir = vit_b32_dir()
-    clip = clip_dir.path
     photos = make_photos(workdir.parent / "photos", n_queries)
     vectors = clip_like_vectors(count + 300)
     base, held_out = vectors[:count], vectors[count:]
-    settings = bench_settings(workdir, clip, collection="latency")
+    settings = bench_settings(workdir, clip_dir.path, collection="latency")
 
     store, insert_rate = build(settings, "latency", base, photos[0], _project_hnsw())
     default_store, _ = build(settings, "chroma_defaults", base, photos[0], CHROMA_DEFAULT_HNSW)
-    recall, chroma_ms = recall_at_10(store, base, held_out)
-    default_recall, default_ms = recall_at_10(default_store, base, held_out)
     texts = text_like(held_out)
-    text_recall, text_ann_ms = recall_at_10(store, base, texts)
-    default_text_recall, _ = recall_at_10(default_store, base, texts)
+    project = ann_recall(store, base, held_out, texts)
+    defaults = ann_recall(default_store, base, held_out, texts)
+    search = open_search(settings)
+    text, image = bot_searches(search, [p.read_bytes() for p in photos])
+    text_fp32 = bot_text_searches(open_search(settings, dtype="float32"), n_queries)
+    return QueryLatency(
+        vectors=count,
+        queries=n_queries,
+        tokenizer=clip_dir.tokenizer,
+        dtype=str(search.encoder.dtype).removeprefix("torch."),
+        insert_per_s=insert_rate,
+        text=text,
+        text_fp32=text_fp32,
+        image=image,
+        hnsw=_project_hnsw(),
+        project=project,
+        chroma_defaults=defaults,
+    )
 
-    encoder = DualEncoder.from_settings(settings)
-    encoder.load()
-    files = SendableFiles(HostRoots(settings))
-    service = SearchService(encoder, store, files=files, max_image_pixels=settings.max_image_pixels)
-    images = [p.read_bytes() for p in photos]
-    for n in range(5):  # warm-up
-        service.by_text(QUERIES[n], 10)
-        service.by_image_file(images[n], 10)
-    text_s, image_s = [], []
-    for n in range(n_queries):
-        started = time.perf_counter()
-        hits = service.by_text(QUERIES[n % len(QUERIES)], 10)
-        text_s.append(time.perf_counter() - started)
-        assert len(hits) == 10
-        started = time.perf_counter()
-        hits = service.by_image_file(images[n], 10)
-        image_s.append(time.perf_counter() - started)
-        assert len(hits) == 10
-    text, image = summarise_ms(text_s), summarise_ms(image_s)
-    fp32 = DualEncoder(settings.clip_model, device=settings.device, dtype="float32")
-    fp32_service = SearchService(
-        fp32, store, files=files, max_image_pixels=settings.max_image_pixels
+
+def ann_recall(store, base: np.ndarray, images: np.ndarray, texts: np.ndarray) -> AnnRecall:
+    """Recall@10 and query times of `store` for image-like and text-like query vectors."""
+    image, image_ms = recall_at_10(store, base, images)
+    text, text_ms = recall_at_10(store, base, texts)
+    return AnnRecall(image, image_ms, text, text_ms)
+
+
+def recall_at_10(store, base: np.ndarray, queries: np.ndarray) -> tuple[float, Timings]:
+    found, latencies = ann_top_k(store, queries, 10)
+    return recall(found, exact_top_k(base, queries, 10)), Timings.of(latencies)
+
+
+# --- the bot's path ----------------------------------------------------------------------------
+
+
+def open_search(settings, dtype: str | None = None):
+    """The search service as the bot opens it (`SearchService.open`: the encoder, the
+    collection, the host's roots, the options), with DTYPE `dtype` when given."""
+    from core.search.service import SearchService
+
+    if dtype is not None:
+        settings = settings.model_copy(update={"dtype": dtype})
+    return SearchService.open(settings)
+
+
+def text_search(search, text: str) -> None:
+    """A text message, as the bot answers it: its micro-batcher prepares the batch of texts
+    (here one) in one encoder call, then the first page is read."""
+    [prepared] = search.prepare_texts([text])
+    _check(search.page(prepared, K))
+
+
+def photo_search(search, photo: bytes) -> None:
+    """A photo, as the bot answers it: prepare its query (decode, embed), read the first
+    page."""
+    from core.search.service import Query
+
+    _check(search.page(search.prepare(Query(picture=photo)), K))
+
+
+def bot_searches(search, photos: list[bytes]) -> tuple[Timings, Timings]:
+    """Text and photo searches, one of each in turn (drift hits both alike), after a
+    warm-up; one photo per query, the texts in turn."""
+    for n in range(WARM_UP):
+        text_search(search, QUERIES[n])
+        photo_search(search, photos[n])
+    text_s, photo_s = [], []
+    for n, photo in enumerate(photos):
+        text_s.append(_seconds(text_search, search, QUERIES[n % len(QUERIES)]))
+        photo_s.append(_seconds(photo_search, search, photo))
+    return Timings.of(text_s), Timings.of(photo_s)
+
+
+def bot_text_searches(search, count: int) -> Timings:
+    """`count` text searches after a warm-up (which also loads the model)."""
+    text_search(search, QUERIES[0])
+    return Timings.of(
+        [_seconds(text_search, search, QUERIES[n % len(QUERIES)]) for n in range(count)]
     )
-    fp32_service.by_text(QUERIES[0], 10)  # warm-up (also loads)
-    fp32_s = []
-    for n in range(n_queries):
-        started = time.perf_counter()
-        fp32_service.by_text(QUERIES[n % len(QUERIES)], 10)
-        fp32_s.append(time.perf_counter() - started)
-    text_fp32 = summarise_ms(fp32_s)
-    result = {
-        "vectors": count,
-        "tokenizer": clip_dir.tokenizer,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-        "insert_per_s": round(insert_rate),
-        "text_p50_ms": text["p50_ms"],
-        "text_p95_ms": text["p95_ms"],
-        "text_fp32_p50_ms": text_fp32["p50_ms"],
-        "image_p50_ms": image["p50_ms"],
-        "image_p95_ms": image["p95_ms"],
-        "ann_recall_at_10": round(recall, 4),
-        "ann_query_ms": chroma_ms,
-        "hnsw": _project_hnsw(),
-        "chroma_default_recall_at_10": round(default_recall, 4),
-        "chroma_default_query_ms": default_ms,
-        "ann_recall_at_10_text_like": round(text_recall, 4),
-        "ann_query_text_like_ms": text_ann_ms,
-        "chroma_default_recall_at_10_text_like": round(default_text_recall, 4),
-    }
-    table(
-        f"Query latency, {count:,} vectors with metadata, ViT-B/32 {result['dtype']}, "
-        f"{n_queries} queries each, tokenizer: {clip_dir.tokenizer}",
-        ["query", "p50 ms", "p95 ms", "target"],
-        [
-            [
-                "text: tokenise → encode → top-10",
-                text["p50_ms"],
-                text["p95_ms"],
-                "p50 ≤ 25, p95 ≤ 50",
-            ],
-            ["text, float32 instead (comparison)", text_fp32["p50_ms"], text_fp32["p95_ms"], ""],
-            ["image: JPEG decode → encode → top-10", image["p50_ms"], image["p95_ms"], "p50 ≤ 80"],
-            ["Chroma top-10 alone (project HNSW)", chroma_ms["p50_ms"], chroma_ms["p95_ms"], ""],
-        ],
-    )
-    table(
-        f"ANN recall@10 vs exact search, {count:,} CLIP-like vectors",
-        ["HNSW settings", "recall@10, image queries", "recall@10, text-like", "query p50 ms"],
-        [
-            [
-                f"project: {_describe(_project_hnsw())}",
-                f"{recall:.3f}",
-                f"{text_recall:.3f}",
-                chroma_ms["p50_ms"],
-            ],
-            [
-                f"Chroma defaults: {_describe(CHROMA_DEFAULT_HNSW)}",
-                f"{default_recall:.3f}",
-                f"{default_text_recall:.3f}",
-                default_ms["p50_ms"],
-            ],
-        ],
-    )
-    return result
+
+
+def _seconds(call, *args: object) -> float:
+    started = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - started
+
+
+def _check(page) -> None:
+    """A search of the benchmark finds a whole page."""
+    assert len(page.hits) == K, f"{len(page.hits)} hits, not {K}"
 
 
 def _project_hnsw() -> dict:

@@ -1,24 +1,25 @@
 """Run every benchmark and write bench/results/summary.json (and one JSON per section).
 
-    python bench/run_all.py            # everything (about 80 minutes on 2 cores)
+    python bench/run_all.py            # everything (over an hour on a small machine)
     python bench/run_all.py --quick    # a smaller smoke run (a few minutes)
     python bench/run_all.py --only index latency
 
 Benchmarks measure; tests never assert times. Every comparison is measured side by side
-in one run, because these machines are noisy.
+in one run, because these machines are noisy. Each section's `measure(quick, workdir)`
+returns a typed result; its JSON and Markdown are two renderings of it (`bench.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
+import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,7 +36,8 @@ from bench import (
     soak,
     vqa_latency,
 )
-from bench.common import CACHE, RESULTS, machine, write_json
+from bench.common import CACHE, RESULTS, machine
+from bench.report import Result, write_json
 
 SECTIONS = {
     "index": index_throughput,
@@ -51,6 +53,39 @@ SECTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workdir = CACHE / "run"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    summary_path = RESULTS / "summary.json"
+    summary: dict = {"sections": {}}
+    if args.only and summary_path.exists():  # keep the other sections' last numbers
+        summary = _sectioned(json.loads(summary_path.read_text()))
+    stamp = {
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "quick": args.quick,
+    }
+    print(f"# Benchmarks on {stamp['machine']}, {stamp['date']}", flush=True)
+    for name, module in SECTIONS.items():
+        if args.only and name not in args.only:
+            continue
+        # Each section carries its own machine and date: a partial rerun (--only) never
+        # relabels the sections it did not run.
+        summary["sections"][name] = run_section(name, module, stamp, workdir / name)
+        write_json("summary", summary)  # after every section: a later failure loses nothing
+        (RESULTS / "summary.md").write_text(
+            "\n".join(
+                (RESULTS / f"{section}.md").read_text()
+                for section in SECTIONS
+                if (RESULTS / f"{section}.md").exists()
+            )
+        )
+    print(f"\nwrote {summary_path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python bench/run_all.py", description=__doc__.split("\n")[0]
     )
@@ -64,52 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION",
         help=f"run only these sections: {', '.join(SECTIONS)}",
     )
-    args = parser.parse_args(argv)
-    workdir = CACHE / "run"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    summary_path = RESULTS / "summary.json"
-    summary: dict = {"sections": {}}
-    if args.only and summary_path.exists():  # keep the other sections' last numbers
-        import json
+    return parser
 
-        summary = _sectioned(json.loads(summary_path.read_text()))
-    stamp = {
-        "machine": machine(),
-        "date": datetime.date.today().isoformat(),
-        "quick": args.quick,
-    }
-    print(f"# Benchmarks on {stamp['machine']}, {stamp['date']}", flush=True)
-    for name, module in SECTIONS.items():
-        if args.only and name not in args.only:
-            continue
-        started = time.perf_counter()
-        print(f"\n## {name}", flush=True)
-        tables = io.StringIO()
-        with contextlib.redirect_stdout(Tee(sys.stdout, tables)):
-            result = module.run(args.quick, workdir / name)
-        (RESULTS / f"{name}.md").write_text(
-            f"Measured on {stamp['machine']}, {stamp['date']}"
-            f"{' (--quick)' if args.quick else ''}.\n{tables.getvalue()}\n"
-        )
-        result["section_s"] = round(time.perf_counter() - started, 1)
-        write_json(name, {**stamp, **result})
-        # Each section carries its own machine and date: a partial rerun (--only) never
-        # relabels the sections it did not run.
-        summary["sections"][name] = {
-            **stamp,
-            **{k: v for k, v in result.items() if not isinstance(v, dict)},
-        }
-        write_json("summary", summary)  # after every section: a later failure loses nothing
-        (RESULTS / "summary.md").write_text(
-            "\n".join(
-                (RESULTS / f"{section}.md").read_text()
-                for section in SECTIONS
-                if (RESULTS / f"{section}.md").exists()
-            )
-        )
-    print(f"\nwrote {summary_path}")
-    return 0
+
+def run_section(name: str, module: ModuleType, stamp: dict, workdir: Path) -> dict:
+    """Measure section `name`, then render its result: bench/results/<name>.md (and the
+    console) and <name>.json. Returns its entry of the summary: the stamp and the
+    result's headline numbers (its values that are not dicts)."""
+    started = time.perf_counter()
+    print(f"\n## {name}", flush=True)
+    result: Result = module.measure(stamp["quick"], workdir)
+    markdown = result.to_markdown()
+    print(markdown, end="", flush=True)
+    quick = " (--quick)" if stamp["quick"] else ""
+    (RESULTS / f"{name}.md").write_text(
+        f"Measured on {stamp['machine']}, {stamp['date']}{quick}.\n{markdown}\n"
+    )
+    data = {**result.to_json(), "section_s": round(time.perf_counter() - started, 1)}
+    write_json(name, {**stamp, **data})
+    return {**stamp, **{k: v for k, v in data.items() if not isinstance(v, dict)}}
 
 
 def _sectioned(old: dict) -> dict:
@@ -118,22 +126,6 @@ def _sectioned(old: dict) -> dict:
     section was measured where cannot be told from it."""
     sections = old.get("sections")
     return {"sections": sections if isinstance(sections, dict) else {}}
-
-
-class Tee(io.TextIOBase):
-    """Writes to several streams (the console and the collected tables)."""
-
-    def __init__(self, *streams) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ same data and the million vectors are inserted once. At each size, in each mode:
 Embedded Chroma runs in a child process that the bench sends its store calls to, so its
 memory is measured alone, as the server's is; the bench process keeps the vectors for the
 exact search. Never two writers at once: the child is closed while the server runs.
+
+`measure` returns a `Scale`, which renders its JSON and its tables.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (
+    Timings,
     bench_settings,
     clip_like_batches,
     machine,
@@ -41,12 +44,10 @@ from bench.common import (
     run_measured,
     start_bot,
     subprocess_env,
-    summarise_ms,
-    table,
     vit_b32_dir,
-    write_json,
 )
 from bench.query_latency import ann_top_k, coco_like_record, exact_top_k, recall, text_like
+from bench.report import document, table, write_json
 from tests.chroma_run import running_chroma
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ class Point:
     """The first access after opening the collection (Chroma loads its index then)."""
     elapsed_s: float
     """Since the section started: inserts and every measurement before this one."""
-    image_query: dict
-    text_query: dict
+    image_query: Timings
+    text_query: Timings
     recall_image: float
     recall_text: float
     chroma_rss_mb: float
@@ -204,6 +205,39 @@ class Inserted:
 
 
 @dataclass(frozen=True)
+class Truth:
+    """The query vectors (image-like and text-like), and each one's exact top-10 rows at
+    each size: what the store's answers are checked against."""
+
+    queries: dict[str, np.ndarray]
+    exact: dict[int, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What `measure` found: each mode at each size."""
+
+    sizes: tuple[int, ...]
+    points: list[Point]
+
+    def to_json(self) -> dict:
+        return {
+            "sizes": list(self.sizes),
+            "queries": QUERIES,
+            "hnsw": _project_hnsw(),
+            "points": _by_name(self.points),
+            **{
+                f"{p.mode}_{p.vectors // 1000}k_{key}": getattr(p, key)
+                for p in self.points
+                for key in ("insert_per_s", "recall_text", "chroma_rss_mb", "disk_mb", "status_s")
+            },
+        }
+
+    def to_markdown(self) -> str:
+        return document(_cost_table(self.points), _startup_table(self.points))
+
+
+@dataclass(frozen=True)
 class Phase:
     """What one mode measures at one size, besides the store's own answers."""
 
@@ -214,12 +248,7 @@ class Phase:
 
 
 def grow(
-    sizes: tuple[int, ...],
-    base: np.ndarray,
-    queries: dict[str, np.ndarray],
-    exact: dict[int, dict[str, np.ndarray]],
-    workdir: Path,
-    photo: Path,
+    sizes: tuple[int, ...], base: np.ndarray, truth: Truth, workdir: Path, photo: Path
 ) -> list[Point]:
     """Fill the collection up to each size in turn (embedded inserts the bulk, the server the
     last `SAMPLE`) and measure it there in both modes."""
@@ -240,11 +269,11 @@ def grow(
                 side = Filler(remote, photo)
                 load_s = side.load()
                 phase = Phase("server", size, _insert(side, base, size - SAMPLE, size), load_s)
-                point = measure(phase, side, server.pid, remote, queries, exact, workdir)
+                point = measure_point(phase, side, server.pid, remote, truth, workdir)
                 served = replace(point, elapsed_s=round(time.perf_counter() - started))
             embedded = EmbeddedChroma(settings, photo)
             phase = Phase("embedded", size, bulk, embedded.load())
-            point = measure(phase, embedded, embedded.pid, settings, queries, exact, workdir)
+            point = measure_point(phase, embedded, embedded.pid, settings, truth, workdir)
             points += [replace(point, elapsed_s=round(time.perf_counter() - started)), served]
             log.info("%s", points[-2:])
             _save_so_far(points)
@@ -261,7 +290,7 @@ def _by_name(points: list[Point]) -> dict[str, dict]:
 
 def _save_so_far(points: list[Point]) -> None:
     """Write the sizes measured so far: a run stopped before the end (the full one takes
-    hours on a busy 2-core box) keeps them. run_all.py overwrites this file at the end."""
+    long on a small machine) keeps them. run_all.py overwrites this file at the end."""
     write_json(
         "scale",
         {
@@ -284,17 +313,17 @@ def _insert(side: Filler | EmbeddedChroma, base: np.ndarray, start: int, stop: i
     return Inserted(start, stop, seconds, tuple(round(n / s) for n, s in timed))
 
 
-def measure(
+def measure_point(
     phase: Phase,
     side: Filler | EmbeddedChroma,
     pid: int,
     settings,
-    queries: dict[str, np.ndarray],
-    exact: dict[int, dict[str, np.ndarray]],
+    truth: Truth,
     workdir: Path,
 ) -> Point:
     """Queries, recall, memory and disk, then start-up: status and the bot."""
-    searched = {kind: side.search(vectors) for kind, vectors in queries.items()}
+    searched = {kind: side.search(vectors) for kind, vectors in truth.queries.items()}
+    exact = truth.exact[phase.size]
     memory = (rss_mb(pid), peak_rss_mb(pid))
     status = status_seconds(settings, workdir)
     inserted = phase.inserted
@@ -307,10 +336,10 @@ def measure(
         insert_per_s_by_batch=inserted.per_batch,
         load_s=round(phase.load_s, 2),
         elapsed_s=0.0,
-        image_query=summarise_ms(searched["image"][1]),
-        text_query=summarise_ms(searched["text"][1]),
-        recall_image=round(recall(searched["image"][0], exact[phase.size]["image"]), 4),
-        recall_text=round(recall(searched["text"][0], exact[phase.size]["text"]), 4),
+        image_query=Timings.of(searched["image"][1]),
+        text_query=Timings.of(searched["text"][1]),
+        recall_image=round(recall(searched["image"][0], exact["image"]), 4),
+        recall_text=round(recall(searched["text"][0], exact["text"]), 4),
         chroma_rss_mb=round(memory[0]),
         chroma_peak_rss_mb=round(memory[1]),
         disk_mb=round(du_mb(Path(settings.chroma_path))),
@@ -402,7 +431,8 @@ def _settings(workdir: Path):
     return bench_settings(workdir, vit_b32_dir().path, collection=COLLECTION)
 
 
-def run(quick: bool, workdir: Path) -> dict:
+def measure(quick: bool, workdir: Path) -> Scale:
+    """Draw the vectors and their exact answers, then grow the collection size by size."""
     sizes = QUICK_SIZES if quick else SIZES
     photo = make_photos(workdir.parent / "photos", 1)[0].resolve()
     queries, base = draw(sizes[-1])
@@ -410,24 +440,12 @@ def run(quick: bool, workdir: Path) -> dict:
         size: {kind: exact_top_k(base[:size], vectors, 10) for kind, vectors in queries.items()}
         for size in sizes
     }
-    points = grow(sizes, base, queries, exact, workdir, photo)
-    _tables(points)
-    return {
-        "sizes": list(sizes),
-        "queries": QUERIES,
-        "hnsw": _project_hnsw(),
-        "points": _by_name(points),
-        **{
-            f"{p.mode}_{p.vectors // 1000}k_{key}": getattr(p, key)
-            for p in points
-            for key in ("insert_per_s", "recall_text", "chroma_rss_mb", "disk_mb", "status_s")
-        },
-    }
+    return Scale(sizes, grow(sizes, base, Truth(queries, exact), workdir, photo))
 
 
-def _tables(points: list[Point]) -> None:
+def _cost_table(points: list[Point]) -> str:
     hnsw = _project_hnsw()
-    table(
+    return table(
         f"Cost curve: CLIP-like 512-d vectors with COCO-like metadata, HNSW "
         f"M={hnsw['max_neighbors']}, ef_construction={hnsw['ef_construction']}, "
         f"ef_search={hnsw['ef_search']}, {QUERIES} queries of each kind, top-10 with metadata",
@@ -447,8 +465,8 @@ def _tables(points: list[Point]) -> None:
                 f"{p.vectors:,}",
                 p.mode,
                 f"{p.insert_per_s} ({p.inserted_from // 1000}k→{p.inserted_to // 1000}k)",
-                f"{p.image_query['p50_ms']} / {p.image_query['p95_ms']}",
-                f"{p.text_query['p50_ms']} / {p.text_query['p95_ms']}",
+                f"{p.image_query.p50_ms} / {p.image_query.p95_ms}",
+                f"{p.text_query.p50_ms} / {p.text_query.p95_ms}",
                 f"{p.recall_image:.3f} / {p.recall_text:.3f}",
                 f"{p.chroma_rss_mb:,} / {p.chroma_peak_rss_mb:,}",
                 f"{p.disk_mb:,}",
@@ -457,7 +475,10 @@ def _tables(points: list[Point]) -> None:
             for p in points
         ],
     )
-    table(
+
+
+def _startup_table(points: list[Point]) -> str:
+    return table(
         "Start-up at scale: opening the collection, `python -m core status`, and `python -m bot` "
         "(ViT-B/32 float32, BLIP-2 off) against it",
         [

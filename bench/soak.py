@@ -8,6 +8,8 @@ within 5% of the second).
 A user waits for the reply to their last message before the next (a person does), and a
 reply's time runs from the message to the moment the fake server has received the reply's
 last part: the buttons under an album, the last file of Full size, the answer to /ask.
+
+`measure` returns a `Soak`, which renders its JSON and its table and verdict.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,9 @@ from bench.common import (
     rss_mb,
     start_bot,
     subprocess_env,
-    table,
     vit_b32_dir,
 )
+from bench.report import document, table
 from tests.fake_telegram import Call, FakeTelegram
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,7 @@ log = logging.getLogger(__name__)
 USERS = 100
 TOTAL_RATE = 10.0
 """Messages per second from all users together, with a margin below what the bot sustained
-on 2 shared cores (Xeon with AMX, 2026-11-28, 2-minute runs: at 2.5, 6 and 12/s every
-message was answered, p95 0.3 / 0.3 / 1.2 s in the second minute)."""
+in shorter runs on 2 shared cores (docs/benchmarks.md)."""
 PACE = 0.75
 """Each user sends at this fraction of the bot's per-user rate limit: a little below it."""
 RATE_LIMIT_PER_MINUTE = math.ceil(60 * TOTAL_RATE / USERS / PACE)
@@ -94,6 +95,84 @@ class Minute:
     p50_s: float
     p95_s: float
     rss_mb: float
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The whole soak's messages and what became of them."""
+
+    sent: int
+    answered: int
+    errors: int
+    unanswered: int
+    bot_log_errors: int
+    """ERROR lines in the bot's log."""
+    fake_server_errors: int
+    bot_alive_at_end: bool
+    kinds: dict[str, int]
+    """Messages sent by kind."""
+
+
+@dataclass(frozen=True)
+class Soak:
+    """What `measure` found: each minute, the totals, and the verdict (all answered, RSS
+    flat: the last minute within 5% of the second)."""
+
+    minutes: list[Minute]
+    totals: Totals
+
+    @property
+    def rss_growth(self) -> float:
+        second, last = self.minutes[1].rss_mb, self.minutes[-1].rss_mb
+        return (last - second) / second
+
+    @property
+    def all_answered(self) -> bool:
+        return self.totals.answered == self.totals.sent
+
+    @property
+    def rss_flat(self) -> bool:
+        return abs(self.rss_growth) <= 0.05
+
+    def to_json(self) -> dict:
+        totals = self.totals
+        return {
+            "soak_minutes": len(self.minutes),
+            "soak_users": USERS,
+            "soak_rate_per_s": TOTAL_RATE,
+            "soak_sent": totals.sent,
+            "soak_answered": totals.answered,
+            "soak_errors": totals.errors,
+            "soak_unanswered": totals.unanswered,
+            "soak_bot_log_errors": totals.bot_log_errors,
+            "soak_rss_growth": round(self.rss_growth, 4),
+            "soak_all_answered": self.all_answered,
+            "soak_rss_flat": self.rss_flat,
+            "soak_details": {**asdict(totals), "minutes": [asdict(m) for m in self.minutes]},
+        }
+
+    def to_markdown(self) -> str:
+        rows, totals = self.minutes, self.totals
+        minutes = table(
+            f"Soak: {USERS} users, {TOTAL_RATE} messages/s in all for {len(rows)} minutes (text, "
+            f"photos, buttons, /ask; {RATE_LIMIT_PER_MINUTE}/min per user allowed), ViT-B/32, "
+            "tiny BLIP-2, fake Telegram on 127.0.0.1",
+            ["minute", "sent", "answered", "errors", "p50 s", "p95 s", "bot RSS MB"],
+            [
+                [n + 1, m.sent, m.answered, m.errors, m.p50_s, m.p95_s, m.rss_mb]
+                for n, m in enumerate(rows)
+            ],
+        )
+        second, last = rows[1].rss_mb, rows[-1].rss_mb
+        verdict = (
+            f"\n{totals.answered}/{totals.sent} answered, {totals.errors} errors, "
+            f"{totals.unanswered} unanswered, {totals.bot_log_errors} ERROR lines in the "
+            f"bot's log; messages by kind: {totals.kinds}.\n"
+            f"Verdict: all answered: {'yes' if self.all_answered else 'NO'}; RSS flat (minute "
+            f"{len(rows)} within 5% of minute 2): {'yes' if self.rss_flat else 'NO'} "
+            f"({second:.0f} → {last:.0f} MB, {self.rss_growth:+.1%})."
+        )
+        return document(minutes, verdict)
 
 
 class Load:
@@ -211,7 +290,7 @@ def _buttons_of(message: dict[str, Any], prefix: str) -> list[str]:
     ]
 
 
-def soak(settings, minutes: int, workdir: Path) -> tuple[list[Minute], dict]:
+def soak(settings, minutes: int, workdir: Path) -> Soak:
     log_path = workdir / "bot-soak.log"
     interval_s = USERS / TOTAL_RATE
     rss: list[float] = []
@@ -241,19 +320,19 @@ def soak(settings, minutes: int, workdir: Path) -> tuple[list[Minute], dict]:
         _minute([a for a in load.actions if int((a.sent_at - started) // 60) == n], rss[n])
         for n in range(minutes)
     ]
-    totals = {
-        "sent": len(load.actions),
-        "answered": sum(a.ok for a in load.actions),
-        "errors": sum(a.done_at is not None and not a.ok for a in load.actions),
-        "unanswered": sum(a.done_at is None for a in load.actions),
-        "bot_log_errors": bot_log.count(" ERROR "),
-        "fake_server_errors": fake_errors,
-        "bot_alive_at_end": alive,
-        "kinds": {
+    totals = Totals(
+        sent=len(load.actions),
+        answered=sum(a.ok for a in load.actions),
+        errors=sum(a.done_at is not None and not a.ok for a in load.actions),
+        unanswered=sum(a.done_at is None for a in load.actions),
+        bot_log_errors=bot_log.count(" ERROR "),
+        fake_server_errors=fake_errors,
+        bot_alive_at_end=alive,
+        kinds={
             k: sum(a.kind == k for a in load.actions) for k in sorted(SEARCHES | {"full", "ask"})
         },
-    }
-    return rows, totals
+    )
+    return Soak(rows, totals)
 
 
 def _minute(actions: list[Action], rss: float) -> Minute:
@@ -268,8 +347,10 @@ def _minute(actions: list[Action], rss: float) -> Minute:
     )
 
 
-def run(quick: bool, workdir: Path) -> dict:
-    from core.indexing.build import run as index
+def measure(quick: bool, workdir: Path) -> Soak:
+    """Index the photos, then the soak against the bot."""
+    from core.indexing import BuildOptions
+    from core.indexing import run as index
     from core.sources.folders import FolderReader
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -285,45 +366,5 @@ def run(quick: bool, workdir: Path) -> dict:
         vqa_preload=True,
         vqa_max_new_tokens=10,
     )
-    index(settings, FolderReader(photos[0].parent), progress=False)
-    minutes = QUICK_MINUTES if quick else MINUTES
-    rows, totals = soak(settings, minutes, workdir)
-    table(
-        f"Soak: {USERS} users, {TOTAL_RATE} messages/s in all for {minutes} minutes (text, "
-        f"photos, buttons, /ask; {RATE_LIMIT_PER_MINUTE}/min per user allowed), ViT-B/32, "
-        "tiny BLIP-2, fake Telegram on 127.0.0.1",
-        ["minute", "sent", "answered", "errors", "p50 s", "p95 s", "bot RSS MB"],
-        [
-            [n + 1, m.sent, m.answered, m.errors, m.p50_s, m.p95_s, m.rss_mb]
-            for n, m in enumerate(rows)
-        ],
-    )
-    second, last = rows[1].rss_mb, rows[-1].rss_mb
-    growth = (last - second) / second
-    all_answered = totals["answered"] == totals["sent"]
-    flat = abs(growth) <= 0.05
-    print(
-        f"\n{totals['answered']}/{totals['sent']} answered, {totals['errors']} errors, "
-        f"{totals['unanswered']} unanswered, {totals['bot_log_errors']} ERROR lines in the "
-        f"bot's log; messages by kind: {totals['kinds']}.\n"
-        f"Verdict: all answered: {'yes' if all_answered else 'NO'}; RSS flat (minute "
-        f"{len(rows)} within 5% of minute 2): {'yes' if flat else 'NO'} "
-        f"({second:.0f} → {last:.0f} MB, {growth:+.1%})."
-    )
-    return {
-        "soak_minutes": minutes,
-        "soak_users": USERS,
-        "soak_rate_per_s": TOTAL_RATE,
-        "soak_sent": totals["sent"],
-        "soak_answered": totals["answered"],
-        "soak_errors": totals["errors"],
-        "soak_unanswered": totals["unanswered"],
-        "soak_bot_log_errors": totals["bot_log_errors"],
-        "soak_rss_growth": round(growth, 4),
-        "soak_all_answered": all_answered,
-        "soak_rss_flat": flat,
-        "soak_details": {
-            **totals,
-            "minutes": [vars(m) for m in rows],
-        },
-    }
+    index(settings, FolderReader(photos[0].parent), BuildOptions(progress=False))
+    return soak(settings, QUICK_MINUTES if quick else MINUTES, workdir)

@@ -2,7 +2,9 @@
 weights, bfloat16, on this machine, through the project's VqaModel: seconds for a 10-token
 answer, for a first question about a photo (vision tower, Q-Former and language model) and
 for a follow-up about the same photo (its kept encoding: the language model alone), measured
-side by side. Skipped when the machine has too little memory."""
+side by side. Skipped when the machine has too little memory.
+
+`measure` returns a `VqaLatency` (or a `VqaSkipped`), which renders its JSON and its table."""
 
 from __future__ import annotations
 
@@ -11,12 +13,73 @@ import os
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import CACHE, ROOT, coco_like_jpeg, table
+from bench.common import CACHE, ROOT, coco_like_jpeg
+from bench.report import document, table
 
 NEEDED_GB = 20  # bf16 weights 7.7 GB, written once to disk, then loaded (peak ≈ 2×)
 ANSWER_TOKENS = 10
+
+
+@dataclass(frozen=True)
+class VqaSkipped:
+    """Too little memory for the model: nothing measured."""
+
+    memory_gb: float
+
+    def to_json(self) -> dict:
+        return {"vqa_skipped": f"{self.memory_gb:.0f} GB RAM < {NEEDED_GB} GB"}
+
+    def to_markdown(self) -> str:
+        return document(
+            f"\n(VQA latency skipped: {self.memory_gb:.0f} GB of RAM, {NEEDED_GB} GB needed)"
+        )
+
+
+@dataclass(frozen=True)
+class VqaLatency:
+    """Median seconds per answer of `ANSWER_TOKENS` tokens, and the model's load and build."""
+
+    first_s: float
+    """A first question about a photo."""
+    follow_up_s: float
+    """A second question about the same photo (its kept encoding)."""
+    load_s: float
+    build_s: float
+    """Making the random-weight model (once; then it is cached on disk)."""
+
+    def to_json(self) -> dict:
+        return {
+            "vqa_seconds_per_answer": round(self.first_s, 2),
+            "vqa_follow_up_seconds_per_answer": round(self.follow_up_s, 2),
+            "vqa_answer_tokens": ANSWER_TOKENS,
+            "vqa_load_s": round(self.load_s, 1),
+            "vqa_model_build_s": round(self.build_s, 1),
+        }
+
+    def to_markdown(self) -> str:
+        first, follow = self.first_s, self.follow_up_s
+        latency = table(
+            "/ask latency: BLIP-2 OPT-2.7b architecture (random weights), bf16, CPU",
+            ["question", "seconds per answer", "seconds per token", "model load s"],
+            [
+                [
+                    f"first about a photo, {ANSWER_TOKENS} tokens, greedy",
+                    round(first, 2),
+                    round(first / ANSWER_TOKENS, 2),
+                    round(self.load_s, 1),
+                ],
+                [
+                    "follow-up about the same photo (kept encoding)",
+                    round(follow, 2),
+                    round(follow / ANSWER_TOKENS, 2),
+                    "",
+                ],
+            ],
+        )
+        return document(latency, f"follow-up / first: {follow / first:.2f}")
 
 
 def blip2_opt_2_7b_dir() -> Path:
@@ -75,23 +138,23 @@ def blip2_opt_2_7b_dir() -> Path:
     return path
 
 
-def run(quick: bool, workdir: Path) -> dict:
+def measure(quick: bool, workdir: Path) -> VqaLatency | VqaSkipped:
+    """A first question and a follow-up about each of a few photos, after a warm-up."""
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if memory_gb < NEEDED_GB:
-        print(f"\n(VQA latency skipped: {memory_gb:.0f} GB of RAM, {NEEDED_GB} GB needed)")
-        return {"vqa_skipped": f"{memory_gb:.0f} GB RAM < {NEEDED_GB} GB"}
+        return VqaSkipped(memory_gb)
     from PIL import Image
 
     from core.models.vqa import VqaModel
 
     made = time.perf_counter()
     path = blip2_opt_2_7b_dir()
-    made_s = time.perf_counter() - made
+    build_s = time.perf_counter() - made
     vqa = VqaModel(str(path), device="cpu", dtype="bfloat16", max_new_tokens=ANSWER_TOKENS)
     started = time.perf_counter()
     vqa.load()
     load_s = time.perf_counter() - started
-    model, _ = vqa._model.get()
+    model, _ = vqa._model()
     language_model = getattr(model, "language_model", None)
     for owner in (model, language_model):
         if owner is not None and owner.generation_config is not None:
@@ -105,30 +168,4 @@ def run(quick: bool, workdir: Path) -> dict:
             started = time.perf_counter()
             vqa.answer_about(f"photo-{n}", lambda: image, question)
             times.append(time.perf_counter() - started)
-    first_s, follow_s = statistics.median(first), statistics.median(follow_up)
-    table(
-        "/ask latency: BLIP-2 OPT-2.7b architecture (random weights), bf16, CPU",
-        ["question", "seconds per answer", "seconds per token", "model load s"],
-        [
-            [
-                f"first about a photo, {ANSWER_TOKENS} tokens, greedy",
-                round(first_s, 2),
-                round(first_s / ANSWER_TOKENS, 2),
-                round(load_s, 1),
-            ],
-            [
-                "follow-up about the same photo (kept encoding)",
-                round(follow_s, 2),
-                round(follow_s / ANSWER_TOKENS, 2),
-                "",
-            ],
-        ],
-    )
-    print(f"follow-up / first: {follow_s / first_s:.2f}")
-    return {
-        "vqa_seconds_per_answer": round(first_s, 2),
-        "vqa_follow_up_seconds_per_answer": round(follow_s, 2),
-        "vqa_answer_tokens": ANSWER_TOKENS,
-        "vqa_load_s": round(load_s, 1),
-        "vqa_model_build_s": round(made_s, 1),
-    }
+    return VqaLatency(statistics.median(first), statistics.median(follow_up), load_s, build_s)

@@ -42,9 +42,8 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY]
 
 async def _warm_up_once_running(app: Application, services: Services) -> None:
     """Load the search index as soon as the bot polls Telegram (or listens for its webhook):
-    an embedded index at a million pictures takes seconds to load. Start-up does not wait
-    for it; a search that comes meanwhile does (10 s at 1M in bench/scale.py), later ones
-    find it loaded."""
+    a large embedded index takes seconds to load (docs/benchmarks.md). Start-up does not
+    wait for it; a search that comes meanwhile does, later ones find it loaded."""
     while not app.running:
         await asyncio.sleep(0.1)
     await services.warm_up()
@@ -99,9 +98,17 @@ def build_application(settings: Settings, services: Services) -> Application:
         .post_shutdown(post_shutdown)
         .build()
     )
+    _add_handlers(app, inline=settings.inline_enabled)
+    return app
+
+
+def _add_handlers(app: Application, *, inline: bool) -> None:
+    """Every handler, in the order PTB tries them: the gatekeeper first (group -1), then
+    buttons, inline queries (with `inline`), commands, texts, pictures, other files, and
+    anything else; failures go to the error handler."""
     app.add_handler(TypeHandler(Update, handlers.gatekeeper), group=-1)
     app.add_handler(CallbackQueryHandler(handlers.button))
-    if settings.inline_enabled:
+    if inline:
         app.add_handler(InlineQueryHandler(handlers.inline_query))
     app.add_handler(CommandHandler("start", handlers.start))
     app.add_handler(CommandHandler("help", handlers.help_command))
@@ -115,4 +122,3 @@ def build_application(settings: Settings, services: Services) -> Application:
     app.add_handler(MessageHandler(filters.Document.ALL, handlers.not_a_picture_file))
     app.add_handler(MessageHandler(filters.ALL, handlers.unsupported))
     app.add_error_handler(handlers.on_error)
-    return app

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -18,25 +17,19 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[T, R]):
-    """Runs `batch_fn(items) -> results` (same length, same order) in `executor`, one batch
-    at a time, for requests submitted concurrently with `await submit(item)`."""
+    """Runs `batch_fn(items) -> results` (same length, same order) in the event loop's default
+    executor, one batch at a time, for requests submitted concurrently with
+    `await submit(item)`."""
 
-    def __init__(
-        self,
-        batch_fn: Callable[[list[T]], Sequence[R]],
-        *,
-        max_batch: int = 32,
-        executor: Executor | None = None,
-    ) -> None:
+    def __init__(self, batch_fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 32) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._batch_fn = batch_fn
         self._max_batch = max_batch
-        self._executor = executor
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
-        """How many batch calls ran (for tests and benchmarks)."""
+        """How many batch calls ran (tests read it)."""
 
     async def submit(self, item: T) -> R:
         """Queue `item`, wait for its batch to run, return its result (or raise its error)."""
@@ -56,7 +49,7 @@ class MicroBatcher(Generic[T, R]):
                 continue
             self.batches += 1
             outcomes = await loop.run_in_executor(
-                self._executor, self._run_isolated, [item for item, _ in batch]
+                None, self._run_isolated, [item for item, _ in batch]
             )
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():

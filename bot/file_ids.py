@@ -36,7 +36,6 @@ class FileIdCache:
     """picture key → Telegram file_id for one bot. Thread-safe; call it from worker threads."""
 
     def __init__(self, path: Path, bot_id: int) -> None:
-        self.path = path
         self.bot_id = bot_id
         self._db = open_local_db(path, _SCHEMA)
         self._lock = threading.Lock()

@@ -17,7 +17,7 @@ from telegram.constants import ParseMode
 from telegram.error import TelegramError
 
 from bot import replies
-from bot.sending import file_keys, send_album
+from bot.sending import AlbumTarget, file_keys, send_album
 from core.search.service import Hit, clean_query
 
 if TYPE_CHECKING:
@@ -90,9 +90,8 @@ async def photo_file_ids(bot: Bot, hits: list[Hit], data: BotData) -> dict[str, 
             )
         return known
     try:
-        await send_album(
-            bot, data.storage_chat_id, missing, data.file_ids, data.services.files, quiet=True
-        )
+        target = AlbumTarget(bot, data.storage_chat_id, quiet=True)
+        await send_album(target, missing, data.file_ids, data.services.files)
     except TelegramError as err:
         log.error("cannot upload to STORAGE_CHAT_ID=%s: %s", data.storage_chat_id, err)
         return known

@@ -110,7 +110,6 @@ UNSUPPORTED = (
 )
 UNKNOWN_COMMAND = "I don't know that command."
 NOT_ALLOWED = "Sorry, this bot is private. Ask its owner to add your user id ({user_id})."
-NO_RESULTS = "No pictures found for that. Try other words?"
 GENERIC_ERROR = "Sorry, something went wrong on my side. Please try again in a moment."
 FILE_TOO_BIG = "That file is too big for me: Telegram lets bots download files up to 20 MB."
 NOT_AN_IMAGE_FILE = "That file is not a picture I can search with. Send a JPEG, PNG or WebP."
@@ -216,7 +215,6 @@ MAX_READING_CHARS = 200
 BUTTON_EXPIRED = "This search has expired: send it again."
 BUTTON_BROKEN = "This button no longer works."
 BUTTON_BUSY = "Still working on it…"
-NOT_YOURS = "This button belongs to another chat."
 DOCUMENT_LIMIT = 50 * 1024 * 1024
 """Telegram lets bots send documents up to 50 MB."""
 

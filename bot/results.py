@@ -27,7 +27,7 @@ from telegram.error import TelegramError
 
 from bot import replies
 from bot.saved_searches import Album, Press, SearchContext, Shown
-from bot.sending import chat_action, send_album
+from bot.sending import AlbumTarget, chat_action, send_album
 from core.errors import BadImage
 from core.search.service import SearchPage
 
@@ -68,15 +68,8 @@ async def show_page(chat: Chat, context: SearchContext, page: SearchPage, data: 
     if not page.hits:
         await _show_empty(chat, replace(context, more=False), page, reading, data)
         return
-    sent = await send_album(
-        chat.bot,
-        chat.chat_id,
-        page.hits,
-        data.file_ids,
-        data.services.files,
-        first_rank=page.offset + 1,
-        reply_to=chat.reply_to,
-    )
+    target = AlbumTarget(chat.bot, chat.chat_id, first_rank=page.offset + 1, reply_to=chat.reply_to)
+    sent = await send_album(target, page.hits, data.file_ids, data.services.files)
     album = Album(context.next_album, page.offset + 1, tuple(Shown.of(hit) for hit in sent))
     context = replace(context, offset=page.offset, more=page.more).with_album(album)
     await asyncio.to_thread(data.searches.put, context)

@@ -213,7 +213,6 @@ class SearchContexts:
         ttl_s: float = TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
         self.max_contexts = max_contexts
         self.max_per_user = max_per_user
         self.ttl_s = ttl_s
@@ -259,10 +258,6 @@ class SearchContexts:
                 _BEYOND.format(where=" WHERE user_id = ?"), (context.user_id, self.max_per_user)
             )
             self._db.execute(_BEYOND.format(where=""), (self.max_contexts,))
-
-    def forget(self, token: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM searches WHERE token = ?", (token,))
 
     def close(self) -> None:
         with self._lock:

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
-from telegram.constants import ChatAction, ChatType
+from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
 from bot.file_ids import FileIdCache, picture_key
-from bot.replies import NO_RESULTS, hit_caption
+from bot.replies import hit_caption
 from core.errors import BadImage
 from core.images import photo_for_upload
 from core.search.sendable_files import RefusedFile, SendableFiles
@@ -46,38 +46,27 @@ async def chat_action(
             await task
 
 
-async def send_hits(
-    message: Message, hits: list[Hit], file_ids: FileIdCache, files: SendableFiles
-) -> list[Hit]:
-    """Answer `message` with `hits` as one album (see `send_album`), or say nothing was found
-    when no picture could be sent."""
-    reply_to = None if message.chat.type == ChatType.PRIVATE else message.message_id
-    sent = await send_album(
-        message.get_bot(), message.chat_id, hits, file_ids, files, reply_to=reply_to
-    )
-    if not sent:
-        await message.reply_text(NO_RESULTS)
-    return sent
+@dataclass(frozen=True)
+class AlbumTarget:
+    """Where an album goes and how: the chat, the rank of its first picture, the message it
+    replies to (in groups), and whether it comes without a notification."""
+
+    bot: Bot
+    chat_id: int
+    first_rank: int = 1
+    reply_to: int | None = None
+    quiet: bool = False
 
 
 async def send_album(
-    bot: Bot,
-    chat_id: int,
-    hits: list[Hit],
-    file_ids: FileIdCache,
-    files: SendableFiles,
-    *,
-    first_rank: int = 1,
-    reply_to: int | None = None,
-    quiet: bool = False,
+    target: AlbumTarget, hits: list[Hit], file_ids: FileIdCache, files: SendableFiles
 ) -> list[Hit]:
-    """Send `hits` to `chat_id` as one album (one photo when there is one hit), in rank order
-    from `first_rank`, each captioned; sends by file_id what Telegram already has, and reads
-    the rest through `files` (only indexed pictures leave the host). Returns the hits sent
-    (refused or unreadable files are left out; nothing is sent when none is left)."""
+    """Send `hits` to `target` as one album (one photo when there is one hit), in rank order
+    from `target.first_rank`, each captioned; sends by file_id what Telegram already has, and
+    reads the rest through `files` (only indexed pictures leave the host). Returns the hits
+    sent (refused or unreadable files are left out; nothing is sent when none is left)."""
     if not hits:
         return []
-    target = _Target(bot, chat_id, first_rank, reply_to, quiet)
     keys = await asyncio.to_thread(file_keys, hits, files)
     cached = await asyncio.to_thread(file_ids.get_many, keys.values())
     try:
@@ -113,15 +102,6 @@ def file_keys(hits: list[Hit], files: SendableFiles) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class _Target:
-    bot: Bot
-    chat_id: int
-    first_rank: int
-    reply_to: int | None
-    quiet: bool
-
-
-@dataclass(frozen=True)
 class _Known:
     keys: dict[str, str]
     """hit id → file_id cache key, for the hits whose file may be sent."""
@@ -138,7 +118,7 @@ class _Source:
 
 
 async def _send(
-    target: _Target, hits: list[Hit], known: _Known, files: SendableFiles
+    target: AlbumTarget, hits: list[Hit], known: _Known, files: SendableFiles
 ) -> tuple[list[_Source], list[Message]]:
     """Send the album; returns, aligned, what was sent of each hit and its message."""
     sources = await asyncio.to_thread(_sources, hits, known, files)

@@ -1,5 +1,8 @@
 """The core services as the bot uses them: async, and never running a model on the event loop.
 
+Who uses it: `bot.__main__` starts them (`Services.start`), `bot.app` keeps them in bot_data
+and closes them at shutdown, the handlers call them.
+
 Text searches go through a micro-batcher (concurrent queries share one encoder call);
 image searches run in worker threads. When the index is missing or the store unreachable
 at start-up the bot still starts: each request then retries opening it, so an operator can
@@ -21,24 +24,21 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from PIL import Image
-
+from bot.ask import AskService
 from bot.batching import MicroBatcher
 from bot.limits import AskSlots
 from core.config import Settings
 from core.errors import (
-    BadImage,
     IndexEmpty,
     IndexGone,
     IndexRebuilding,
     SearchBotError,
     StoreUnavailable,
 )
-from core.images import check_picture, load_image
+from core.images import check_picture
 from core.models.encoder import DualEncoder
 from core.models.vqa import VqaModel
 from core.search.sendable_files import SendableFiles
@@ -47,12 +47,11 @@ from core.search.service import PreparedQuery, Query, SearchPage, SearchService
 log = logging.getLogger(__name__)
 
 MAX_TEXT_BATCH = 8
-"""Measured (bench/bot_load.py): batches of 8 keep albums flowing out under a burst and beat
-no batching on p50 and p95; batches of 32 made everyone wait for the whole batch."""
+"""Concurrent texts embedded in one encoder call at most: small batches keep albums flowing
+out under a burst, large ones make everyone wait for the whole batch (bench/bot_load.py,
+docs/benchmarks.md)."""
 DECODE_MEMORY_BUDGET = 512 * 1024 * 1024
 """Bytes the bot may spend at once on full-size buffers of pictures users send."""
-VQA_DECODE_SIDE = 448
-"""BLIP-2 looks at 224×224: pictures for /ask are decoded to twice that, not full size."""
 REBUILDING = (
     "the collection {name!r} was dropped or replaced and is missing or empty now: "
     "the index is being rebuilt"
@@ -78,67 +77,43 @@ class Stats:
     """How DTYPE=auto chose ("bfloat16, batch 32 (measured)"); None when DTYPE is set."""
 
 
-class Services:
-    """What the handlers use: `await search_text(...)`, `search_photo(...)`, `similar(...)`,
-    `page(...)`, `ask(...)`."""
+class LiveSearch:
+    """The search service over the collection, kept open for the bot: opened at start-up
+    when the collection is there, else by the first request that needs it; opened again,
+    once, when the collection was dropped or replaced under the running bot. Once a search
+    has succeeded, a missing or empty collection is being rebuilt (`IndexRebuilding`)."""
 
-    def __init__(self, settings: Settings, encoder: DualEncoder, vqa: VqaModel | None) -> None:
+    def __init__(self, settings: Settings, encoder: DualEncoder) -> None:
         self.settings = settings
         self.encoder = encoder
-        self.vqa = vqa
         self._search: SearchService | None = None
         self._batcher: MicroBatcher[str, PreparedQuery | SearchBotError] | None = None
         self._opening = asyncio.Lock()
         self._served = False
         """True once a search succeeded: a missing index afterwards means a rebuild."""
-        # One BLIP-2 generation at a time: questions queue here, searches keep flowing.
-        self._vqa_queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa")
-        self.decode_slots = max(1, DECODE_MEMORY_BUDGET // (settings.max_image_pixels * 4))
-        self._decodes = threading.BoundedSemaphore(self.decode_slots)
-        self.ask_slots = AskSlots(settings.ask_queue_size)
 
-    @classmethod
-    def start(cls, settings: Settings) -> Services:
-        """Load CLIP (and BLIP-2 with VQA_PRELOAD) and open the collection, before the bot
-        takes any message.
-
-        Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
-        unreachable index is logged and retried on each request instead.
-        """
-        encoder = DualEncoder.from_settings(settings)
-        encoder.load()
-        vqa = None
-        if settings.vqa_enabled:
-            vqa = VqaModel(
-                settings.vqa_model,
-                device=settings.device,
-                dtype=settings.dtype,
-                max_new_tokens=settings.vqa_max_new_tokens,
-                num_beams=settings.vqa_num_beams,
-                timeout_s=settings.vqa_timeout_s,
-            )
-            if settings.vqa_preload:
-                vqa.load()
-        services = cls(settings, encoder, vqa)
+    def open(self) -> None:
+        """Open the collection at start-up without loading its index (a count at rest); an
+        empty or unreachable one is logged, and opened by a later request instead."""
+        settings = self.settings
         try:
-            search = SearchService.open(settings, encoder)
+            search = SearchService.open(settings, self.encoder)
             images = search.store.count_at_rest()
         except (IndexEmpty, StoreUnavailable) as err:
             log.error("search is not available yet: %s", err)
-            return services
-        services._use(search)
-        services._served = images > 0
+            return
+        self._use(search)
+        self._served = images > 0
         if images:
             log.info("index %r holds %d pictures", settings.collection, images)
         else:
             log.error("index %r is empty: build it with index_builder.py", settings.collection)
-        return services
 
     async def warm_up(self) -> None:
         """Load the collection's index now, before a search needs it. Embedded Chroma loads
-        a collection's whole index on its first read: seconds and gigabytes at a million
-        records (bench/scale.py), and its binding holds the GIL meanwhile, so nothing else
-        in the process runs: the bot calls this once it is running, never during start-up.
+        a collection's whole index on its first read, which grows with the collection
+        (docs/scaling.md), and its binding holds the GIL meanwhile, so nothing else in the
+        process runs: the bot calls this once it is running, never during start-up.
         With a server it is one cheap count. A failure is only logged: the first search
         reports it to its user."""
         if self._search is None:
@@ -151,46 +126,22 @@ class Services:
         else:
             log.info("index loaded in %.1f s", time.perf_counter() - started)
 
-    def _use(self, search: SearchService) -> None:
-        self._search = search
-        max_batch = MAX_TEXT_BATCH if self.settings.micro_batch else 1
-        self._batcher = MicroBatcher(
-            lambda texts: _prepare_texts(search, texts), max_batch=max_batch
-        )
-
-    async def _service(self) -> SearchService:
-        if self._search is None:
-            async with self._opening:
-                if self._search is None:
-                    try:
-                        search = await asyncio.to_thread(
-                            SearchService.open, self.settings, self.encoder
-                        )
-                    except IndexEmpty as err:
-                        if self._served:
-                            raise IndexRebuilding(
-                                REBUILDING.format(name=self.settings.collection)
-                            ) from err
-                        raise
-                    self._use(search)
-                    log.info("search is available now")
-        assert self._search is not None
-        return self._search
-
-    async def _searching(self, call: Callable[[SearchService], Awaitable[T]]) -> T:
+    async def run(self, call: Callable[[SearchService], Awaitable[T]]) -> T:
         """`call` with the open search service; when its collection was dropped or replaced,
         open the collection again once and retry."""
-        search = await self._service()
         try:
-            result = await call(search)
-        except IndexGone:
-            log.warning("collection %r was dropped or replaced: reopening it", search.store.name)
-            self._search = self._batcher = None
+            search = await self._service()
             try:
-                result = await call(await self._service())
-            except IndexGone as err:
+                result = await call(search)
+            except IndexGone:
+                log.warning(
+                    "collection %r was dropped or replaced: reopening it", search.store.name
+                )
                 self._search = self._batcher = None
-                raise IndexRebuilding(REBUILDING.format(name=self.settings.collection)) from err
+                result = await call(await self._service())
+        except IndexGone as err:
+            self._search = self._batcher = None
+            raise IndexRebuilding(REBUILDING.format(name=self.settings.collection)) from err
         except IndexEmpty as err:
             if self._served:
                 raise IndexRebuilding(REBUILDING.format(name=self.settings.collection)) from err
@@ -198,10 +149,9 @@ class Services:
         self._served = True
         return result
 
-    async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
-        """The best pictures for `text` (already cleaned): prepared through the micro-batcher
-        (concurrent texts share one encoder call), then its page at `offset` of `k` results
-        (TOP_K by default). Raises `EmptyQuery` and the other errors of `prepare`."""
+    async def prepare_text(self, text: str) -> PreparedQuery:
+        """`text` prepared through the micro-batcher: concurrent texts share one encoder call
+        (raises `EmptyQuery` and the other errors of `prepare`)."""
 
         async def call(search: SearchService) -> PreparedQuery:
             assert self._batcher is not None
@@ -210,7 +160,83 @@ class Services:
                 raise prepared
             return prepared
 
-        prepared = await self._searching(call)
+        return await self.run(call)
+
+    @property
+    def files(self) -> SendableFiles:
+        """The guard every picture read to be sent goes through (only indexed files)."""
+        assert self._search is not None, "no search has run yet"
+        return self._search.files
+
+    def _use(self, search: SearchService) -> None:
+        self._search = search
+        max_batch = MAX_TEXT_BATCH if self.settings.micro_batch else 1
+        self._batcher = MicroBatcher(
+            lambda texts: _prepare_texts(search, texts), max_batch=max_batch
+        )
+
+    async def _service(self) -> SearchService:
+        """The open search service, opening the collection first when needed (raises
+        `IndexEmpty`, `StoreUnavailable`)."""
+        if self._search is None:
+            async with self._opening:
+                if self._search is None:
+                    search = await asyncio.to_thread(
+                        SearchService.open, self.settings, self.encoder
+                    )
+                    self._use(search)
+                    log.info("search is available now")
+        assert self._search is not None
+        return self._search
+
+
+class Services:
+    """What the handlers use: `await search_text(...)`, `search_photo(...)`, `similar(...)`,
+    `page(...)`, `original(...)`, `stats()`, `ask(...)`: the collection kept open by
+    `LiveSearch`, /ask served by `AskService`. Both models share one lifecycle
+    (`core.models.lifecycle`): loaded by `start` (BLIP-2 with VQA_PRELOAD, else on the first
+    question), freed by `close`."""
+
+    def __init__(self, settings: Settings, encoder: DualEncoder, vqa: VqaModel | None) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self._live = LiveSearch(settings, encoder)
+        self.decode_slots = max(1, DECODE_MEMORY_BUDGET // (settings.max_image_pixels * 4))
+        self._decodes = threading.BoundedSemaphore(self.decode_slots)
+        self._asking = AskService(settings, vqa, self._decodes) if vqa is not None else None
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        """Load CLIP (and BLIP-2 with VQA_PRELOAD) and open the collection, before the bot
+        takes any message.
+
+        Raises `ModelUnavailable` or `ModelMismatch` (nothing would work); an empty or
+        unreachable index is logged and retried on each request instead.
+        """
+        encoder = DualEncoder.from_settings(settings)
+        encoder.load()
+        vqa = VqaModel.from_settings(settings) if settings.vqa_enabled else None
+        if vqa is not None and settings.vqa_preload:
+            vqa.load()
+        services = cls(settings, encoder, vqa)
+        services._live.open()
+        return services
+
+    async def warm_up(self) -> None:
+        """Load the collection's index once the bot runs (`LiveSearch.warm_up`)."""
+        await self._live.warm_up()
+
+    def close(self) -> None:
+        """The bot's shutdown: drop the questions waiting and free both models' weights."""
+        if self._asking is not None:
+            self._asking.close()
+        self.encoder.close()
+
+    async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
+        """The best pictures for `text` (already cleaned): prepared through the micro-batcher
+        (concurrent texts share one encoder call), then its page at `offset` of `k` results
+        (TOP_K by default). Raises `EmptyQuery` and the other errors of `prepare`."""
+        prepared = await self._live.prepare_text(text)
         return Results(prepared, await self.page(prepared, k=k, offset=offset))
 
     async def search_photo(self, data: bytes, caption: str = "") -> Results:
@@ -221,12 +247,12 @@ class Services:
             with self._decodes:
                 return search.prepare(Query(text=caption, picture=data))
 
-        prepared = await self._searching(lambda search: asyncio.to_thread(prepare, search))
+        prepared = await self._live.run(lambda search: asyncio.to_thread(prepare, search))
         return Results(prepared, await self.page(prepared))
 
     async def similar(self, image_id: str) -> Results:
         """The pictures most like the indexed picture `image_id`, by its stored vector."""
-        prepared = await self._searching(
+        prepared = await self._live.run(
             lambda search: asyncio.to_thread(search.prepare, Query(like_id=image_id))
         )
         return Results(prepared, await self.page(prepared))
@@ -241,7 +267,7 @@ class Services:
     ) -> SearchPage:
         """Results `offset + 1` … `offset + k` of a prepared query (k = TOP_K by default)."""
         k = k or self.settings.top_k
-        return await self._searching(
+        return await self._live.run(
             lambda search: asyncio.to_thread(
                 search.page, prepared, k, offset, nearest_anyway=nearest_anyway
             )
@@ -251,71 +277,59 @@ class Services:
         """The bytes of an indexed picture's file, read through the guard and decoded as an
         album's photo is before they are returned, so that nothing but a picture is sent
         (raises `RefusedFile`, `BadImage`)."""
-        search = await self._service()
 
-        def read() -> bytes:
+        def read(search: SearchService) -> bytes:
             data = search.files.read(image_id, path).data
             with self._decodes:
                 check_picture(data)
             return data
 
-        return await asyncio.to_thread(read)
+        return await self._live.run(lambda search: asyncio.to_thread(read, search))
 
     @property
     def files(self) -> SendableFiles:
         """The guard every picture read to be sent goes through (only indexed files)."""
-        assert self._search is not None, "no search has run yet"
-        return self._search.files
-
-    def _decode(self, data: bytes, min_side: int) -> Image.Image:
-        """Decode a user's picture, at most `decode_slots` at a time (bounded memory)."""
-        with self._decodes:
-            return load_image(data, min_side=min_side, max_pixels=self.settings.max_image_pixels)
-
-    @property
-    def ask_enabled(self) -> bool:
-        return self.vqa is not None
-
-    @property
-    def vqa_ready(self) -> bool:
-        """False until BLIP-2 is loaded (the first answer then takes longer)."""
-        return self.vqa is not None and self.vqa.loaded
-
-    async def ask(
-        self, key: str, download: Callable[[], Awaitable[bytes]], question: str | None
-    ) -> str:
-        """BLIP-2's answer to `question` about the picture known as `key` (a caption without
-        a question). `download` fetches it, only when its encoding is not kept from an
-        earlier question (at most ASK_QUEUE_SIZE questions wait, far fewer than the
-        encodings kept, so a kept one cannot be forgotten meanwhile). Raises `BadImage`,
-        `ModelUnavailable`."""
-        assert self.vqa is not None, "VQA is disabled"
-        vqa = self.vqa
-        data = None if vqa.knows(key) else await download()
-
-        def picture() -> Image.Image:
-            if data is None:
-                raise BadImage("that picture is no longer at hand: ask again")
-            return self._decode(data, VQA_DECODE_SIDE)
-
-        def answer() -> str:
-            return vqa.answer_about(key, picture, question)
-
-        return await asyncio.get_running_loop().run_in_executor(self._vqa_queue, answer)
-
-    def close(self) -> None:
-        self._vqa_queue.shutdown(wait=False, cancel_futures=True)
+        return self._live.files
 
     async def stats(self) -> Stats:
-        images = await self._searching(lambda search: asyncio.to_thread(search.store.count))
-        search = await self._service()
+        """/stats: the pictures indexed, where and how the encoder runs, and the store."""
+
+        def count(search: SearchService) -> tuple[int, str]:
+            return search.store.count(), search.store.description
+
+        images, store = await self._live.run(lambda search: asyncio.to_thread(count, search))
         return Stats(
             images=images,
             device=str(self.encoder.device),
             dtype=str(self.encoder.dtype).removeprefix("torch."),
-            store=search.store.description,
+            store=store,
             tuned=tuning.summary() if (tuning := self.encoder.tuning) else None,
         )
+
+    @property
+    def ask_enabled(self) -> bool:
+        """Whether /ask is served (VQA_ENABLED)."""
+        return self._asking is not None
+
+    @property
+    def vqa_ready(self) -> bool:
+        """False until BLIP-2 is loaded (the first answer then takes longer)."""
+        return self._asking is not None and self._asking.ready
+
+    @property
+    def ask_slots(self) -> AskSlots:
+        """Who may queue a question (`AskService.slots`; only with /ask enabled)."""
+        return self._ask().slots
+
+    async def ask(
+        self, key: str, download: Callable[[], Awaitable[bytes]], question: str | None
+    ) -> str:
+        """BLIP-2's answer about the picture known as `key` (`AskService.ask`)."""
+        return await self._ask().ask(key, download, question)
+
+    def _ask(self) -> AskService:
+        assert self._asking is not None, "VQA is disabled"
+        return self._asking
 
 
 def _prepare_texts(search: SearchService, texts: list[str]) -> list[PreparedQuery | SearchBotError]:

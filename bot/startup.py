@@ -39,12 +39,12 @@ def webhook_secret(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
-async def check_token(settings: Settings, *, attempts: int = ATTEMPTS) -> User:
+async def check_token(settings: Settings) -> User:
     """The bot's own user (getMe). Raises `InvalidToken` at once when Telegram refuses the
-    token, `TelegramUnreachable` after `attempts` tries that got no answer."""
+    token, `TelegramUnreachable` after `ATTEMPTS` tries that got no answer."""
     assert settings.telegram_bot_token is not None
     delay = FIRST_DELAY_S
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, ATTEMPTS + 1):
         bot = Bot(
             settings.telegram_bot_token.get_secret_value(),
             base_url=settings.telegram_base_url,
@@ -57,10 +57,10 @@ async def check_token(settings: Settings, *, attempts: int = ATTEMPTS) -> User:
         except InvalidToken:
             raise
         except NetworkError as err:
-            if attempt == attempts:
+            if attempt == ATTEMPTS:
                 raise TelegramUnreachable(
                     f"cannot reach Telegram at {settings.telegram_base_url} ({err}) after "
-                    f"{attempts} attempts: check the network or TELEGRAM_BASE_URL"
+                    f"{ATTEMPTS} attempts: check the network or TELEGRAM_BASE_URL"
                 ) from None
             log.warning(
                 "cannot reach Telegram at %s (%s): retry in %.0f s (attempt %d of %d)",
@@ -68,7 +68,7 @@ async def check_token(settings: Settings, *, attempts: int = ATTEMPTS) -> User:
                 err,
                 delay,
                 attempt,
-                attempts,
+                ATTEMPTS,
             )
         await asyncio.sleep(delay)
         delay *= 2

@@ -149,8 +149,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _status(settings: Settings) -> int:
     """Size and model of the collection, read without chromadb when it can be (an embedded
-    store's SQLite file, a server's HTTP API: no index loaded, well under a second at a
-    million pictures); through Chroma otherwise, which names any problem."""
+    store's SQLite file, a server's HTTP API: no index loaded, so it stays quick however
+    large the collection); through Chroma otherwise, which names any problem."""
     info, where = quick_info(settings, settings.collection), describe(settings)
     if info is None:
         from core.store.database import Database  # here: it imports chromadb
@@ -186,7 +186,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
         raise EmptyQuery(empty_query_message(parsed))
     query = Query(text=text, picture=picture, like_id=args.like, categories=categories)
     service = SearchService.open(settings)
-    page = service.search(query, k)
+    page = service.page(service.prepare(query), k)  # the bot's path: prepare, then page
     if page.reading:
         print(f"read as: {page.reading}", file=sys.stderr)
     if page.below_min_score and not page.hits:

@@ -12,14 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
-
-Device = Literal["auto", "cpu", "cuda", "mps"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -28,19 +24,106 @@ _BOT_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 """The shape of every token @BotFather gives: the bot's id, ':', then url-safe characters."""
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 """Visible ASCII, no whitespace or control character: safe in an HTTP header."""
-_SECRET_SHAPES = {
-    "webhook_secret": (_WEBHOOK_SECRET, "must be 1-256 characters of letters, digits, '_' or '-'"),
-    "telegram_bot_token": (
+
+# The checks that turn a value given as text into a setting, or say what is wrong with it;
+# the types after them carry them, so that `Settings` reads as the list of settings.
+
+
+def _blank_is_none(value: Any) -> Any:
+    """An empty or blank value means the setting is unset (`CHROMA_HOST=` in .env)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _comma_separated_ids(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.replace(";", ",").split(",")]
+        if not all(part.lstrip("-").isdigit() for part in parts if part):
+            raise ValueError("must be numeric Telegram user ids separated by commas")
+        return frozenset(int(part) for part in parts if part)
+    return value
+
+
+def _path_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(Path(part.strip()) for part in value.split(os.pathsep) if part.strip())
+    return value
+
+
+def _upper_case_level(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _valid_collection(value: str) -> str:
+    if not _COLLECTION_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 3-512 characters of letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9-]+", value):
+        raise ValueError("must be an HTTP header name (letters, digits and '-')")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _secret_shaped(shape: re.Pattern[str], problem: str) -> AfterValidator:
+    """A secret must match `shape` whole, else `problem` is the error. Secrets are checked
+    before anything sends them: a stray line break or space (a copy and paste, quotes in
+    .env) would otherwise fail later, in an HTTP library's error that repeats the value.
+    They are never trimmed: a changed secret is not the one given."""
+
+    def check(value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not shape.fullmatch(value.get_secret_value()):
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+_BLANK_IS_NONE = BeforeValidator(_blank_is_none)
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper_case_level)
+]
+ModelName = Annotated[str, AfterValidator(_non_empty)]
+CollectionName = Annotated[str, AfterValidator(_valid_collection)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+UserIds = Annotated[frozenset[int], NoDecode, BeforeValidator(_comma_separated_ids)]
+"""Comma-separated (or ';'-separated) Telegram user ids."""
+Folders = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_path_list)]
+"""Folders separated by ':' (`os.pathsep`)."""
+BotToken = Annotated[
+    SecretStr | None,
+    _BLANK_IS_NONE,
+    _secret_shaped(
         _BOT_TOKEN,
         "contains whitespace or characters a token never has: a token from @BotFather is "
         "digits, ':', then letters, digits, '_' or '-'",
     ),
-    "chroma_auth_token": (
+]
+WebhookSecret = Annotated[
+    SecretStr | None,
+    _BLANK_IS_NONE,
+    _secret_shaped(_WEBHOOK_SECRET, "must be 1-256 characters of letters, digits, '_' or '-'"),
+]
+HeaderToken = Annotated[
+    SecretStr | None,
+    _BLANK_IS_NONE,
+    _secret_shaped(
         _HEADER_TOKEN,
         "contains whitespace, control or non-ASCII characters: an HTTP header cannot carry it",
     ),
-}
-"""What each secret setting must look like, and what is wrong when it does not."""
+]
 
 
 class Settings(BaseSettings):
@@ -50,27 +133,29 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
 
-    clip_model: str = Field(
+    clip_model: ModelName = Field(
         "openai/clip-vit-base-patch32", description="CLIP model: a Hugging Face id or a local dir"
     )
     chroma_path: Path = Field(Path("data/chroma"), description="embedded Chroma directory")
-    chroma_host: str | None = Field(None, description="Chroma server host; unset = embedded")
+    chroma_host: Annotated[str | None, _BLANK_IS_NONE] = Field(
+        None, description="Chroma server host; unset = embedded"
+    )
     chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port")
     chroma_ssl: bool = Field(False, description="talk to the Chroma server over HTTPS")
-    chroma_auth_token: SecretStr | None = Field(
+    chroma_auth_token: HeaderToken = Field(
         None, description="token sent to the Chroma server (or the proxy in front of it)"
     )
-    chroma_auth_header: str = Field(
+    chroma_auth_header: HeaderName = Field(
         "Authorization",
         description="header carrying CHROMA_AUTH_TOKEN; Authorization sends 'Bearer <token>'",
     )
-    collection: str = Field("coco2014", description="Chroma collection name")
+    collection: CollectionName = Field("coco2014", description="Chroma collection name")
     coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
     coco_base_url: str = Field(
         "https://s3.amazonaws.com/images.cocodataset.org",
         description="where COCO2014 is downloaded from (zips/..., annotations/...): a mirror",
     )
-    coco_checksums: Path | None = Field(
+    coco_checksums: Annotated[Path | None, _BLANK_IS_NONE] = Field(
         None,
         description="sha256sum/md5sum lines for a mirror whose zips differ from the official "
         "ones (paths relative to COCO_BASE_URL); unset = the official digests",
@@ -78,7 +163,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("data"), description="where pictures downloaded from URL lists go (a folder per list)"
     )
-    picture_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+    picture_roots: Folders = Field(
         (),
         description="folders (separated by ':') the bot may send pictures from, besides "
         "COCO_ROOT's splits, DATA_DIR and the folders index_builder.py --folder recorded",
@@ -101,7 +186,7 @@ class Settings(BaseSettings):
         description="weight of the captions' ranking fused into text searches (needs an index "
         "built --with-captions); 0 = off",
     )
-    min_score: float | None = Field(
+    min_score: Annotated[float | None, _BLANK_IS_NONE] = Field(
         None,
         ge=-1,
         le=1,
@@ -120,7 +205,7 @@ class Settings(BaseSettings):
     )
 
     # Visual question answering (/ask)
-    vqa_model: str = Field(
+    vqa_model: ModelName = Field(
         "Salesforce/blip2-opt-2.7b", description="BLIP-2 model: a Hugging Face id or a local dir"
     )
     vqa_enabled: bool = Field(True, description="answer /ask questions about photos")
@@ -137,17 +222,17 @@ class Settings(BaseSettings):
     )
 
     # The Telegram bot
-    telegram_bot_token: SecretStr | None = Field(None, description="bot token from @BotFather")
+    telegram_bot_token: BotToken = Field(None, description="bot token from @BotFather")
     telegram_base_url: str = Field(
         "https://api.telegram.org/bot", description="Bot API base URL (a local Bot API server)"
     )
     telegram_base_file_url: str = Field(
         "https://api.telegram.org/file/bot", description="Bot API file download base URL"
     )
-    allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
+    allowed_user_ids: UserIds = Field(
         frozenset(), description="comma-separated Telegram user ids; empty = everyone"
     )
-    admin_user_ids: Annotated[frozenset[int], NoDecode] = Field(
+    admin_user_ids: UserIds = Field(
         frozenset(),
         description="comma-separated Telegram user ids who see operator details in /stats",
     )
@@ -160,92 +245,20 @@ class Settings(BaseSettings):
     inline_enabled: bool = Field(
         False, description="answer inline queries (@bot words in any chat); enable /setinline too"
     )
-    storage_chat_id: int | None = Field(
+    storage_chat_id: Annotated[int | None, _BLANK_IS_NONE] = Field(
         None,
         description="private channel (the bot an admin) where inline mode uploads pictures once",
     )
-    webhook_url: str | None = Field(
+    webhook_url: Annotated[str | None, _BLANK_IS_NONE] = Field(
         None, description="public HTTPS URL for webhook mode; unset = long polling"
     )
     webhook_listen: str = Field("0.0.0.0", description="webhook server address")
     webhook_port: int = Field(8443, ge=1, le=65535, description="webhook server port")
-    webhook_secret: SecretStr | None = Field(
+    webhook_secret: WebhookSecret = Field(
         None,
         description="secret Telegram sends with each webhook call; unset = a random one per start",
     )
     log_level: LogLevel = Field("INFO", description="DEBUG also logs whole updates (user text)")
-
-    @field_validator(
-        "chroma_host",
-        "chroma_auth_token",
-        "min_score",
-        "telegram_bot_token",
-        "webhook_url",
-        "webhook_secret",
-        "storage_chat_id",
-        "coco_checksums",
-        mode="before",
-    )
-    @classmethod
-    def _blank_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("allowed_user_ids", "admin_user_ids", mode="before")
-    @classmethod
-    def _comma_separated_ids(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = [part.strip() for part in value.replace(";", ",").split(",")]
-            if not all(part.lstrip("-").isdigit() for part in parts if part):
-                raise ValueError("must be numeric Telegram user ids separated by commas")
-            return frozenset(int(part) for part in parts if part)
-        return value
-
-    @field_validator("picture_roots", mode="before")
-    @classmethod
-    def _path_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(Path(part.strip()) for part in value.split(os.pathsep) if part.strip())
-        return value
-
-    # Secrets are checked before anything sends them: a stray line break or space (a copy and
-    # paste, quotes in .env) would otherwise fail later, in an HTTP library's error that
-    # repeats the value. They are never trimmed: a changed secret is not the one given.
-    @field_validator("webhook_secret", "telegram_bot_token", "chroma_auth_token")
-    @classmethod
-    def _secret_shape(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        shape, problem = _SECRET_SHAPES[info.field_name]
-        if value is not None and not shape.fullmatch(value.get_secret_value()):
-            raise ValueError(problem)
-        return value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_case_level(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("collection")
-    @classmethod
-    def _valid_collection(cls, value: str) -> str:
-        if not _COLLECTION_NAME.fullmatch(value):
-            raise ValueError(
-                "must be 3-512 characters of letters, digits, '.', '_' or '-', "
-                "starting and ending with a letter or digit"
-            )
-        return value
-
-    @field_validator("chroma_auth_header")
-    @classmethod
-    def _header_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9-]+", value):
-            raise ValueError("must be an HTTP header name (letters, digits and '-')")
-        return value
-
-    @field_validator("clip_model", "vqa_model")
-    @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
 
 def load_settings(**overrides: Any) -> Settings:

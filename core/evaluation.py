@@ -7,7 +7,8 @@
 - Exact: brute force over the normalised vectors (chunked numpy matrix products), as the
   papers compute it. Through the index: the same text queries against the Chroma collection
   (HNSW), when it holds exactly the split's pictures made by the same model, and with the
-  captions' ranking fused in (SearchService's fusion) when a captions collection exists.
+  captions' ranking fused in (`core.search.fusion`, as text searches are) when a captions
+  collection exists.
 - Like the papers, each picture keeps its first `CAPTIONS_PER_IMAGE` (5) captions.
 - Ties: a wrong item scoring within `TIE_TOLERANCE` of the right one ranks before it (the
   pessimistic rank), so equal vectors never flatter a model and float noise in the last bits
@@ -425,7 +426,7 @@ class Evaluator:
         """Text → image through the collection (HNSW), and fused with the captions' ranking
         (the query's own caption left out of it) when there is a captions collection."""
         service = SearchService.open(self.settings, self.encoder)
-        if service.captions is None:
+        if service.fusion is None:
             notes.append(
                 "fused row: no captions collection (build the index --with-captions) "
                 "or CAPTION_FUSION=0"
@@ -437,10 +438,10 @@ class Evaluator:
         for start, matches in self._queries(service, got.text_vectors, depth):
             for offset, found in enumerate(matches):
                 plain.append([m.record.id for m in found])
-                if service.captions is not None:
+                if service.fusion is not None:
                     n = start + offset
                     skip = _own_caption(wanted[n], got.texts[n])
-                    ranked = service.fuse_with_captions(
+                    ranked = service.fusion.fuse(
                         got.text_vectors[n], found, depth, skip_caption=skip
                     )
                     fused.append([m.record.id for m in ranked])

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.config import Settings
-from core.indexing.build import run
+from core.indexing import BuildOptions, run
 from core.sources.coco import CocoReader
 from tests.chroma_run import stop_process
 from tests.conftest import make_settings, subprocess_env
@@ -57,7 +57,7 @@ def build_index(
     """A mini COCO (with instances files when `categories` is given) indexed for a bot."""
     settings = make_settings(root, coco_root=root / "coco", collection="bot_images", **overrides)
     images = make_mini_coco(settings.coco_root, per_split, seed=5, categories=categories)
-    run(settings, CocoReader(settings.coco_root, list(per_split)), progress=False)
+    run(settings, CocoReader(settings.coco_root, list(per_split)), BuildOptions(progress=False))
     return settings, images
 
 

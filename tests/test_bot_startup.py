@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.startup import TOKEN_REFUSED, webhook_secret
-from core.indexing.build import run
+from core.indexing import BuildOptions, run
 from core.sources.coco import CocoReader
 from tests.bot_harness import running_bot
 from tests.chroma_run import ChromaServer, free_port
@@ -321,7 +321,7 @@ def test_webhook_mode_with_an_index_built_while_running(
         assert "index is empty" in reply.text
 
         make_mini_coco(settings.coco_root, {"val2014": 24})
-        run(settings, CocoReader(settings.coco_root, ["val2014"]), progress=False)
+        run(settings, CocoReader(settings.coco_root, ["val2014"]), BuildOptions(progress=False))
         tg.inject_text("a red circle", user_id=7)
         [album] = tg.wait_sent(7, timeout=60, since=1)
         assert album.kind == "media_group"

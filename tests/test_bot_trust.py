@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from core.images import load_image
-from core.indexing.build import run
+from core.indexing import BuildOptions, run
 from core.models.encoder import DualEncoder
 from core.sources.coco import CocoReader
 from core.store.database import Database
@@ -247,7 +247,7 @@ def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaSe
     )
     images = make_mini_coco(settings.coco_root, {"val2014": 24})
     reader = CocoReader(settings.coco_root, ["val2014"])
-    run(settings, reader, progress=False)
+    run(settings, reader, BuildOptions(progress=False))
     with FakeTelegram(hide_button_messages=True) as tg, running_bot(settings, images, tg) as bot:
         tg.inject_text("a red circle", user_id=7)
         [first] = tg.wait_sent(7, timeout=60)
@@ -258,7 +258,7 @@ def test_a_rebuild_under_the_running_bot(tmp_path: Path, chroma_server: ChromaSe
         [rebuilding] = tg.wait_sent(7, timeout=60, since=1)
         assert "being rebuilt" in rebuilding.text
 
-        run(settings, reader, rebuild=True, progress=False)
+        run(settings, reader, BuildOptions(rebuild=True, progress=False))
         tg.inject_text("a red circle", user_id=7)
         [again] = tg.wait_sent(7, timeout=60, since=2)
         assert again.kind == "media_group"

@@ -12,7 +12,7 @@ from transformers import CLIPModel, CLIPProcessor
 from core.errors import ConfigError, ModelUnavailable
 from core.models import encoder as encoder_module
 from core.models.encoder import DualEncoder
-from core.models.runtime import LazyModel, cpu_has_native_bf16, resolve_device, resolve_dtype
+from core.models.runtime import cpu_has_native_bf16, resolve_device, resolve_dtype
 from tests.conftest import TINY_CLIP, in_hf_cache
 from tests.fixtures.shapes import LABELS, caption, draw
 
@@ -168,19 +168,16 @@ def test_missing_weights_are_a_clear_error(tmp_path: Path) -> None:
         DualEncoder(str(tmp_path), device="cpu").load()
 
 
-def test_a_failed_load_is_retried() -> None:
-    attempts = []
-
-    def flaky() -> str:
-        attempts.append(1)
-        if len(attempts) == 1:
-            raise ModelUnavailable("not yet")
-        return "model"
-
-    lazy = LazyModel(flaky)
-    with pytest.raises(ModelUnavailable):
-        lazy.get()
-    assert lazy.get() == "model" and lazy.loaded
+def test_close_frees_the_weights_and_load_opens_them_again() -> None:
+    encoder = DualEncoder(str(TINY_CLIP), device="cpu", dtype="float32")
+    before = encoder.embed_texts(TEXTS)
+    encoder.close()
+    assert not encoder.loaded
+    with pytest.raises(ModelUnavailable, match="is closed"):
+        encoder.embed_texts(TEXTS)  # no silent reload behind the caller's back
+    encoder.load()
+    assert encoder.loaded
+    np.testing.assert_array_equal(encoder.embed_texts(TEXTS), before)
 
 
 def test_device_and_dtype_resolution() -> None:

@@ -24,7 +24,8 @@ from core.evaluation import (
     text_to_image_ranks,
 )
 from core.images import decode_image
-from core.indexing import build as indexing
+from core.indexing import BuildOptions
+from core.indexing import run as build_index
 from core.models.encoder import DualEncoder
 from core.search.service import SearchService
 from core.sources.coco import CocoReader
@@ -216,7 +217,9 @@ def test_table_output(coco: Coco, tmp_path: Path, run_cli) -> None:
 
 def test_index_and_fused_rows(coco: Coco, tmp_path: Path, run_cli) -> None:
     settings = make_settings(tmp_path, coco_root=coco.root, collection="eval_plain")
-    indexing.run(settings, CocoReader(coco.root, ["val2014"]), limit=14, progress=False)
+    build_index(
+        settings, CocoReader(coco.root, ["val2014"]), BuildOptions(limit=14, progress=False)
+    )
     report = json.loads(run_cli(settings, "eval", "--limit", "14", "--json").stdout)
     # 14 pictures: HNSW is exact here, and the same stored vectors are ranked both ways
     assert report["text_to_image_index"] == report["text_to_image"]
@@ -228,8 +231,10 @@ def test_index_and_fused_rows(coco: Coco, tmp_path: Path, run_cli) -> None:
     assert any("holds 14 pictures, not just these 10" in note for note in fewer["notes"])
 
     fused = make_settings(tmp_path, coco_root=coco.root, collection="eval_fused")
-    indexing.run(
-        fused, CocoReader(coco.root, ["val2014"]), limit=14, with_captions=True, progress=False
+    build_index(
+        fused,
+        CocoReader(coco.root, ["val2014"]),
+        BuildOptions(limit=14, with_captions=True, progress=False),
     )
     result = run_cli(fused, "eval", "--limit", "14")
     assert result.returncode == 0, result.stderr
@@ -245,19 +250,19 @@ def test_index_and_fused_rows(coco: Coco, tmp_path: Path, run_cli) -> None:
 
 def test_fusion_hook_leaves_out_the_skipped_captions(coco: Coco, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, coco_root=coco.root, collection="eval_hook")
-    indexing.run(
-        settings, CocoReader(coco.root, ["val2014"]), limit=8, with_captions=True, progress=False
+    build_index(
+        settings,
+        CocoReader(coco.root, ["val2014"]),
+        BuildOptions(limit=8, with_captions=True, progress=False),
     )
     service = SearchService.open(settings)
-    assert service.captions is not None
+    assert service.fusion is not None
     vector = service.encoder.embed_texts([coco.captions[coco.val_ids[3]][0]])[0]
     matches = service.store.query(vector[None, :], 5)[0]
     plain = [m.record.id for m in matches]
-    everything_skipped = service.fuse_with_captions(vector, matches, 5, skip_caption=lambda r: True)
+    everything_skipped = service.fusion.fuse(vector, matches, 5, skip_caption=lambda r: True)
     assert [m.record.id for m in everything_skipped] == plain
-    assert str(coco.val_ids[3]) in [
-        m.record.id for m in service.fuse_with_captions(vector, matches, 5)
-    ]
+    assert str(coco.val_ids[3]) in [m.record.id for m in service.fusion.fuse(vector, matches, 5)]
 
 
 def write_karpathy(path: Path, coco: Coco) -> list[tuple[Path, list[str]]]:

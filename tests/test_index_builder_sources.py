@@ -20,6 +20,7 @@ from tests.coco_server import VAL_ZIP, CocoServer, build_coco_zips
 from tests.conftest import make_settings
 from tests.fixtures.shapes import LABELS, caption, draw
 from tests.mini_coco import make_mini_coco
+from tests.searching import search
 from tests.url_server import Route, UrlServer
 
 
@@ -111,9 +112,8 @@ def test_urls_downloads_checks_and_indexes_a_list(
         assert "24 new" in caplog.text and "1 failed (1 HTTP 404)" in caplog.text
         assert "shapes-failed.tsv" in caplog.text
         assert stored(tmp_path) == 24
-        hits = SearchService.open(make_settings(tmp_path, collection="cli_sources")).by_text(
-            "a blue square", 2
-        )
+        service = SearchService.open(make_settings(tmp_path, collection="cli_sources"))
+        hits = search(service, "a blue square", 2).hits
         assert [h.caption for h in hits] == ["a blue square"] * 2
 
         requests = server.total_requests

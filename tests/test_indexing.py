@@ -20,14 +20,10 @@ import index_builder
 from core.config import Settings
 from core.errors import DatasetError, ModelMismatch, StoreBusy, UnsafeRemoval
 from core.images import load_image
-from core.indexing.build import (
-    MAX_UNCONFIRMED_REMOVAL,
-    WRITE_BATCHES,
-    IndexSummary,
-    builder_lock,
-    report_path,
-    run,
-)
+from core.indexing import BuildOptions, BuildSummary, run
+from core.indexing.build import builder_lock, report_path
+from core.indexing.plan import MAX_UNCONFIRMED_REMOVAL
+from core.indexing.writer import WRITE_BATCHES
 from core.models.encoder import DualEncoder
 from core.search.sendable_files import HostRoots, SendableFiles, roots_file
 from core.search.service import SearchService
@@ -40,6 +36,7 @@ from tests.chroma_run import ChromaServer
 from tests.conftest import ROOT, make_settings, subprocess_env
 from tests.fixtures.shapes import caption, draw
 from tests.mini_coco import CAPTION_TEMPLATES, FIRST_ID, coco_file_name, make_mini_coco
+from tests.searching import search
 from tests.test_encoder import counting_compile
 
 
@@ -53,11 +50,13 @@ def encoder() -> DualEncoder:
     return encoder
 
 
-def index(settings: Settings, encoder: DualEncoder, **kwargs) -> IndexSummary:
+def index(settings: Settings, encoder: DualEncoder, **kwargs) -> BuildSummary:
+    """A run without progress bars; `kwargs`: `reader` (default COCO's `splits`, default
+    both) and the `BuildOptions`."""
     reader = kwargs.pop("reader", None) or CocoReader(
         settings.coco_root, kwargs.pop("splits", ("train2014", "val2014"))
     )
-    return run(settings, reader, encoder=encoder, progress=False, **kwargs)
+    return run(settings, reader, BuildOptions(progress=False, **kwargs), encoder=encoder)
 
 
 def images_store(settings: Settings, encoder: DualEncoder) -> VectorStore[ImageRecord]:
@@ -119,11 +118,11 @@ def test_built_index_is_searchable(tmp_path: Path, encoder: DualEncoder) -> None
     made = make_mini_coco(settings.coco_root, {"val2014": 36})
     index(settings, encoder, splits=("val2014",))
     labels = {str(m.id): (m.color, m.shape) for m in made}
-    hits = searcher(settings, encoder).by_text("a blue triangle", 3)
+    hits = search(searcher(settings, encoder), "a blue triangle", 3).hits
     assert [labels[h.id] for h in hits] == [("blue", "triangle")] * 3
     # The stored vectors are the encoder's, for the draft-decoded picture.
     image = made[0]
-    stored = searcher(settings, encoder).by_image(load_image(image.path), 1)[0]
+    stored = search(searcher(settings, encoder), image.path.read_bytes(), 1).hits[0]
     assert stored.id == str(image.id) and stored.score > 0.98
 
 
@@ -139,7 +138,7 @@ def test_compiled_build_stores_the_same_vectors(
     summary = index(settings, compiled, splits=("val2014",), compile_model=True, batch_size=4)
     assert summary.indexed == 10
     assert sum(batches) >= 12 and set(batches) == {4}  # 10 pictures (+ warm-up) ran compiled
-    hit = searcher(settings, encoder).by_image(load_image(made[0].path), 1)[0]
+    hit = search(searcher(settings, encoder), made[0].path.read_bytes(), 1).hits[0]
     assert hit.id == str(made[0].id) and hit.score > 0.98
 
 
@@ -216,7 +215,7 @@ def test_incremental_refresh_adds_removes_and_reembeds(
     assert sorted(summary.missing) == sorted(str(g.path.resolve()) for g in gone)
     ids = {r.id for r in store}
     assert ids == {str(m.id) for m in made if m not in gone} | {str(i) for i in new_ids}
-    hit = searcher(settings, encoder, store).by_image(load_image(changed.path), 1)[0]
+    hit = search(searcher(settings, encoder, store), changed.path.read_bytes(), 1).hits[0]
     assert hit.id == str(changed.id) and hit.score > 0.98  # re-embedded from the new picture
     assert report_path(settings).read_text().count("missing on disk") == 2
 
@@ -288,7 +287,7 @@ def test_folder_reader_build_and_refresh(tmp_path: Path, encoder: DualEncoder) -
     draw("green", "triangle", width=80, height=80).save(folder / "c.webp")
     second = index(settings, encoder, reader=FolderReader(folder), prune=True)  # 1 of 2: confirm
     assert (second.indexed, second.removed, second.total) == (1, 1, 2)
-    hit = searcher(settings, encoder).by_text("a green triangle", 1)[0]
+    hit = search(searcher(settings, encoder), "a green triangle", 1).hits[0]
     assert hit.path.endswith("c.webp") and hit.captions == ()
 
 
@@ -333,13 +332,17 @@ def test_another_model_is_refused_unless_rebuilding(tmp_path: Path, encoder: Dua
     other = coco_settings(tmp_path, clip_model=str(renamed))
     other_encoder = DualEncoder(str(renamed), device="cpu", dtype="float32")
     with pytest.raises(ModelMismatch, match="--rebuild"):
-        run(other, CocoReader(other.coco_root, ["val2014"]), encoder=other_encoder, progress=False)
+        run(
+            other,
+            CocoReader(other.coco_root, ["val2014"]),
+            BuildOptions(progress=False),
+            encoder=other_encoder,
+        )
     summary = run(
         other,
         CocoReader(other.coco_root, ["val2014"]),
+        BuildOptions(progress=False, rebuild=True),
         encoder=other_encoder,
-        progress=False,
-        rebuild=True,
     )
     assert summary.indexed == 4
 
@@ -352,7 +355,7 @@ def test_build_against_a_chroma_server(
     summary = index(settings, encoder, batch_size=5)
     assert (summary.indexed, summary.total) == (24, 24)
     assert index(settings, encoder).up_to_date
-    hits = SearchService.open(settings, encoder).by_text("a red circle", 2)
+    hits = search(SearchService.open(settings, encoder), "a red circle", 2).hits
     assert all(h.caption == "a red circle" for h in hits)
 
 
@@ -466,7 +469,7 @@ def test_killed_mid_run_then_rerun_completes_exactly_once(
     assert summary.indexed == total - len(stored_ids)
     final_ids = [r.id for r in images_store(settings, encoder)]
     assert len(final_ids) == len(set(final_ids)) == total
-    vectors_ok = searcher(settings, encoder).by_text("a red circle", 5)
+    vectors_ok = search(searcher(settings, encoder), "a red circle", 5).hits
     assert len(vectors_ok) == 5 and np.isfinite([h.score for h in vectors_ok]).all()
 
 
@@ -660,7 +663,7 @@ def test_same_names_in_two_folders_are_two_sets(tmp_path: Path, encoder: DualEnc
     assert (summary.indexed, summary.removed, summary.total) == (3, 0, 6)
     stored = {r.path: r.id for r in images_store(settings, encoder)}
     assert set(stored) == {str(p) for p in one + two}
-    hits = searcher(settings, encoder).by_text("a circle", 6)
+    hits = search(searcher(settings, encoder), "a circle", 6).hits
     assert len({h.id for h in hits}) == 6
 
 

@@ -13,7 +13,13 @@ from transformers import CLIPImageProcessor
 
 from core.models import pixels
 from core.models.encoder import DualEncoder
-from core.models.pixels import MAX_ASPECT, MAX_LEVEL_DIFFERENCE, BatchPixels, ExactPixels
+from core.models.pixels import (
+    MAX_ASPECT,
+    MAX_LEVEL_DIFFERENCE,
+    BatchPixels,
+    ExactPixels,
+    Preprocessing,
+)
 from tests.conftest import TINY_CLIP, TINY_SIGLIP
 from tests.fixtures.shapes import LABELS, draw
 
@@ -41,14 +47,19 @@ def encoder(model: str, dtype: str = "float32") -> DualEncoder:
     return built
 
 
+def preprocessing(built: DualEncoder) -> Preprocessing:
+    """The pixel paths the encoder chose when it loaded."""
+    return built._model().pixels
+
+
 def processor_of(built: DualEncoder):
-    return built._model.get().processor.image_processor
+    return preprocessing(built).processor
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_exact_pixels_are_the_processors_bit_for_bit(model: str) -> None:
     built = encoder(model)
-    assert isinstance(built._exact_pixels(built._model.get()), ExactPixels)
+    assert isinstance(preprocessing(built).exact, ExactPixels)
     images = photos()
     expected = processor_of(built)(images=images, return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(built.preprocess(images), expected)
@@ -58,7 +69,7 @@ def test_exact_pixels_are_the_processors_bit_for_bit(model: str) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_batch_pixels_stay_within_a_few_levels_of_the_processors(model: str, dtype: str) -> None:
     built = encoder(model, dtype)
-    batch = built._batch(built._model.get())
+    batch = preprocessing(built).batch
     assert isinstance(batch, BatchPixels)
     images = photos()
     prepared = [built.prepare(image) for image in images]
@@ -91,7 +102,7 @@ def test_normalisation_is_exactly_the_processors_by_either_path(model: str, dtyp
     processor's pixels in the model's dtype, bit for bit, by the affine map when it is
     exact and by the table either way."""
     built = encoder(model, dtype)
-    batch = built._batch(built._model.get())
+    batch = preprocessing(built).batch
     rng = np.random.default_rng(1)
     width, height = batch.exact.out
     images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)) for _ in "ab"]
@@ -132,8 +143,8 @@ def test_a_batch_resizes_pictures_of_one_size_together_in_their_order(model: str
 
 def test_bfloat16_clip_uses_the_affine_map_and_float32_the_table() -> None:
     bf16, fp32 = encoder("clip", "bfloat16"), encoder("clip", "float32")
-    assert bf16._batch(bf16._model.get()).affine  # the fast path of the index builder
-    assert not fp32._batch(fp32._model.get()).affine  # float32 rounds differently
+    assert preprocessing(bf16).batch.affine  # the fast path of the index builder
+    assert not preprocessing(fp32).batch.affine  # float32 rounds differently
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -153,7 +164,7 @@ def test_without_a_fast_path_workers_hand_over_the_processors_pixels(
     built = encoder("clip")
     images = photos()
     prepared = [built.prepare(image) for image in images]
-    assert built._batch(built._model.get()) is None
+    assert preprocessing(built).batch is None
     assert all(p.dtype == np.float32 for p in prepared)
     expected = processor_of(built)(images=images, return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(np.stack(prepared), expected)
@@ -167,7 +178,7 @@ def test_a_batch_pixels_that_strays_from_pillow_is_not_used(
 ) -> None:
     monkeypatch.setattr(pixels, "MAX_LEVEL_DIFFERENCE", -1)  # any difference is too much
     built = encoder("clip")
-    assert built._batch(built._model.get()) is None
+    assert preprocessing(built).batch is None
     assert built.prepare(photos()[0]).dtype == np.float32
 
 

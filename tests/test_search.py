@@ -18,6 +18,7 @@ from core.store.database import Database
 from core.store.records import ImageRecord
 from tests.conftest import ROOT, ShapeIndex, make_settings, subprocess_env
 from tests.fixtures.shapes import LABELS, caption
+from tests.searching import search
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
@@ -37,7 +38,7 @@ def service(family_index: ShapeIndex) -> SearchService:
 def test_text_finds_the_described_pictures(
     service: SearchService, family_index: ShapeIndex, color: str, shape: str
 ) -> None:
-    hits = service.by_text(caption(color, shape), 5)
+    hits = search(service, caption(color, shape), 5).hits
     assert len(hits) == 5
     labels = {str(i.id): (i.color, i.shape) for i in family_index.images}
     precision = sum(labels[h.id] == (color, shape) for h in hits) / 5
@@ -48,7 +49,7 @@ def test_text_finds_the_described_pictures(
 def test_hits_carry_id_path_score_and_captions(
     service: SearchService, family_index: ShapeIndex
 ) -> None:
-    hit = service.by_text("a green triangle", 1)[0]
+    hit = search(service, "a green triangle", 1).hits[0]
     image = next(i for i in family_index.images if str(i.id) == hit.id)
     assert hit.path == str(image.path)
     assert hit.captions == (f"a {image.color} {image.shape}", "another caption")
@@ -60,36 +61,33 @@ def test_an_indexed_picture_finds_itself_first(
     service: SearchService, family_index: ShapeIndex
 ) -> None:
     for image in family_index.images[::7]:
-        hits = service.by_image(load_image(image.path), 3)
+        hits = search(service, image.path.read_bytes(), 3).hits  # a draft-decoded JPEG
         assert hits[0].id == str(image.id)
-        assert hits[0].score >= 0.99
-        from_file = service.by_image_file(image.path.read_bytes(), 3)  # draft-decoded JPEG
-        assert from_file[0].id == str(image.id)
-        # 32-px fixtures magnify draft decoding's small change (measured at full size in
-        # test_model_families: cosine >= 0.9999); the picture still finds itself first.
-        assert from_file[0].score >= 0.97
+        # 32-px fixtures magnify draft decoding's small change (test_model_families checks it
+        # at full size); the picture still finds itself first.
+        assert hits[0].score >= 0.97
 
 
 def test_batched_text_search_equals_single_searches(service: SearchService) -> None:
     queries = ["a red circle", "a blue square", "a yellow triangle"]
-    batched = service.by_texts(queries, 4)
-    assert [[h.id for h in hits] for hits in batched] == [
-        [h.id for h in service.by_text(q, 4)] for q in queries
+    batched = [service.page(prepared, 4) for prepared in service.prepare_texts(queries)]
+    assert [[h.id for h in page.hits] for page in batched] == [
+        [h.id for h in search(service, q, 4).hits] for q in queries
     ]
 
 
 def test_empty_and_long_queries(service: SearchService) -> None:
     for blank in ["", "   ", "\n\t"]:
         with pytest.raises(EmptyQuery):
-            service.by_text(blank, 5)
+            search(service, blank, 5)
     assert clean_query("  a   red\ncircle ") == "a red circle"
     assert len(clean_query("word " * 10_000)) == MAX_QUERY_CHARS
-    assert len(service.by_text("a red circle " * 2_000, 5)) == 5
+    assert len(search(service, "a red circle " * 2_000, 5).hits) == 5
 
 
 def test_bad_image_bytes(service: SearchService) -> None:
     with pytest.raises(BadImage):
-        service.by_image_file(b"not an image", 5)
+        search(service, b"not an image", 5)
 
 
 def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: ShapeIndex) -> None:
@@ -107,9 +105,9 @@ def test_hits_whose_file_vanished_are_skipped(tmp_path: Path, shape_index: Shape
     store.upsert([ImageRecord(id=str(i.id), path=str(c)) for i, c in copies], vectors)
     service = SearchService(encoder, store, files=SendableFiles(lambda: (str(tmp_path),)))
     target_image, target_copy = copies[0]
-    assert service.by_image(load_image(target_copy), 5)[0].id == str(target_image.id)
+    assert search(service, target_copy.read_bytes(), 5).hits[0].id == str(target_image.id)
     target_copy.unlink()
-    hits = service.by_image(load_image(target_image.path), 5)
+    hits = search(service, target_image.path.read_bytes(), 5).hits
     assert str(target_image.id) not in [h.id for h in hits]
     assert len(hits) == 5  # still a full list
 
@@ -123,7 +121,7 @@ def test_empty_collection_is_index_empty(tmp_path: Path) -> None:
         "built_but_empty", ImageRecord, model=settings.clip_model, dim=encoder.dim, create=True
     )
     with pytest.raises(IndexEmpty, match="index is empty"):
-        SearchService(encoder, store, files=SendableFiles(tuple)).by_text("a red circle", 5)
+        search(SearchService(encoder, store, files=SendableFiles(tuple)), "a red circle", 5)
 
 
 def test_cli_as_a_real_subprocess(shape_index: ShapeIndex, tmp_path: Path) -> None:
@@ -195,7 +193,7 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
 
 def test_scores_are_cosine_similarities(service: SearchService) -> None:
     vector = service.encoder.embed_texts(["a red square"])[0]
-    hit = service.by_text("a red square", 1)[0]
+    hit = search(service, "a red square", 1).hits[0]
     stored = service.encoder.embed_images([load_image(hit.path)])[0]
     assert hit.score == pytest.approx(float(np.dot(vector, stored)), abs=1e-4)
 

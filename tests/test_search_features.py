@@ -1,4 +1,4 @@
-"""The search API the bot calls: prepare / prepare_texts / page / search, compound queries,
+"""The search API the bot calls: prepare / prepare_texts / page, compound queries,
 similar pictures, COCO categories as #hashtags, caption fusion, near-duplicates, MIN_SCORE."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import EmptyQuery, NoCategories, UnknownCategory, UnknownPicture
-from core.indexing.build import run
+from core.indexing import BuildOptions, run
 from core.search.query import combine
 from core.search.service import PreparedQuery, Query, SearchService
 from core.sources.coco import CocoReader
@@ -20,6 +20,7 @@ from core.store.records import CaptionRecord
 from tests.conftest import ShapeIndex, make_settings
 from tests.fixtures.shapes import LABELS, caption
 from tests.mini_coco import make_mini_coco
+from tests.searching import search
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def labels(shape_index: ShapeIndex) -> dict[str, tuple[str, str]]:
 
 
 def test_plus_combines_terms(service: SearchService, labels: dict) -> None:
-    page = service.search(Query(text="red + square"), 5)
+    page = search(service, "red + square", 5)
     assert [labels[h.id] for h in page.hits] == [("red", "square")] * 5
     assert page.reading == "red + square" and page.total == 60
 
@@ -41,9 +42,9 @@ def test_plus_combines_terms(service: SearchService, labels: dict) -> None:
 def test_minus_pushes_away(service: SearchService, labels: dict) -> None:
     # The fixture CLIP reads a lone word as one class ("red" ≈ "a red circle", cosine 0.96),
     # so `red -circle` cannot show the push there; terms it was trained on can.
-    without = service.search(Query(text="a red circle + a red triangle"), 5)
+    without = search(service, "a red circle + a red triangle", 5)
     assert ("red", "circle") in [labels[h.id] for h in without.hits]
-    page = service.search(Query(text="a red circle + a red triangle -circle"), 5)
+    page = search(service, "a red circle + a red triangle -circle", 5)
     assert ("red", "circle") not in [labels[h.id] for h in page.hits]
     assert page.reading == "a red circle + a red triangle \N{MINUS SIGN}circle"
 
@@ -64,7 +65,7 @@ def test_a_picture_changed_by_words(
 ) -> None:
     green_square = next(i for i in shape_index.images if (i.color, i.shape) == ("green", "square"))
     words = 'a blue square -"a green square"'
-    page = service.search(Query(text=words, picture=green_square.path.read_bytes()), 5)
+    page = search(service, Query(text=words, picture=green_square.path.read_bytes()), 5)
     assert [labels[h.id] for h in page.hits[:3]] == [("blue", "square")] * 3
 
 
@@ -105,7 +106,7 @@ def test_like_a_stored_picture(
 ) -> None:
     image = shape_index.images[7]
     monkeypatch.setattr(service.encoder, "embed_images", None)  # no re-encoding
-    page = service.search(Query(like_id=str(image.id)), 3)
+    page = search(service, Query(like_id=str(image.id)), 3)
     assert page.hits[0].id == str(image.id) and page.hits[0].score >= 0.99
     assert page.reading == f"like picture {image.id}"
     with pytest.raises(UnknownPicture, match="not in the index"):
@@ -114,9 +115,9 @@ def test_like_a_stored_picture(
 
 def test_min_score_and_nearest_anyway(shape_index: ShapeIndex) -> None:
     service = SearchService.open(shape_index.settings.model_copy(update={"min_score": 0.99}))
-    page = service.search(Query(text="a green triangle"), 5)
+    page = search(service, "a green triangle", 5)
     assert page.hits == [] and page.below_min_score > 0
-    anyway = service.search(Query(text="a green triangle", nearest_anyway=True), 5)
+    anyway = search(service, "a green triangle", 5, nearest_anyway=True)
     assert len(anyway.hits) == 5 and anyway.below_min_score == 0
 
 
@@ -125,13 +126,14 @@ def test_a_copied_picture_comes_back_once(tmp_path: Path, shape_index: ShapeInde
         shutil.copy(image.path, tmp_path / image.path.name)
     shutil.copy(shape_index.images[0].path, tmp_path / "copy.jpg")
     settings = make_settings(tmp_path, collection="dups", duplicate_cosine=0.95)
-    run(settings, FolderReader(tmp_path), progress=False)
+    run(settings, FolderReader(tmp_path), BuildOptions(progress=False))
     dedup = SearchService.open(settings.model_copy(update={"duplicate_cosine": 0.9999}))
-    hits = dedup.by_image_file(tmp_path / "copy.jpg", 7)
+    copy = (tmp_path / "copy.jpg").read_bytes()
+    hits = search(dedup, copy, 7).hits
     names = [Path(h.path).name for h in hits]
     assert len(hits) == 6 and len({"copy.jpg", shape_index.images[0].path.name} & set(names)) == 1
     keep_all = SearchService(dedup.encoder, dedup.store, files=dedup.files)  # both copies
-    assert keep_all.by_image_file(tmp_path / "copy.jpg", 7)[1].score >= 0.999
+    assert search(keep_all, copy, 7).hits[1].score >= 0.999
 
 
 def test_caption_fusion_never_hurts_precision(
@@ -151,11 +153,11 @@ def test_caption_fusion_never_hurts_precision(
     captions.upsert(records, service.encoder.embed_texts([r.caption for r in records]))
     try:
         fused = SearchService.open(settings)
-        assert fused.captions is not None
+        assert fused.fusion is not None
         for color, shape in LABELS:
             text = caption(color, shape)
-            image_only = service.search(Query(text=text), 5).hits
-            with_captions = fused.search(Query(text=text), 5).hits
+            image_only = search(service, text, 5).hits
+            with_captions = search(fused, text, 5).hits
             precision = [
                 sum(labels[h.id] == (color, shape) for h in hits)
                 for hits in (image_only, with_captions)
@@ -174,7 +176,7 @@ def coco_index(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("coco-cats")
     settings = make_settings(root, coco_root=root / "coco", collection="cats")
     made = make_mini_coco(settings.coco_root, {"train2014": 16, "val2014": 8}, categories=CATS)
-    run(settings, CocoReader(settings.coco_root), progress=False)
+    run(settings, CocoReader(settings.coco_root), BuildOptions(progress=False))
     return settings, made
 
 
@@ -183,13 +185,13 @@ def test_hashtags_filter_by_category(coco_index) -> None:
     service = SearchService.open(settings)
     assert service.store.categories() == ("cat", "dog", "hot dog")
     cats = {str(made[i].id) for i in CATS["cat"]}
-    page = service.search(Query(text="#cat"), 10)
+    page = search(service, "#cat", 10)
     assert {h.id for h in page.hits} == cats and page.reading == "#cat"
-    both = service.search(Query(text="#cat #dog a red circle"), 10)
+    both = search(service, "#cat #dog a red circle", 10)
     assert [h.id for h in both.hits] == [str(made[3].id)]
     assert both.reading == "a red circle · #cat #dog"
-    assert len(service.search(Query(text="#hotdog"), 5).hits) == 1
-    assert len(service.search(Query(text="#hot_dog"), 5).hits) == 1
+    assert len(search(service, "#hotdog", 5).hits) == 1
+    assert len(search(service, "#hot_dog", 5).hits) == 1
     with pytest.raises(UnknownCategory, match="no category #dgo: did you mean #dog"):
         service.prepare(Query(text="#dgo"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DatasetError
-from core.indexing.build import run
+from core.indexing import BuildOptions, run
 from core.search.service import SearchService
 from core.sources.url_downloads import DownloadOptions, download_url_list
 from core.sources.url_fetch import FetchRules
@@ -24,6 +24,7 @@ from core.sources.url_lists import (
 )
 from tests.conftest import make_settings
 from tests.fixtures.shapes import LABELS, caption
+from tests.searching import search
 from tests.url_list_files import picture, write_tsv
 from tests.url_server import Route, UrlServer
 
@@ -188,11 +189,11 @@ def test_downloaded_list_is_indexed_and_searchable(tmp_path: Path, server: UrlSe
     summary = download_url_list(listing, settings.data_dir, LOCAL)
     assert summary.downloaded == len(rows) == 25
 
-    indexed = run(settings, UrlListReader(listing, settings.data_dir), progress=False)
+    indexed = run(settings, UrlListReader(listing, settings.data_dir), BuildOptions(progress=False))
     assert indexed.indexed == 25 and indexed.bad == []
 
     service = SearchService.open(settings)
-    hits = service.by_text("a red circle", 3)
+    hits = search(service, "a red circle", 3).hits
     assert [labels[h.id] for h in hits] == [("red", "circle")] * 3
     store = service.store
     record = store.get([hits[0].id])[0]

@@ -139,7 +139,7 @@ def test_out_of_memory_while_loading_is_clear_and_backs_off(
     monkeypatch.setattr(vqa_module.Blip2ForConditionalGeneration, "from_pretrained", failing)
     model = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32")
     now = [1000.0]
-    model._model._clock = lambda: now[0]
+    model._clock = lambda: now[0]
     with pytest.raises(ModelUnavailable, match=r"loading BLIP-2 .* ran out of memory"):
         model.answer(draw("red", "circle"), "what color is the shape?")
     for _ in range(3):  # asked again at once: no new load, the same clear reason
@@ -154,7 +154,7 @@ def test_out_of_memory_while_loading_is_clear_and_backs_off(
 def test_out_of_memory_while_generating_is_a_clear_error(
     vqa: VqaModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model, _ = vqa._model.get()
+    model, _ = vqa._model()
     monkeypatch.setattr(model.language_model, "generate", OutOfMemoryOnce(MemoryError()))
     with pytest.raises(ModelUnavailable, match="ran out of memory"):
         vqa.answer(draw("blue", "square"), "what shape is it?")
@@ -169,7 +169,7 @@ def test_out_of_memory_while_generating_is_a_clear_error(
 def test_answers_equal_blip2s_own_generate(vqa: VqaModel, question: str | None) -> None:
     """Our two steps (encode, then generate from the encoding) give exactly what
     `Blip2ForConditionalGeneration.generate` gives for the same picture and prompt."""
-    model, processor = vqa._model.get()
+    model, processor = vqa._model()
     for n, (color, shape) in enumerate(LABELS[:6]):
         picture = draw(color, shape, rng=random.Random(100 + n))
         inputs = processor(images=picture, text=build_prompt(question), return_tensors="pt")
@@ -207,3 +207,15 @@ def test_a_follow_up_question_reuses_the_encoding(
     assert not vqa.knows("photo-1") and vqa.knows("photo-3")  # bounded: oldest forgotten
     assert vqa.answer_about("photo-1", picture("red", "circle"), None) == "a red circle"
     assert drawn == ["red", "blue", "green", "red"]
+
+
+def test_close_frees_the_weights_and_the_kept_encodings() -> None:
+    model = VqaModel(str(TINY_BLIP2), device="cpu", dtype="float32", max_new_tokens=10)
+    red = draw("red", "circle", rng=random.Random(7))
+    assert model.answer_about("photo", lambda: red, "what color is the shape?") == "red"
+    model.close()
+    assert not model.loaded and not model.knows("photo")
+    with pytest.raises(ModelUnavailable, match="is closed"):
+        model.answer(red, "what color is the shape?")
+    model.load()
+    assert model.answer(red, "what color is the shape?") == "red"

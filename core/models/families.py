@@ -64,7 +64,7 @@ class Family:
 
 def check_model_type(name: str, config: Any) -> None:
     """Refuse a checkpoint that is not a supported dual encoder, in one line."""
-    model_type = getattr(config, "model_type", None) or "unknown"
+    model_type = config.model_type or "unknown"
     if model_type == "siglip2":
         raise ModelUnavailable(
             f"CLIP_MODEL {name} is a SigLIP 2 NaFlex (variable resolution) model, which is not "
@@ -100,14 +100,13 @@ def detect(name: str, config: Any, processor: Any) -> Family:
 
 
 def _vocab(text_config: Any) -> int:
-    return int(getattr(text_config, "vocab_size", 0) or 0)
+    return int(text_config.vocab_size or 0)
 
 
 def _siglip_dim(config: Any) -> int:
     """SigLIP has no projection_dim: the text head maps to `projection_size` (by default the
     text hidden size), the image head keeps the vision hidden size; they must agree."""
-    text = config.text_config
-    text_dim = int(getattr(text, "projection_size", None) or text.hidden_size)
+    text_dim = int(config.text_config.projection_size)
     image_dim = int(config.vision_config.hidden_size)
     if text_dim != image_dim:
         raise ModelUnavailable(
@@ -131,6 +130,6 @@ def _input_size(image_processor: Any) -> int:
 
 
 def _size_value(size: Any, key: str) -> int | None:
-    """`size[key]` of a dict or a transformers `SizeDict`; None when unset."""
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    """`size[key]` of a transformers `SizeDict`; None when unset."""
+    value = size.get(key)
     return int(value) if value else None

@@ -1,30 +1,33 @@
 """Image preprocessing for the dual encoder: decoded RGB pictures → the pixels the model
-takes, two ways.
+takes. `Preprocessing` is the path one model uses, chosen once when it loads, among three:
 
 - `ExactPixels` (queries, `DualEncoder.preprocess`): the image processor's own pixels,
   bit for bit, in one Pillow pass per picture, on any thread.
 - `BatchPixels` (the index builder on a CPU): the same geometry with torch's SIMD
-  antialiased resize, a whole batch on the model's thread, about four times cheaper than
-  Pillow's resize (which was the largest CPU cost around the model on 2 cores); on
-  photo-sized pictures its pixels are within 1/255 of the processor's, under 1% of them
-  differ (checked when it is built, to `MAX_LEVEL_DIFFERENCE`), the normalisation is
-  exactly the processor's.
+  antialiased resize, a whole batch on the model's thread, much cheaper than Pillow's
+  resize (docs/benchmarks.md); its pixels stay within `MAX_LEVEL_DIFFERENCE` of the
+  processor's (checked when it is built), the normalisation is exactly the processor's.
+- the processor itself, for any processor the two above do not repeat exactly.
 
-Both cut a picture more elongated than `MAX_ASPECT` (20:1) to its centre before resizing
-when the model centre-crops (CLIP): the processor would otherwise resize a 1×60,000
-picture to 224×13,440,000 (9 GB) to keep its middle 224×224.
+Every path cuts a picture more elongated than `MAX_ASPECT` (20:1) to its centre before
+resizing when the model centre-crops (CLIP): the processor would otherwise resize a
+1×60,000 picture to 224×13,440,000 (9 GB) to keep its middle 224×224.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-_PIL_PROCESSORS = {"CLIPImageProcessorPil", "SiglipImageProcessorPil", "CLIPImageProcessor"}
+log = logging.getLogger(__name__)
+
+_PIL_PROCESSORS = {"CLIPImageProcessorPil", "SiglipImageProcessorPil"}
 """The Pillow-backed processors whose work `ExactPixels` repeats."""
 _HANDLED = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"}
 _PROBES = ((240, 320, 3), (333, 250, 3), (97, 103, 3))
@@ -34,7 +37,8 @@ limit for photos): its centre crop is square, so what is cut was never seen, and
 resized picture stays small (4,480×224 for CLIP)."""
 MAX_LEVEL_DIFFERENCE = 3
 """How far (in uint8 levels) `BatchPixels`' resized pixels may be from Pillow's: 1 on
-photo-sized pictures (under 1% of the values differ), up to 3 on tiny ones."""
+photo-sized pictures, with under 1% of the values differing, up to 3 on tiny ones (bounds
+tests/test_pixels.py holds the resize to)."""
 _TORCH_MODES = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
 
 
@@ -71,14 +75,12 @@ class ExactPixels:
     def __init__(self, processor: Any) -> None:
         self.resample = Image.Resampling(int(processor.resample))
         self.crop = bool(processor.do_center_crop)
+        # `size` and `crop_size` are `SizeDict`s: an unset side is None (a TypeError here).
         if self.crop:
-            self.edge = int(_get(processor.size, "shortest_edge"))
-            self.out = (
-                int(_get(processor.crop_size, "width")),
-                int(_get(processor.crop_size, "height")),
-            )
+            self.edge = int(processor.size["shortest_edge"])
+            self.out = (int(processor.crop_size["width"]), int(processor.crop_size["height"]))
         else:
-            self.out = (int(_get(processor.size, "width")), int(_get(processor.size, "height")))
+            self.out = (int(processor.size["width"]), int(processor.size["height"]))
         # Rescaling and normalising map each uint8 value of each channel to one float: ask
         # the processor itself for that table (a 0..255 ramp, nothing resized), so the
         # arithmetic is exactly its own.
@@ -223,13 +225,54 @@ class BatchPixels:
         return floats.add_(self.shift).to(self.dtype)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How one model's pictures become its pixels, chosen once when the model loads:
+    `ExactPixels` when it repeats the processor exactly (else the processor itself) for
+    `preprocess`; on a CPU, `BatchPixels` for `prepare` + `batch_pixels` (on a GPU the
+    CPU's cores are free for worker threads, while the model's thread must keep the GPU
+    fed). Thread-safe: `preprocess` and `prepare` run in worker threads."""
+
+    processor: Any
+    """The checkpoint's own image processor."""
+    exact: ExactPixels | None
+    batch: BatchPixels | None
+
+    @classmethod
+    def choose(cls, processor: Any, dtype: torch.dtype, device: torch.device) -> Preprocessing:
+        """The fastest paths that keep `processor`'s pixels, for a model in `dtype` on
+        `device`."""
+        exact = ExactPixels.for_processor(processor)
+        if exact is None:
+            log.info("image preprocessing: the processor's own (no exact fast path)")
+        batch = BatchPixels.for_pixels(exact, dtype) if device.type == "cpu" else None
+        return cls(processor, exact, batch)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The processor's float32 NCHW pixels (bit for bit with `ExactPixels`), a picture
+        more elongated than `MAX_ASPECT` cut to its centre first for a centre-cropping model."""
+        if self.exact is not None:
+            exact = self.exact
+            return np.stack([exact(image) for image in images]) if images else exact.empty()
+        crop = bool(getattr(self.processor, "do_center_crop", False))
+        bounded = [bounded_aspect(image, crop) for image in images]
+        return self.processor(images=bounded, return_tensors="np")["pixel_values"]
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One picture's share for a worker thread: uint8 RGB for `BatchPixels`, otherwise
+        `preprocess`'s float32 pixels."""
+        if self.batch is not None:
+            return BatchPixels.prepare(image)
+        return self.preprocess([image])[0]
+
+    def batch_pixels(self, prepared: Sequence[np.ndarray]) -> torch.Tensor:
+        """`prepare`d pictures → one NCHW batch, on the model's thread: resized by
+        `BatchPixels` in the model's dtype, or stacked."""
+        if self.batch is not None:
+            return self.batch(prepared)
+        return torch.from_numpy(np.stack(prepared)) if prepared else torch.empty(0)
+
+
 def _probes() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, shape, np.uint8)) for shape in _PROBES]
-
-
-def _get(size: Any, key: str) -> Any:
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    if value is None:
-        raise KeyError(key)
-    return value

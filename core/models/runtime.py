@@ -7,11 +7,9 @@ import contextlib
 import json
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -21,7 +19,6 @@ from core.errors import ConfigError, ModelUnavailable
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_DTYPES = DTYPES
 
 T = TypeVar("T")
 HUB_TIMEOUT_S = 10.0
@@ -59,9 +56,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    if name not in _DTYPES:
+    if name not in DTYPES:
         raise ConfigError(f"DTYPE={name!r} is not one of auto, float32, bfloat16, float16")
-    dtype = _DTYPES[name]
+    dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
         log.warning("DTYPE=float16 on the CPU is slow and imprecise; bfloat16 is better there")
     return dtype
@@ -186,58 +183,6 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-class LazyModel(Generic[T]):
-    """Loads a model once, on first use, from any thread (immich's load()/predict() shape).
-
-    `get()` returns the loaded object; concurrent first callers wait for one load. A failed
-    load is not cached: the next call tries again (the operator may have fixed the path), but
-    not before `retry_after_s` (a load that ran out of memory must not be retried, and fail
-    again, on every request): until then `get()` raises `ModelUnavailable` at once.
-    """
-
-    def __init__(
-        self,
-        load: Callable[[], T],
-        *,
-        retry_after_s: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._load = load
-        self._value: T | None = None
-        self._lock = threading.Lock()
-        self._retry_after_s = retry_after_s
-        self._clock = clock
-        self._failure: tuple[float, str] | None = None
-        """(when, why) of the last failed load."""
-
-    @property
-    def loaded(self) -> bool:
-        return self._value is not None
-
-    def get(self) -> T:
-        value = self._value
-        if value is not None:
-            return value
-        with self._lock:
-            if self._value is None:
-                self._check_backoff()
-                try:
-                    self._value = self._load()
-                except Exception as err:
-                    self._failure = (self._clock(), str(err) or type(err).__name__)
-                    raise
-                self._failure = None
-            return self._value
-
-    def _check_backoff(self) -> None:
-        if self._failure is None:
-            return
-        failed_at, why = self._failure
-        wait = failed_at + self._retry_after_s - self._clock()
-        if wait > 0:
-            raise ModelUnavailable(f"{why} (not retried for another {wait:.0f} s)")
-
-
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether `err` is an out-of-memory failure of the CPU or an accelerator."""
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
@@ -277,11 +222,11 @@ def load_streamed(model_class: type, name: str, dtype: torch.dtype, fallback: Ca
     """`model_class.from_pretrained(name, dtype=dtype)` at the memory of the model alone.
 
     transformers maps the whole checkpoint and converts it, so loading float32 weights
-    as bfloat16 peaks at both copies (ViT-B/32: 605 MB mapped + 303 MB converted, 1.28 GB
-    RSS for the bot). Here the model is built empty in `dtype` and each tensor is read
-    with plain file reads (page cache, not our RSS) and copied in: the peak is the model
-    plus its largest tensor. Only a single local or cached `model.safetensors` whose keys
-    match the model exactly is streamed; anything else goes through `fallback`.
+    as bfloat16 peaks at both copies (docs/benchmarks.md measures the bot's memory). Here
+    the model is built empty in `dtype` and each tensor is read with plain file reads (page
+    cache, not our RSS) and copied in: the peak is the model plus its largest tensor. Only
+    a single local or cached `model.safetensors` whose keys match the model exactly is
+    streamed; anything else goes through `fallback`.
     """
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights

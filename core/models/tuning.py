@@ -1,15 +1,15 @@
 """Hardware-aware defaults: `DTYPE=auto` and `index_builder.py --batch-size auto` are chosen
 by a short measurement of the image tower on first use, not by a rule, and cached.
 
-Who uses it: `DualEncoder` (dtype) and `index_builder.py` (batch size). Why measure: the
-same rule ("bf16 where the CPU has it") is right on an Intel Xeon with AMX (bf16 152
-images/s at batch 32, fp32 30) and nearly pointless on an AMD EPYC with AVX512-BF16 (33 vs
-30), and the best batch differs (AMX: batch 32 152, batch 64 only 109).
+Who uses it: `DualEncoder` loads its weights through `Tuner.load` (the dtype, and the batch
+size for `index_builder.py`). Why measure: the same rule ("bf16 where the CPU has it") pays
+off greatly on a CPU with AMX and hardly at all on one with AVX512-BF16 alone, and the best
+batch differs from CPU to CPU (docs/benchmarks.md has the measurements).
 
 The measurement: a probe batch of random pixels through the image tower, one warm-up and
 one timed batch per candidate dtype (float32, and bfloat16 on a CPU that supports it at
 all, or float16 on CUDA); a candidate whose vectors differ from float32's (mean cosine <
-0.99) is rejected. Then, if asked, batches 16, 32, 64, 128 in the chosen dtype, within a
+`MIN_COSINE`) is rejected. Then, if asked, `BATCH_CANDIDATES` in the chosen dtype, within a
 time budget. The bot only needs the dtype (its queries are single): it reuses this image
 measurement rather than timing text queries. The result is cached in
 `<CHROMA_PATH>/hardware-tuning.json`, keyed by CPU model, model name, torch version and
@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
+
+from core.models.runtime import DTYPES, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,8 @@ class Tuning:
     """True when read from the cache rather than measured in this process."""
 
     def dtype_line(self, cpu: str) -> str:
-        """ "bfloat16 (152 vs 30 images/s measured on <cpu>, cached)"."""
+        """ "bfloat16 (<rate> vs <rate> images/s measured on <cpu>, cached)", the chosen
+        dtype's rate first."""
         rates = " vs ".join(
             f"{self.dtype_rates[d]:.0f}"
             for d in sorted(self.dtype_rates, key=lambda d: d != self.dtype)
@@ -135,11 +139,99 @@ class TuningCache:
         return data if isinstance(data, dict) else {}
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+ImageTower = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+"""The model's image tower: (model, pixels) → image embeddings (what is timed)."""
+
+
+@dataclass(frozen=True)
+class Tuned(Generic[M]):
+    """A model loaded in its dtype, and the tuning that chose it (None when DTYPE was set
+    and no batch size was asked for)."""
+
+    model: M
+    dtype: torch.dtype
+    tuning: Tuning | None
+
+
+@dataclass(frozen=True)
+class Tuner:
+    """Loads one model in the dtype this machine runs it best in: DTYPE=auto read from the
+    cache or measured (and cached), and with `batch` the best image batch size too."""
+
+    key: TuningKey
+    device: torch.device
+    input_size: int
+    """The side of the square pictures the image tower takes."""
+    tower: ImageTower
+    cache: TuningCache | None = None
+    batch: bool = False
+    """Also measure the best image batch size (`index_builder.py --batch-size auto`)."""
+
+    def load(self, load: Callable[[torch.dtype], M], dtype: torch.dtype | None) -> Tuned[M]:
+        """The model `load` gives (its weights in a dtype, on the device, ready for
+        inference) in `dtype`, or with None (DTYPE=auto) in the cached or measured one.
+        Measuring loads float32 and converts it along the candidates, so the model is loaded
+        again unless it ended in the chosen one (converting back would lose precision)."""
+        tuning = self._cached() if dtype is None else None
+        model = None
+        if dtype is None and tuning is None:
+            model, tuning = self._measure_dtype(load)
+        if tuning is not None:
+            dtype = DTYPES[tuning.dtype]
+        assert dtype is not None
+        if model is None:
+            model = load(dtype)
+        if self.batch and (tuning is None or tuning.batch_size is None):
+            tuning = self._measure_batch(model, dtype, tuning)
+        if self.cache is not None and tuning is not None and tuning.dtype_rates:
+            self.cache.put(self.key, tuning)  # only what DTYPE=auto chose
+        return Tuned(model, dtype, tuning)
+
+    def _cached(self) -> Tuning | None:
+        tuning = self.cache.get(self.key) if self.cache is not None else None
+        if tuning is not None:
+            log.info("DTYPE auto → %s", tuning.dtype_line(cpu_name()))
+            if self.batch and tuning.batch_size is not None:
+                log.info("--batch-size auto → %s", tuning.batch_line())
+        return tuning
+
+    def _measure_dtype(self, load: Callable[[torch.dtype], M]) -> tuple[M | None, Tuning]:
+        """Time the image tower per candidate dtype: the model if it ended in the chosen
+        dtype (else None), and the tuning."""
+        candidates = dtype_candidates(self.device)
+        model = load(torch.float32)
+        pixels = probe_pixels(PROBE_BATCH, self.input_size).to(self.device)
+        rates, cosines = measure_dtypes(model, self.tower, pixels, candidates)
+        chosen, rejected = choose_dtype(rates, cosines)
+        for dtype, cosine in rejected.items():
+            log.warning("DTYPE auto: %s rejected, cosine with float32 %.4f", dtype, cosine)
+        tuning = Tuning(chosen, {d: round(r, 1) for d, r in rates.items()}, rejected)
+        log.info("DTYPE auto → %s", tuning.dtype_line(cpu_name()))
+        return (model if DTYPES[chosen] == candidates[-1] else None), tuning
+
+    def _measure_batch(
+        self, model: torch.nn.Module, dtype: torch.dtype, tuning: Tuning | None
+    ) -> Tuning:
+        """`tuning` (or, with DTYPE set, a new one) with the best image batch size."""
+        rates = measure_batches(
+            lambda pixels: self.tower(model, pixels),
+            lambda n: probe_pixels(n, self.input_size).to(self.device, dtype),
+        )
+        if tuning is None:  # DTYPE set explicitly: only the batch is tuned
+            tuning = Tuning(_name(dtype), {}, batch_size=None)
+        tuning.batch_size = choose_batch(rates)
+        tuning.batch_rates = {str(b): round(r, 1) for b, r in rates.items()}
+        tuning.cached = False
+        log.info("--batch-size auto → %s", tuning.batch_line())
+        return tuning
+
+
 def dtype_candidates(device: torch.device) -> list[torch.dtype]:
     """float32 first (the reference), then what may be faster on this device."""
     if device.type == "cuda":
         return [torch.float32, torch.float16]
-    if device.type == "cpu" and _cpu_supports_bf16():
+    if device.type == "cpu" and cpu_has_native_bf16():
         return [torch.float32, torch.bfloat16]
     return [torch.float32]
 
@@ -229,13 +321,6 @@ def probe_pixels(batch: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _accelerator(device: torch.device) -> str:

@@ -1,7 +1,8 @@
 """BLIP-2 visual question answering: `answer(image, question)`, and a caption without one.
 
-Loaded like the CLIP encoder (HF id or local directory, lazy and thread-safe, device and
-dtype from settings). One generation at a time per model; each is bounded by
+Loaded like the CLIP encoder (HF id or local directory; the lifecycle of
+`core.models.lifecycle`: lazy and thread-safe, `load`, `loaded`, `close`; device and dtype
+from settings). One generation at a time per model; each is bounded by
 `max_new_tokens` and by a wall-clock `timeout_s` (generation stops and the words so far
 are the answer).
 
@@ -24,13 +25,9 @@ import torch
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from core.models.runtime import (
-    LazyModel,
-    load_pretrained,
-    out_of_memory_is_unavailable,
-    resolve_device,
-    resolve_dtype,
-)
+from core.config import Settings
+from core.models.lifecycle import LazyModel
+from core.models.runtime import load_pretrained, out_of_memory_is_unavailable, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +54,12 @@ def clean_answer(text: str) -> str:
     return _SENTENCE_END.split(text, maxsplit=1)[0].strip()
 
 
-class VqaModel:
-    """A BLIP-2 model that loads on first use (or `load()`) and answers about pictures."""
+_Blip2 = tuple[Blip2ForConditionalGeneration, Blip2Processor]
+
+
+class VqaModel(LazyModel[_Blip2]):
+    """A BLIP-2 model that loads on first use (or `load()`) and answers about pictures; a
+    failed load is retried after `LOAD_RETRY_S` at the soonest."""
 
     def __init__(
         self,
@@ -70,18 +71,28 @@ class VqaModel:
         num_beams: int = 1,
         timeout_s: float = 60.0,
     ) -> None:
-        self.model_name = model_name
-        self.device = resolve_device(device)
+        super().__init__(model_name, device, retry_after_s=LOAD_RETRY_S)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.timeout_s = timeout_s
-        self._model = LazyModel(self._load, retry_after_s=LOAD_RETRY_S)
         self._generate_lock = threading.Lock()
         self._encodings: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._encodings_lock = threading.Lock()
 
-    def _load(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VqaModel:
+        """The model VQA_MODEL, DEVICE, DTYPE and the VQA_* generation bounds describe."""
+        return cls(
+            settings.vqa_model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_new_tokens=settings.vqa_max_new_tokens,
+            num_beams=settings.vqa_num_beams,
+            timeout_s=settings.vqa_timeout_s,
+        )
+
+    def _load(self) -> _Blip2:
         log.info("loading BLIP-2 %s on %s as %s", self.model_name, self.device, self.dtype)
         with out_of_memory_is_unavailable(
             self.device,
@@ -90,7 +101,7 @@ class VqaModel:
         ):
             return self._load_weights()
 
-    def _load_weights(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    def _load_weights(self) -> _Blip2:
         model = load_pretrained(
             "BLIP-2",
             self.model_name,
@@ -104,44 +115,46 @@ class VqaModel:
         model.to(self.device).eval()
         return model, processor
 
-    def load(self) -> None:
-        """Load the weights now instead of on the first question (raises `ModelUnavailable`)."""
-        self._model.get()
-
-    @property
-    def loaded(self) -> bool:
-        return self._model.loaded
+    def close(self) -> None:
+        """Free the weights and the pictures' encodings kept for follow-up questions (an
+        answer under way finishes with the weights it holds, and keeps nothing)."""
+        super().close()
+        with self._encodings_lock:
+            self._encodings.clear()
 
     def answer(self, image: Image.Image, question: str | None = None) -> str:
         """Answer `question` about `image` (an RGB picture); without a question, caption it."""
-        return self.answer_encoded(self.encode(image), question)
+        weights = self._model()
+        return self._answer(weights, self._encode(weights, image), question)
 
     def answer_about(
         self, key: str, picture: Callable[[], Image.Image], question: str | None = None
     ) -> str:
         """`answer` for the picture known as `key`: its encoding is reused when the same
         picture was asked about recently, and `picture()` is only called when it is not."""
+        weights = self._model()
         with self._encodings_lock:
             encoding = self._encodings.get(key)
             if encoding is not None:
                 self._encodings.move_to_end(key)
         if encoding is None:
-            encoding = self.encode(picture())
+            encoding = self._encode(weights, picture())
             with self._encodings_lock:
-                self._encodings[key] = encoding
+                if self.loaded:  # not closed meanwhile
+                    self._encodings[key] = encoding
                 while len(self._encodings) > ENCODINGS_KEPT:
                     self._encodings.popitem(last=False)
-        return self.answer_encoded(encoding, question)
+        return self._answer(weights, encoding, question)
 
     def knows(self, key: str) -> bool:
         """Whether the encoding of the picture `key` is kept (a follow-up needs no picture)."""
         with self._encodings_lock:
             return key in self._encodings
 
-    def encode(self, image: Image.Image) -> torch.Tensor:
+    def _encode(self, weights: _Blip2, image: Image.Image) -> torch.Tensor:
         """The picture as the language model sees it: the projected Q-Former output,
         (1, query tokens, language model width)."""
-        model, processor = self._model.get()
+        model, processor = weights
         pixels = processor(images=image, return_tensors="pt")["pixel_values"]
         with (
             self._generate_lock,
@@ -151,10 +164,11 @@ class VqaModel:
             features = model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
         return features.pooler_output
 
-    def answer_encoded(self, encoding: torch.Tensor, question: str | None = None) -> str:
-        """Generate the answer from a picture's `encode` output: what BLIP-2's own `generate`
-        does after the vision side (image tokens before BOS, replaced by the encoding)."""
-        model, processor = self._model.get()
+    def _answer(self, weights: _Blip2, encoding: torch.Tensor, question: str | None) -> str:
+        """Generate the answer from a picture's `_encode` output: what BLIP-2's own
+        `generate` does after the vision side (image tokens before BOS, replaced by the
+        encoding)."""
+        model, processor = weights
         text = processor(text=build_prompt(question), return_tensors="pt")["input_ids"]
         image_tokens = torch.full((1, encoding.shape[1]), model.config.image_token_id)
         input_ids = torch.cat([image_tokens, text], dim=1).to(self.device)

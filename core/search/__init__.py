@@ -1,2 +1,3 @@
-"""Search: the service the bot and the CLI call, query parsing, and the guard that decides
-which files may leave the host."""
+"""Search: the service the bot and the CLI call (`service`), query parsing (`query`), caption
+fusion (`fusion`), and the guard that decides which files may leave the host
+(`sendable_files`)."""

@@ -1,11 +1,12 @@
 """Search: text or image in, ranked hits out. Synchronous and free of Telegram, so the bot,
-the terminal CLI and the benchmarks all run the very same code."""
+the terminal CLI (`python -m core search`) and the benchmarks all run the very same path:
+`prepare` a query, then `page` through its results."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from core.config import Settings
-from core.errors import EmptyQuery, IndexEmpty, SearchBotError, UnknownPicture
+from core.errors import EmptyQuery, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
+from core.search.fusion import CaptionFusion
 from core.search.query import (
     HASHTAG_PROMPT,
     MINUS_WEIGHT,
@@ -40,16 +42,11 @@ MISSING_FILE_SLACK = 5
 a short list."""
 TOTAL_MAX_AGE_S = 30.0
 """How old the collection's size may be that a search checks (not empty) and shows under
-results ("1–5 of 123,287"): counting for every search costs more than the search itself at
-a million pictures. An empty collection is always counted afresh."""
+results ("1–5 of 123,287"): counting grows with the collection, and for a large one costs
+more than the search itself (docs/benchmarks.md). An empty collection is always counted
+afresh."""
 MAX_RESULTS = 200
 """Paging stops here: results beyond the 200th are never shown (`more` is False)."""
-RRF_K = 60
-"""Reciprocal-rank fusion: score = 1/(RRF_K + rank_image) + w/(RRF_K + rank_caption)."""
-CAPTIONS_PER_IMAGE = 5
-"""COCO pictures have about 5 captions: caption neighbours fetched per picture wanted."""
-DUPLICATE_COSINE = 0.95
-"""A hit this similar to a better-ranked one is a near-duplicate (DUPLICATE_COSINE's default)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +76,32 @@ class Query:
     """A user's picture, undecoded (core decodes it safely)."""
     like_id: str | None = None
     """An indexed picture's id: search with its stored vector (no re-encoding)."""
-    nearest_anyway: bool = False
-    """Ignore MIN_SCORE (the user pressed "show the nearest anyway")."""
     categories: tuple[str, ...] = ()
     """Categories every result must hold, as if written as #hashtags (the CLI's --where)."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The settings a search reads, apart from the model and the store."""
+
+    max_image_pixels: int = 40_000_000
+    """A user's picture with more pixels is refused (MAX_IMAGE_PIXELS)."""
+    caption_fusion: float = 1.0
+    """Weight of the captions' ranking in text searches (CAPTION_FUSION; 0 = off)."""
+    min_score: float | None = None
+    """Results below this cosine are dropped (MIN_SCORE; None = keep all)."""
+    duplicate_cosine: float | None = None
+    """A hit this similar to a better-ranked one is left out (DUPLICATE_COSINE; None = keep
+    near-duplicates)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchOptions:
+        return cls(
+            max_image_pixels=settings.max_image_pixels,
+            caption_fusion=settings.caption_fusion,
+            min_score=settings.min_score,
+            duplicate_cosine=settings.duplicate_cosine,
+        )
 
 
 @dataclass(frozen=True)
@@ -162,24 +181,22 @@ class SearchService:
         store: VectorStore[ImageRecord],
         *,
         files: SendableFiles,
-        max_image_pixels: int = 40_000_000,
         captions: VectorStore[CaptionRecord] | None = None,
-        caption_fusion: float = 1.0,
-        min_score: float | None = None,
-        duplicate_cosine: float | None = None,
+        options: SearchOptions | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
-        self.max_image_pixels = max_image_pixels
         self.files = files
         """Hits whose file may not be read (outside the folders the host serves, not a
         regular file, too big, gone) are never returned."""
-        self.captions = captions
-        """The `<COLLECTION>_captions` collection, fused into text searches when present."""
-        self.caption_fusion = caption_fusion
-        self.min_score = min_score
-        self.duplicate_cosine = duplicate_cosine
-        """Near-duplicate threshold; None = keep them (`open` takes DUPLICATE_COSINE)."""
+        self.options = options or SearchOptions()
+        self.fusion = (
+            CaptionFusion(store, captions, self.options.caption_fusion)
+            if captions is not None and self.options.caption_fusion > 0
+            else None
+        )
+        """Fuses text searches with the `<COLLECTION>_captions` collection; None without one
+        (or with CAPTION_FUSION=0)."""
 
     @classmethod
     def open(cls, settings: Settings, encoder: DualEncoder | None = None) -> SearchService:
@@ -204,14 +221,9 @@ class SearchService:
             encoder,
             store,
             files=SendableFiles(HostRoots(settings)),
-            max_image_pixels=settings.max_image_pixels,
             captions=captions,
-            caption_fusion=settings.caption_fusion,
-            min_score=settings.min_score,
-            duplicate_cosine=settings.duplicate_cosine,
+            options=SearchOptions.from_settings(settings),
         )
-
-    # --- the API the bot calls -------------------------------------------------------------
 
     def prepare(self, query: Query) -> PreparedQuery:
         """Read and embed `query`. Raises `EmptyQuery`, `BadImage` (its picture),
@@ -242,10 +254,6 @@ class SearchService:
         vectors = dict(zip(wanted, self.encoder.embed_texts(wanted), strict=True)) if wanted else {}
         return [d if isinstance(d, SearchBotError) else self._finish(d, vectors) for d in drafts]
 
-    def search(self, query: Query, k: int, offset: int = 0) -> SearchPage:
-        """`prepare` then `page`: results offset+1 .. offset+k of `query`."""
-        return self.page(self.prepare(query), k, offset, nearest_anyway=query.nearest_anyway)
-
     def page(
         self, prepared: PreparedQuery, k: int, offset: int = 0, *, nearest_anyway: bool = False
     ) -> SearchPage:
@@ -267,45 +275,11 @@ class SearchService:
         more = len(kept) > end and end < MAX_RESULTS
         return SearchPage(hits, offset, more, prepared.reading, total, len(ranked) - len(kept))
 
-    # --- the older calls (CLI, benchmarks, tests) ---------------------------------------------
-
-    def by_text(self, query: str, k: int) -> list[Hit]:
-        """The `k` pictures that best match `query`."""
-        return self.by_texts([query], k)[0]
-
-    def by_texts(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        """Several text searches in one encoder call (micro-batching)."""
-        prepared = self.prepare_texts(queries)
-        return [self.page(p, k).hits for p in prepared if isinstance(p, PreparedQuery)]
-
-    def by_image(self, image: Image.Image, k: int) -> list[Hit]:
-        """The `k` pictures most like `image` (an RGB picture)."""
-        draft = _Draft(parse_query(""), (), self.encoder.embed_images([image])[0], "your photo")
-        return self.page(self._finish(draft, {}), k).hits
-
-    def by_image_file(self, source: ImageSource, k: int) -> list[Hit]:
-        """Decode `source` safely (raises `BadImage`), then search by it."""
-        return self.by_image(self._load(source), k)
-
-    def fuse_with_captions(
-        self,
-        vector: np.ndarray,
-        matches: list[Match[ImageRecord]],
-        n: int,
-        *,
-        skip_caption: Callable[[CaptionRecord], bool] | None = None,
-    ) -> list[Match[ImageRecord]]:
-        """`matches` (the nearest pictures of a text's `vector`, best first, `n` deep) fused
-        with the captions' ranking exactly as text searches are; unchanged without a captions
-        collection. `skip_caption` leaves captions out of that ranking (core.evaluation leaves
-        out the query's own caption, which would otherwise find its picture trivially)."""
-        return self._fused(vector, matches, n, (), skip_caption)
-
     # --- helpers --------------------------------------------------------------------------
 
     def _load(self, source: ImageSource) -> Image.Image:
         return load_image(
-            source, min_side=self.encoder.input_size, max_pixels=self.max_image_pixels
+            source, min_side=self.encoder.input_size, max_pixels=self.options.max_image_pixels
         )
 
     def _draft(self, query: Query) -> _Draft:
@@ -348,7 +322,7 @@ class SearchService:
             categories=draft.categories,
             reading=draft.parsed.reading(draft.base_reading, draft.categories),
             fuse_captions=draft.base is None,
-            min_score=self.min_score,
+            min_score=self.options.min_score,
         )
 
     def _ranked(
@@ -358,58 +332,12 @@ class SearchService:
         ranking, whose files may be sent, near-duplicates left out."""
         contains = {"categories": list(prepared.categories)} if prepared.categories else None
         matches = self.store.query(vector[None, :], n, contains=contains, with_vectors=True)[0]
-        if prepared.fuse_captions:
-            matches = self._fused(vector, matches, n, prepared.categories)
+        if prepared.fuse_captions and self.fusion is not None:
+            matches = self.fusion.fuse(vector, matches, n, prepared.categories)
         allowed = [m for m in matches if self.files.allowed(m.record.id, m.record.path)]
-        if self.duplicate_cosine is None:
+        if self.options.duplicate_cosine is None:
             return allowed
-        return _collapsed(allowed, self.duplicate_cosine)
-
-    def _fused(
-        self,
-        vector: np.ndarray,
-        matches: list[Match[ImageRecord]],
-        n: int,
-        categories: Sequence[str],
-        skip_caption: Callable[[CaptionRecord], bool] | None = None,
-    ) -> list[Match[ImageRecord]]:
-        """Reciprocal-rank fusion of the image ranking with the caption ranking (the same
-        text vector against the caption vectors, caption hits mapped to their pictures).
-        The score of each match stays its picture's cosine."""
-        if self.captions is None or self.caption_fusion <= 0:
-            return matches
-        try:
-            found = self.captions.query(vector[None, :], n * CAPTIONS_PER_IMAGE)[0]
-        except IndexEmpty:
-            return matches
-        caption_rank: dict[str, int] = {}
-        for match in found:
-            if skip_caption is not None and skip_caption(match.record):
-                continue
-            if len(caption_rank) < n:
-                caption_rank.setdefault(match.record.image_id, len(caption_rank) + 1)
-        image_rank = {m.record.id: rank for rank, m in enumerate(matches, 1)}
-        extra = self._matches_of([i for i in caption_rank if i not in image_rank], vector)
-        pool = matches + [m for m in extra if set(categories) <= set(m.record.categories)]
-
-        def fused(match: Match[ImageRecord]) -> tuple[float, float]:
-            rank_i, rank_c = image_rank.get(match.record.id), caption_rank.get(match.record.id)
-            score = 1 / (RRF_K + rank_i) if rank_i else 0.0
-            score += self.caption_fusion / (RRF_K + rank_c) if rank_c else 0.0
-            return score, match.score
-
-        return sorted(pool, key=fused, reverse=True)
-
-    def _matches_of(self, ids: Sequence[str], vector: np.ndarray) -> list[Match[ImageRecord]]:
-        """Stored pictures `ids` as matches of `vector` (cosine scores, vectors attached)."""
-        if not ids:
-            return []
-        vectors = self.store.vectors(ids)
-        return [
-            Match(r, float(np.dot(vectors[r.id], vector)), vectors[r.id])
-            for r in self.store.get(ids)
-            if r.id in vectors
-        ]
+        return _collapsed(allowed, self.options.duplicate_cosine)
 
 
 def _collapsed(matches: list[Match[ImageRecord]], threshold: float) -> list[Match[ImageRecord]]:

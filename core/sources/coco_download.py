@@ -244,10 +244,11 @@ def ensure_coco(
         work = root / WORK_DIR
         work.mkdir(parents=True, exist_ok=True)
         tally = _Tally()
+        how = _Fetching(http, retry, progress, max_fetches)
         with _locked(work):
             for item in plan:
                 log.info("COCO2014: %s (%s): %s", item.name, format_size(item.size), item.reason)
-                _fetch_and_extract(http, item, root, retry, progress, max_fetches, tally)
+                _fetch_and_extract(how, item, root, tally)
     return CocoDownload(root, tuple(tally.downloaded), tuple(tally.extracted), skipped, tally.bytes)
 
 
@@ -344,6 +345,16 @@ class _Tally:
     bytes: int = 0
 
 
+@dataclass(frozen=True)
+class _Fetching:
+    """How the zips of one `ensure_coco` call are fetched."""
+
+    http: httpx.Client
+    retry: RetryPolicy
+    progress: bool
+    max_fetches: int
+
+
 def _expected_size(url: str, announced: int | None, digest: Digest) -> int:
     """The size the download is bounded by: the pinned one, which the server must announce
     too; else the one the server announces (a COCO_CHECKSUMS mirror)."""
@@ -359,25 +370,19 @@ def _expected_size(url: str, announced: int | None, digest: Digest) -> int:
     return digest.size
 
 
-def _fetch_and_extract(
-    http: httpx.Client,
-    item: CocoFile,
-    root: Path,
-    retry: RetryPolicy,
-    progress: bool,
-    max_fetches: int,
-    tally: _Tally,
-) -> None:
+def _fetch_and_extract(how: _Fetching, item: CocoFile, root: Path, tally: _Tally) -> None:
     """Download `item` (unless a complete copy is on disk), check its digest, unpack it, delete
-    the zip and write its marker; download it again when its digest is wrong."""
+    the zip and write its marker; download it again when its digest is wrong, at most
+    `how.max_fetches` times in all."""
     work = root / WORK_DIR
     zip_path = work / item.name
     cause = ""
-    for fetch in range(1, max_fetches + 1):
+    for fetch in range(1, how.max_fetches + 1):
         if not zip_path.is_file():
-            transfer = _Transfer(http, item.url, work / f"{item.name}.part", item.size, progress)
+            part = work / f"{item.name}.part"
+            transfer = _Transfer(how.http, item.url, part, item.size, how.progress)
             try:
-                transfer.run(retry)
+                transfer.run(how.retry)
             finally:
                 tally.bytes += transfer.received
                 if transfer.received and item.name not in tally.downloaded:
@@ -388,7 +393,7 @@ def _fetch_and_extract(
             members = _extract(zip_path, root, item.folder)
         except _CorruptZip as err:
             cause = str(err)
-            again = "fetching it again" if fetch < max_fetches else "giving up"
+            again = "fetching it again" if fetch < how.max_fetches else "giving up"
             log.warning(
                 "%s from %s fails its digest (%s): deleted, %s", item.name, item.url, cause, again
             )
@@ -402,7 +407,7 @@ def _fetch_and_extract(
         tally.extracted.append(item.name)
         log.info("%s: %d files in %s", item.name, members, root / item.folder)
         return
-    raise DownloadError(f"{item.url}: corrupt zip ({cause}) after {max_fetches} downloads")
+    raise DownloadError(f"{item.url}: corrupt zip ({cause}) after {how.max_fetches} downloads")
 
 
 def _check_digest(zip_path: Path, digest: Digest) -> None:

@@ -1,14 +1,14 @@
 """A collection's size and recorded model, read the cheapest way and without chromadb: an
 embedded store's SQLite file, or a server's HTTP API.
 
-Embedded Chroma loads a collection's whole HNSW index on its first read, `count()` included:
-0.3 s and 0.4 GB at 100k vectors, 3 s and 2.6 GB at a million (bench/scale.py). Neither
-`python -m core status` nor the bot's start-up should pay that, nor (status) the half second
-that importing chromadb costs. Chroma's SQLite file holds the same numbers once its write
-log is applied, and a server answers two GETs. Everything here is read-only and answers
-None whenever the answer cannot be trusted (a write in progress, a missing file, another
-Chroma version's layout, a server that refuses, redirects or answers nonsense): the caller
-then asks Chroma itself, which says clearly what is wrong.
+Embedded Chroma loads a collection's whole HNSW index on its first read, `count()` included,
+which takes seconds and gigabytes for a large collection (bench/scale.py measures it; see
+docs/benchmarks.md). Neither `python -m core status` nor the bot's start-up should pay that,
+nor (status) the cost of importing chromadb. Chroma's SQLite file holds the same numbers
+once its write log is applied, and a server answers two GETs. Everything here is read-only
+and answers None whenever the answer cannot be trusted (a write in progress, a missing file,
+another Chroma version's layout, a server that refuses, redirects or answers nonsense): the
+caller then asks Chroma itself, which says clearly what is wrong.
 
 `auth_headers` is where both this module and the store get CHROMA_AUTH_TOKEN's header, so it
 is also where a token about to travel unencrypted to another machine is warned about.

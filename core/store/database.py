@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 import chromadb
 import numpy as np
@@ -29,9 +29,10 @@ from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.store.collection_info import CollectionInfo, auth_headers, describe, embedded_count
 from core.store.records import R
 
-# HNSW parameters of new collections, tuned on 123k CLIP-like 512-d vectors (bench/): Chroma's
-# defaults (16 neighbours, ef 100) gave recall@10 0.976; these give 0.994 at about 3 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
+"""HNSW parameters of new collections: more neighbours and a wider search than Chroma's
+defaults (16, ef 100), for a better recall@10 at a small cost in query time (the latency
+benchmark measures both side by side: docs/benchmarks.md)."""
 PAGE = 2000
 CATEGORIES_KEY = "categories"
 """Collection metadata key: JSON list of the category names its records may hold."""
@@ -41,6 +42,8 @@ builder's write from a copy read before ours lands within this (see `_add_to_jso
 METADATA_ATTEMPTS = 10
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,15 +154,8 @@ class Database:
                     raise IndexEmpty(_empty_message(name)) from None
             _check_space(name, collection.metadata or {}, model, dim)
             batch = int(self._client.get_max_batch_size())
-        return VectorStore(
-            collection,
-            record_type,
-            self.description,
-            batch,
-            self._client,
-            self._settle_s,
-            embedded_path=self._path,
-        )
+        connection = Connection(self._client, self.description, batch, self._settle_s, self._path)
+        return VectorStore(collection, record_type, connection)
 
     def info(self, name: str) -> CollectionInfo | None:
         """Size and model of collection `name`, or None when there is none."""
@@ -180,6 +176,21 @@ class Database:
             except NotFoundError:
                 return False
             return True
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What every collection opened by one `Database` shares: the client and its facts."""
+
+    client: chromadb.api.ClientAPI
+    description: str
+    """Where the store lives, for people: "embedded Chroma in data/chroma"."""
+    max_batch: int
+    """The most records the client takes in one call."""
+    settle_s: float = 0.0
+    """How long a metadata write is left to settle (`METADATA_SETTLE_S` on a server)."""
+    embedded_path: Path | None = None
+    """The embedded store's folder; None for a server."""
 
 
 def _count_at_rest(collection: chromadb.Collection, embedded_path: Path | None) -> int:
@@ -235,27 +246,16 @@ class VectorStore(Generic[R]):
     """One collection of records of type `R` with their L2-normalised vectors."""
 
     def __init__(
-        self,
-        collection: chromadb.Collection,
-        record_type: type[R],
-        where: str,
-        max_batch: int,
-        client: chromadb.api.ClientAPI,
-        settle_s: float = 0.0,
-        *,
-        embedded_path: Path | None = None,
+        self, collection: chromadb.Collection, record_type: type[R], connection: Connection
     ) -> None:
         self._collection = collection
-        self._embedded_path = embedded_path
-        """The embedded store's folder; None for a server."""
-        self._settle_s = settle_s
+        self._type = record_type
+        self._connection = connection
+        self._max_batch = connection.max_batch
         self._counted: tuple[int, float] | None = None
         """The last count and when it was read (`time.monotonic`)."""
-        self._client = client
-        self._type = record_type
-        self.description = where
+        self.description = connection.description
         """Where the collection lives, for people: "embedded Chroma in data/chroma"."""
-        self._max_batch = max_batch
 
     @property
     def name(self) -> str:
@@ -264,8 +264,8 @@ class VectorStore(Generic[R]):
     def count(self, *, max_age_s: float = 0.0) -> int:
         """The number of records. With `max_age_s`, a non-zero count read at most that many
         seconds ago is reused (an empty collection is always counted again: it may be
-        filling): counting is linear in the collection (6.5 ms at 123k records embedded,
-        ten times that at a million), too slow to repeat for every search."""
+        filling): counting is linear in the collection, too slow at scale to repeat for
+        every search (docs/benchmarks.md)."""
         now = time.monotonic()
         counted = self._counted
         if counted and counted[0] and max_age_s > 0 and now - counted[1] <= max_age_s:
@@ -279,55 +279,20 @@ class VectorStore(Generic[R]):
         """The number of records, without loading an embedded collection's index (read from
         Chroma's SQLite file; through Chroma while a write is pending). The bot counts this way
         at start-up, which then does not grow with the collection; `count` (any read) loads
-        the index, seconds and gigabytes at a million records."""
+        the index, which takes long and much memory for a large collection (bench/scale.py)."""
         with _reachable(self.description):
-            return _count_at_rest(self._collection, self._embedded_path)
+            return _count_at_rest(self._collection, self._connection.embedded_path)
 
     def categories(self) -> tuple[str, ...]:
         """The category names this collection's records may hold (recorded by
         `add_categories`; empty for folder and URL-list indexes)."""
-        return self._json_list(CATEGORIES_KEY)
+        with _reachable(self.description):
+            collection = self._connection.client.get_collection(self.name, embedding_function=None)
+        return _strings(collection.metadata or {}, CATEGORIES_KEY)
 
     def add_categories(self, names: Iterable[str]) -> None:
         """Record category names the records hold (kept, merged, sorted)."""
-        self._add_to_json_list(CATEGORIES_KEY, names)
-
-    def _json_list(self, key: str) -> tuple[str, ...]:
-        """The JSON list of strings under `key` of the collection's metadata (read afresh)."""
-        with _reachable(self.description):
-            metadata = self._client.get_collection(self.name, embedding_function=None).metadata
-        return _strings(metadata or {}, key)
-
-    def _add_to_json_list(self, key: str, values: Iterable[str]) -> None:
-        """Merge `values` into the JSON list under `key`, and make sure they stay there.
-
-        Chroma has no atomic update of collection metadata: `modify()` replaces all of it,
-        so two builders on one server that read it, merge their own values and write it
-        back at once may overwrite each other's. So each writer reads it again once its
-        write has settled (a write from a copy read before it has landed by then) and
-        merges again until its values are there. No write at all when they already are."""
-        wanted = set(values)
-        if not wanted:
-            return
-        for attempt in range(METADATA_ATTEMPTS + 1):
-            with _reachable(self.description):
-                current = self._client.get_collection(self.name, embedding_function=None)
-                metadata = dict(current.metadata or {})
-                have = set(_strings(metadata, key))
-                if wanted <= have:
-                    return
-                if attempt == METADATA_ATTEMPTS:
-                    break
-                if attempt:
-                    log.info("another writer replaced the %s of %s: merging again", key, self.name)
-                metadata[key] = json.dumps(sorted(have | wanted))
-                # modify() replaces the whole metadata (model and dim included): pass it all.
-                current.modify(metadata=metadata)
-            time.sleep(self._settle_s * (1 + random.random()))  # jitter: writers fall apart
-        raise StoreUnavailable(
-            f"could not record the {key} of collection {self.name!r} in {self.description}: "
-            f"other writers replaced them {METADATA_ATTEMPTS} times in a row"
-        )
+        _add_to_json_list(self._connection, self.name, CATEGORIES_KEY, set(names))
 
     def check_not_empty(self, *, max_age_s: float = 0.0) -> None:
         """Raise `IndexEmpty` when the collection holds nothing (`max_age_s`: see `count`)."""
@@ -338,13 +303,11 @@ class VectorStore(Generic[R]):
         """Insert or replace records with their vectors, in chunks Chroma accepts."""
         if len(records) != len(vectors):
             raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
-        step = self._max_batch
         with _reachable(self.description):
-            for start in range(0, len(records), step):
-                chunk = records[start : start + step]
+            for start, chunk in _chunks(records, self._max_batch):
                 self._collection.upsert(
                     ids=[r.id for r in chunk],
-                    embeddings=np.asarray(vectors[start : start + step], dtype=np.float32),
+                    embeddings=np.asarray(vectors[start : start + len(chunk)], dtype=np.float32),
                     metadatas=[r.to_metadata() for r in chunk],
                 )
 
@@ -391,22 +354,17 @@ class VectorStore(Generic[R]):
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of `ids` (missing ids are left out)."""
         out: dict[str, np.ndarray] = {}
-        step = self._max_batch
         with _reachable(self.description):
-            for start in range(0, len(ids), step):
-                got = self._collection.get(
-                    ids=list(ids[start : start + step]), include=["embeddings"]
-                )
+            for _, chunk in _chunks(ids, self._max_batch):
+                got = self._collection.get(ids=list(chunk), include=["embeddings"])
                 for id_, vec in zip(got["ids"], got["embeddings"], strict=True):
                     out[id_] = np.asarray(vec, dtype=np.float32)
         return out
 
     def update_metadata(self, records: Sequence[R]) -> None:
         """Replace the metadata of stored records, keeping their vectors."""
-        step = self._max_batch
         with _reachable(self.description):
-            for start in range(0, len(records), step):
-                chunk = records[start : start + step]
+            for _, chunk in _chunks(records, self._max_batch):
                 self._collection.update(
                     ids=[r.id for r in chunk], metadatas=[r.to_metadata() for r in chunk]
                 )
@@ -414,12 +372,9 @@ class VectorStore(Generic[R]):
     def get(self, ids: Sequence[str]) -> list[R]:
         """The stored records among `ids` (missing ids are left out)."""
         out: list[R] = []
-        step = self._max_batch
         with _reachable(self.description):
-            for start in range(0, len(ids), step):
-                got = self._collection.get(
-                    ids=list(ids[start : start + step]), include=["metadatas"]
-                )
+            for _, chunk in _chunks(ids, self._max_batch):
+                got = self._collection.get(ids=list(chunk), include=["metadatas"])
                 out += [
                     self._type.from_metadata(i, md or {})
                     for i, md in zip(got["ids"], got["metadatas"], strict=True)
@@ -427,10 +382,9 @@ class VectorStore(Generic[R]):
         return out
 
     def delete(self, ids: Sequence[str]) -> None:
-        step = self._max_batch
         with _reachable(self.description):
-            for start in range(0, len(ids), step):
-                self._collection.delete(ids=list(ids[start : start + step]))
+            for _, chunk in _chunks(ids, self._max_batch):
+                self._collection.delete(ids=list(chunk))
 
     def __iter__(self) -> Iterator[R]:
         """Every stored record, page by page (memory stays bounded)."""
@@ -443,3 +397,41 @@ class VectorStore(Generic[R]):
             for id_, md in zip(got["ids"], got["metadatas"], strict=True):
                 yield self._type.from_metadata(id_, md or {})
             offset += len(got["ids"])
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
+    """(offset, chunk) of `items` in chunks of at most `size` (what Chroma takes at once)."""
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def _add_to_json_list(connection: Connection, name: str, key: str, wanted: set[str]) -> None:
+    """Merge `wanted` into the JSON list under `key` of collection `name`'s metadata, and make
+    sure they stay there.
+
+    Chroma has no atomic update of collection metadata: `modify()` replaces all of it,
+    so two builders on one server that read it, merge their own values and write it
+    back at once may overwrite each other's. So each writer reads it again once its
+    write has settled (a write from a copy read before it has landed by then) and
+    merges again until its values are there. No write at all when they already are."""
+    if not wanted:
+        return
+    for attempt in range(METADATA_ATTEMPTS + 1):
+        with _reachable(connection.description):
+            current = connection.client.get_collection(name, embedding_function=None)
+            metadata = dict(current.metadata or {})
+            have = set(_strings(metadata, key))
+            if wanted <= have:
+                return
+            if attempt == METADATA_ATTEMPTS:
+                break
+            if attempt:
+                log.info("another writer replaced the %s of %s: merging again", key, name)
+            metadata[key] = json.dumps(sorted(have | wanted))
+            # modify() replaces the whole metadata (model and dim included): pass it all.
+            current.modify(metadata=metadata)
+        time.sleep(connection.settle_s * (1 + random.random()))  # jitter: writers fall apart
+    raise StoreUnavailable(
+        f"could not record the {key} of collection {name!r} in {connection.description}: "
+        f"other writers replaced them {METADATA_ATTEMPTS} times in a row"
+    )
