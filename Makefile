@@ -3,6 +3,7 @@
 # the README describes.
 #
 #   make run                      # COCO2014 val2014 (downloaded if missing) when the index is empty
+#                                 # (or its first build was interrupted: then it is finished)
 #   make run SPLIT=all            # all of COCO2014 (train2014 + val2014, about 19 GB)
 #   make run FOLDER=~/Pictures    # your own photos
 #   make run URLS=list.tsv        # a caption + URL list (Conceptual Captions TSV, CSV, JSONL)
@@ -29,13 +30,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
-# The token is checked first (seconds), before any download or build (up to hours). With no
-# SPLIT, FOLDER or URLS the index is built only when it is empty; with one, it is brought up
-# to date (incremental: only what is new or changed is embedded).
+# The token is checked first (seconds), before any download or build (up to hours); the
+# builder then checks CLIP_MODEL, the store, COCO_BASE_URL and the disk (seconds) before it
+# downloads anything. With no SPLIT, FOLDER or URLS the index is built only when it is empty
+# or COCO's last build did not finish (Ctrl-C during the first build: this run finishes it;
+# an index of other pictures is left as it is); with one, it is brought up to date
+# (incremental: only what is new or changed is embedded).
 run: setup
 	$(PY) -m bot --check
 ifeq ($(SPLIT)$(FOLDER)$(URLS),)
-	$(PY) -m core status || $(PY) index_builder.py $(SOURCE)
+	$(PY) index_builder.py $(SOURCE) --if-needed
 else
 	$(PY) index_builder.py $(SOURCE)
 endif

@@ -6,8 +6,11 @@
     python index_builder.py --folder ~/Pictures     # your own photos
     python index_builder.py --urls list.tsv         # a caption + URL list (Conceptual Captions)
     CHROMA_HOST=10.0.0.5 python index_builder.py --shard 0/4   # 1 of 4 builders, one server
+    python index_builder.py --check --download --split val2014  # only check, in seconds
 
-Safe to stop at any moment (Ctrl-C, kill, power loss) and to rerun: it continues where it
+Before it downloads or loads anything, it checks in seconds what can fail (CLIP_MODEL, the
+store, the source, COCO_BASE_URL and the disk: core.indexing.preflight); `--check` does only
+that. Safe to stop at any moment (Ctrl-C, kill, power loss) and to rerun: it continues where it
 stopped and, later, refreshes (adds new pictures, re-embeds changed ones, removes gone ones).
 A refresh that would remove more than 10% of a source's entries (an empty or unmounted
 folder?) changes nothing unless --prune confirms it. One builder at a time per embedded
@@ -26,16 +29,24 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.cli import fail, setup_logging
 from core.config import Settings, load_settings
 from core.errors import DownloadError, SearchBotError
 from core.indexing import BuildOptions, BuildSummary, run
-from core.indexing.build import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, REBUILD_WITH_SHARD
+from core.indexing.build import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_WORKERS,
+    REBUILD_WITH_SHARD,
+    source_name,
+)
+from core.indexing.preflight import BuildSource, build_needed, check_build
 from core.redaction import RedactSecrets, install, secret_values
-from core.sources.coco import COCO_SPLITS, CocoReader
-from core.sources.coco_download import ensure_coco, format_size, plan_coco
+from core.sources.coco import COCO_PICTURES, COCO_SPLITS, CocoReader
+from core.sources.coco_download import CocoFile, ensure_coco
 from core.sources.folders import FolderReader
 from core.sources.scan import Reader
 from core.sources.shards import EVERYTHING, Shard
+from core.sources.units import format_duration, format_seconds, format_size, plural
 from core.sources.url_downloads import DownloadOptions, DownloadSummary, download_url_list
 from core.sources.url_fetch import FetchRules
 from core.sources.url_lists import UrlListReader
@@ -45,10 +56,8 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is used
 
 log = logging.getLogger("index_builder")
 
-COCO_PICTURES = {"train2014": 82_783, "val2014": 40_504}
-CPU_IMAGES_PER_S = 29
-"""Pictures per second end to end on a 2-core CPU, for the estimate before a download (where
-it comes from: docs/benchmarks.md)."""
+DOWNLOAD_BYTES_PER_S = 10e6
+"""The download speed the estimate before a COCO download assumes (10 MB/s)."""
 
 
 def batch_size(text: str) -> int | str:
@@ -78,13 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings (CLIP_MODEL, CHROMA_PATH or CHROMA_HOST/PORT, COLLECTION, DEVICE, DTYPE) "
         "come from the environment and .env; the flags below override them for this run.",
         epilog="Resumable and incremental: rerun the same command after an interruption or "
-        "when files changed; only what is new or changed is embedded.",
+        "when files changed; only what is new or changed is embedded. Before anything long "
+        "starts, what can fail is checked in seconds (CLIP_MODEL, the store, the source, "
+        "COCO_BASE_URL, the disk). Exit codes: 0 done, 1 runtime error, 2 bad arguments or "
+        "settings, 130 interrupted.",
     )
     what = parser.add_argument_group("what to index")
     _add_source_flags(what)
     _add_fetch_flags(what)
     _add_subset_flags(what)
     _add_build_flags(parser.add_argument_group("how to build"))
+    _add_output_flags(parser.add_argument_group("what it says"))
     return parser
 
 
@@ -200,6 +213,13 @@ def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
         "source that holds no pictures",
     )
     parser.add_argument(
+        "--if-needed",
+        action="store_true",
+        help="build only when the collection is empty or the last build of this source did "
+        "not finish (interrupted: this finishes it); else say what the index holds and exit "
+        "0 (`make run` uses it: an index built from other pictures is left as it is)",
+    )
+    parser.add_argument(
         "--wait",
         action="store_true",
         help="if another index_builder is writing to the same embedded store (CHROMA_PATH), "
@@ -215,43 +235,70 @@ def _add_build_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--collection", metavar="NAME", help="collection name (default: COLLECTION)"
     )
+
+
+def _add_output_flags(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (DEBUG)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check, in seconds, what the build needs (CLIP_MODEL, the store, the source, "
+        "with --download COCO_BASE_URL and the disk space), say what was found, and exit: 0 "
+        "when everything is in place (every build does this first anyway)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every step with its time, level and logger (DEBUG), and where the time per "
+        "picture went (decode, model, store...)",
+    )
 
 
 def describe(summary: BuildSummary) -> str:
-    """The human summary printed at the end of a run."""
+    """The human summary printed at the end of a run: what it did, what the index holds, and
+    the pictures that could not be indexed (each once: the first few, then the report)."""
     lines = [f"{summary.source} → collection {summary.collection!r}"]
     if summary.up_to_date and not summary.interrupted:
-        lines.append(
-            f"index is up to date: {summary.unchanged:,} pictures unchanged, nothing to do"
-        )
+        unchanged = plural(summary.unchanged, "picture")
+        lines.append(f"index is up to date: {unchanged} unchanged, nothing to do")
     else:
-        lines.append(
-            f"indexed {summary.indexed:,} · unchanged {summary.unchanged:,} · "
-            f"removed {summary.removed:,} · bad {len(summary.bad):,} · "
-            f"missing {len(summary.missing):,}"
-        )
+        lines.append(_counts(summary))
     if summary.beyond_limit:
-        lines.append(f"{summary.beyond_limit:,} pictures left out by --limit")
+        lines.append(f"{plural(summary.beyond_limit, 'picture')} left out by --limit")
     if summary.captions_indexed or summary.captions_removed:
         lines.append(
             f"captions: indexed {summary.captions_indexed:,} · removed {summary.captions_removed:,}"
         )
     rate = f" ({summary.images_per_s:.1f} images/s)" if summary.indexed else ""
     lines.append(
-        f"{summary.total:,} pictures in the index · {summary.elapsed_s:.1f} s elapsed{rate}"
+        f"{plural(summary.total, 'picture')} in the index · "
+        f"{format_seconds(summary.elapsed_s)}{rate}"
     )
-    if summary.bad:
-        for path, reason in summary.bad[:5]:
-            lines.append(f"  bad: {path}: {reason}")
-        if len(summary.bad) > 5:
-            lines.append(f"  ... and {len(summary.bad) - 5} more")
+    for path, reason in summary.bad[:5]:
+        lines.append(f"  bad: {path}: {reason}")
+    if len(summary.bad) > 5:
+        lines.append(f"  ... and {len(summary.bad) - 5:,} more")
     if summary.report:
         lines.append(f"bad and missing pictures are listed in {summary.report}")
     if summary.interrupted:
         lines.append(interruption(summary))
     return "\n".join(lines)
+
+
+def _counts(summary: BuildSummary) -> str:
+    """ "indexed 24 pictures · 10 unchanged · 1 bad": what the run did, zeros left out."""
+    parts = [f"indexed {plural(summary.indexed, 'picture')}"] if summary.indexed else []
+    if summary.unchanged:
+        parts.append(f"{summary.unchanged:,} unchanged")
+    if summary.removed:
+        files = "file is" if summary.removed == 1 else "files are"
+        parts.append(f"removed {plural(summary.removed, 'entry', 'entries')} whose {files} gone")
+    if summary.bad:
+        parts.append(f"{len(summary.bad):,} bad")
+    if summary.missing:
+        parts.append(f"{len(summary.missing):,} missing on disk")
+    return " · ".join(parts or ["indexed 0 pictures"])
 
 
 def interruption(summary: BuildSummary) -> str:
@@ -263,14 +310,15 @@ def interruption(summary: BuildSummary) -> str:
     if summary.dropped:
         names = ", ".join(repr(name) for name in summary.dropped)
         done.append(f"dropped collection{'s' if len(summary.dropped) > 1 else ''} {names}")
-    for count, what in [
-        (summary.removed, "removed {:,} entries whose files are gone"),
-        (summary.captions_removed, "removed {:,} captions"),
-        (summary.indexed, "stored {:,} pictures"),
-        (summary.captions_indexed, "stored {:,} captions"),
-    ]:
-        if count:
-            done.append(what.format(count))
+    if summary.removed:
+        files = "file is" if summary.removed == 1 else "files are"
+        done.append(f"removed {plural(summary.removed, 'entry', 'entries')} whose {files} gone")
+    if summary.captions_removed:
+        done.append(f"removed {plural(summary.captions_removed, 'caption')}")
+    if summary.indexed:
+        done.append(f"stored {plural(summary.indexed, 'picture')}")
+    if summary.captions_indexed:
+        done.append(f"stored {plural(summary.captions_indexed, 'caption')}")
     unfinished_drop = summary.stage.startswith("dropping")
     advice = (
         "rerun with --rebuild to finish the rebuild" if unfinished_drop else "rerun to continue"
@@ -288,6 +336,7 @@ measures both)."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check, fetch, build; print the summary. Returns the exit code (see the module's)."""
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before torch is imported
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -295,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--download fetches COCO2014: it does not go with --folder or --urls")
     if args.rebuild and not args.shard.whole:
         parser.error(REBUILD_WITH_SHARD)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, detailed=args.verbose)
     if not args.shard.whole:
         log.info(
             "shard %s: this builder takes only the pictures whose id falls in shard %d of %d",
@@ -310,17 +356,59 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(coco_root=args.coco_root, collection=args.collection)
         redact = install(secret_values(settings))
-        reader = prepare_source(settings, args)
+        if args.if_needed and not needed(settings, args):
+            return 0
+        checked = check_build(settings, build_source(args), wait=args.wait)
+        if args.check:
+            print("\n".join([*checked.lines, "everything the build needs is in place"]))
+            return 0
+        reader = prepare_source(settings, args, checked.download)
         encoder, batch = tuned_encoder(settings, args.batch_size)
         summary = run(settings, reader, build_options(args, batch), encoder=encoder)
     except SearchBotError as err:
-        print(f"error: {redact.redact(str(err))}", file=sys.stderr)
-        return err.exit_code
+        return fail(err, redact)
     except KeyboardInterrupt:
         print("interrupted before indexing began; nothing was changed", file=sys.stderr)
         return 130
     print(describe(summary))
     return 130 if summary.interrupted else 0
+
+
+def needed(settings: Settings, args: argparse.Namespace) -> bool:
+    """`--if-needed`: whether to build; says why, or why not."""
+    source = source_name(unread_source(settings, args), args.shard)
+    why = build_needed(settings, source)
+    if why is None:
+        log.info(
+            "collection %r holds pictures and no unfinished build of %s: nothing to build "
+            "(`make index` brings it up to date)",
+            settings.collection,
+            source,
+        )
+        return False
+    log.info("%s", why)
+    return True
+
+
+def unread_source(settings: Settings, args: argparse.Namespace) -> Reader:
+    """The reader of the chosen source, made but not read: for its name."""
+    if args.folder is not None:
+        return FolderReader(args.folder)
+    if args.urls is not None:
+        return UrlListReader(args.urls, settings.data_dir)
+    return CocoReader(settings.coco_root, COCO_SPLITS if args.split == "all" else (args.split,))
+
+
+def build_source(args: argparse.Namespace) -> BuildSource:
+    """What the flags ask to index, as the checks before the build see it."""
+    return BuildSource(
+        folder=args.folder,
+        urls=args.urls,
+        splits=COCO_SPLITS if args.split == "all" else (args.split,),
+        download=args.download,
+        limit=args.limit,
+        shard=args.shard,
+    )
 
 
 def build_options(args: argparse.Namespace, batch_size: int) -> BuildOptions:
@@ -366,8 +454,11 @@ def tuned_encoder(settings: Settings, batch: int | str) -> tuple[DualEncoder, in
     return encoder, batch
 
 
-def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
-    """The reader of the chosen source, after fetching what it needs (--urls, --download)."""
+def prepare_source(
+    settings: Settings, args: argparse.Namespace, download: list[CocoFile]
+) -> Reader:
+    """The reader of the chosen source, after fetching what it needs (--urls, --download:
+    `download` is what the checks found missing of COCO2014)."""
     if args.folder is not None:
         return FolderReader(args.folder)
     if args.urls is not None:
@@ -380,60 +471,56 @@ def prepare_source(settings: Settings, args: argparse.Namespace) -> Reader:
         return UrlListReader(args.urls, settings.data_dir)
     splits = COCO_SPLITS if args.split == "all" else (args.split,)
     if args.download:
-        fetch_coco(
-            settings, splits, limit=args.limit, shard=args.shard, progress=not args.no_progress
-        )
+        fetch_coco(settings, splits, download, limit=args.limit, progress=not args.no_progress)
     return CocoReader(settings.coco_root, splits)
 
 
 def fetch_coco(
     settings: Settings,
     splits: tuple[str, ...],
+    plan: list[CocoFile],
     *,
     limit: int | None,
-    shard: Shard = EVERYTHING,
     progress: bool,
 ) -> None:
-    """Say what will be downloaded (sizes) and about how long indexing takes, then fetch."""
-    plan = plan_coco(settings, splits)
+    """Say what will be downloaded (how much, about how long), then fetch it. `plan`: the
+    zips still missing (empty: all is in place)."""
+    what = f"COCO2014 {'+'.join(splits)}"
     if not plan:
-        log.info(
-            "COCO2014 %s is in place in %s: nothing to download",
-            "+".join(splits),
-            settings.coco_root,
-        )
+        log.info("%s is in place in %s: nothing to download", what, settings.coco_root)
         return
     for item in plan:
-        log.info("to download: %s (%s; %s)", item.url, format_size(item.to_fetch), item.reason)
-    total = sum(item.to_fetch or 0 for item in plan)
-    pictures = sum(COCO_PICTURES[split] for split in splits) // shard.count
-    if limit is not None and limit < pictures:
-        log.info(
-            "--limit %s indexes only the first %s pictures, but COCO has no partial download: "
-            "the whole zip(s) are fetched",
-            f"{limit:,}",
-            f"{limit:,}",
-        )
-        pictures = limit
+        log.debug("to download: %s (%s; %s)", item.url, format_size(item.to_fetch), item.reason)
+    total = sum(item.to_fetch for item in plan)
     log.info(
-        "about %s to download (%.0f min at 10 MB/s), then %s pictures to embed (about %.0f min "
-        "on a 2-core CPU at %d images/s, much less on a GPU)",
+        "%s: %s to download from COCO_BASE_URL %s (%s, %s at %s/s)",
+        what,
         format_size(total),
-        total / 10e6 / 60,
-        f"{pictures:,}",
-        pictures / CPU_IMAGES_PER_S / 60,
-        CPU_IMAGES_PER_S,
+        settings.coco_base_url,
+        plural(len(plan), "file"),
+        format_duration(total / DOWNLOAD_BYTES_PER_S),
+        format_size(DOWNLOAD_BYTES_PER_S).replace(".0 ", " "),
     )
+    if limit is not None and limit < sum(COCO_PICTURES[split] for split in splits):
+        log.info(
+            "--limit %s indexes only the first %s, but COCO has no partial download: the "
+            "whole zip(s) are fetched",
+            f"{limit:,}",
+            plural(limit, "picture"),
+        )
     done = ensure_coco(settings, splits, progress=progress)
     log.info(
-        "COCO2014 is in place in %s (%s downloaded)", done.root, format_size(done.bytes_downloaded)
+        "%s is in place in %s (%s downloaded)",
+        what,
+        done.root,
+        format_size(done.bytes_downloaded),
     )
 
 
 def describe_download(fetched: DownloadSummary) -> str:
     """One line on what a URL-list download did, and where its failures are listed."""
     line = (
-        f"URL list → {fetched.folder}: {fetched.valid:,} pictures "
+        f"URL list → {fetched.folder}: {plural(fetched.valid, 'picture')} "
         f"({fetched.downloaded:,} new, {fetched.already_there:,} already there)"
     )
     if fetched.failed_count:

@@ -382,6 +382,7 @@ class Builder:
                 "--folder",
                 str(self.folder),
                 "--no-progress",
+                "--verbose",  # the per-image breakdown line
                 "--batch-size",
                 BATCH,
                 "--workers",

@@ -2,6 +2,8 @@
 
 Long polling by default; webhook mode when WEBHOOK_URL is set (for several replicas behind
 a load balancer). Every setting comes from the environment or .env (see .env.example).
+Whatever stops start-up (a bad setting, a missing or refused token, a model that cannot be
+loaded) is one line on stderr, `error: ...`, as from the other entry points (core.cli).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from bot.startup import (
     stop_on_sigterm,
     webhook_secret,
 )
+from core.cli import DETAILED_FORMAT, fail, report_error
 from core.config import Settings, load_settings
 from core.errors import SearchBotError
-from core.redaction import install, secret_values
+from core.redaction import RedactSecrets, install, secret_values
 
 log = logging.getLogger("bot")
 
@@ -38,19 +41,20 @@ class _NoTracebacks(logging.Filter):
         return not record.exc_info
 
 
-def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
-    """Log to stderr at `level` (LOG_LEVEL); `secrets` never appear in any line, nor in an
-    uncaught exception's traceback."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    install(secrets)
+def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> RedactSecrets:
+    """Log to stderr at `level` (LOG_LEVEL), also when logging was set up before the settings
+    were read; `secrets` never appear in any line, nor in an uncaught exception's traceback.
+    Returns the filter, for the lines `main` prints itself."""
+    logging.basicConfig(level=level.upper(), format=DETAILED_FORMAT)
+    logging.getLogger().setLevel(level.upper())
+    redact = install(secrets)
     # One line per Telegram request is noise, even at DEBUG; keep their warnings.
     for noisy in ("httpx", "httpcore", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if level.upper() != "DEBUG":
         # The logger of PTB's network retry loop only (its records, not its children's).
         logging.getLogger("telegram.ext").addFilter(_NoTracebacks())
+    return redact
 
 
 def run(settings: Settings, secret: str | None, *, check_only: bool = False) -> None:
@@ -113,26 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         "both are good (`make run` does this before any download or index build)",
     )
     args = parser.parse_args(argv)
+    # Before the settings are read, so that a misspelled one is warned about in the log.
+    logging.basicConfig(level=logging.INFO, format=DETAILED_FORMAT)
     try:
         settings = load_settings()
     except SearchBotError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return fail(err)
     if settings.telegram_bot_token is None:
-        print(
-            "error: TELEGRAM_BOT_TOKEN is not set: get a token from @BotFather and put it in "
-            ".env (see .env.example)",
-            file=sys.stderr,
+        report_error(
+            "TELEGRAM_BOT_TOKEN is not set: get a token from @BotFather and put it in .env "
+            "(see .env.example)"
         )
         return 2
     secret = webhook_secret(settings) if settings.webhook_url else None
-    configure_logging(settings.log_level, [*secret_values(settings), secret])
+    redact = configure_logging(settings.log_level, [*secret_values(settings), secret])
     stop_on_sigterm()
-    return start(settings, secret, check_only=args.check)
+    return start(settings, secret, redact, check_only=args.check)
 
 
-def start(settings: Settings, secret: str | None, *, check_only: bool = False) -> int:
-    """`run`, with every way start-up can fail turned into one log line and an exit code."""
+def start(
+    settings: Settings, secret: str | None, redact: RedactSecrets, *, check_only: bool = False
+) -> int:
+    """`run`, with every way start-up can fail turned into one `error: ...` line (with the
+    secrets `redact` knows left out) and an exit code."""
     try:
         run(settings, secret, check_only=check_only)
     except KeyboardInterrupt:
@@ -143,19 +150,19 @@ def start(settings: Settings, secret: str | None, *, check_only: bool = False) -
         logging.shutdown()
         os._exit(0)
     except SearchBotError as err:
-        log.error("cannot start: %s", err)
+        report_error(f"cannot start: {err}", redact)
         return err.exit_code
     except InvalidToken:
-        log.error(TOKEN_REFUSED)
+        report_error(TOKEN_REFUSED)
         return 2
     except TelegramUnreachable as err:
-        log.error("%s", err)
+        report_error(str(err), redact)
         return 1
     except NetworkError as err:
-        log.error("cannot reach Telegram at %s: %s", settings.telegram_base_url, err)
+        report_error(f"cannot reach Telegram at {settings.telegram_base_url}: {err}", redact)
         return 1
     except TelegramError as err:
-        log.error("Telegram refused a start-up call: %s", err)
+        report_error(f"Telegram refused a start-up call: {err}", redact)
         return 1
     return 0
 

@@ -104,16 +104,15 @@ def build_application(settings: Settings, services: Services) -> Application:
 
 def _add_handlers(app: Application, *, inline: bool) -> None:
     """Every handler, in the order PTB tries them: the gatekeeper first (group -1), then
-    buttons, inline queries (with `inline`), commands, texts, pictures, other files, and
-    anything else; failures go to the error handler."""
+    buttons, inline queries (with `inline`), commands, texts (a reply to a photo is about
+    that photo), pictures, other files, and anything else; failures go to the error
+    handler."""
     app.add_handler(TypeHandler(Update, handlers.gatekeeper), group=-1)
     app.add_handler(CallbackQueryHandler(handlers.button))
     if inline:
         app.add_handler(InlineQueryHandler(handlers.inline_query))
-    app.add_handler(CommandHandler("start", handlers.start))
-    app.add_handler(CommandHandler("help", handlers.help_command))
-    app.add_handler(CommandHandler("stats", handlers.stats))
-    app.add_handler(CommandHandler("ask", handlers.ask))
+    for name, callback in handlers.COMMANDS.items():
+        app.add_handler(CommandHandler(name, callback))
     app.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
     app.add_handler(MessageHandler(filters.TEXT, handlers.search_text))
     pictures = filters.PHOTO | filters.Document.IMAGE

@@ -46,10 +46,10 @@ async def gatekeeper(update: Update, context: Context) -> None:
     if user is None:
         log.debug("dropped update %s: it has no user", update.update_id)
         raise ApplicationHandlerStop
-    # A button press or an inline query is meant for the bot; a group message may not be.
-    if message is not None and not groups.is_for_bot(message, context.bot.username, context.bot.id):
-        raise ApplicationHandlerStop
     data = context.bot_data
+    # A button press or an inline query is meant for the bot; a group message may not be.
+    if message is not None and not groups.is_for_bot(message, _me(context)):
+        raise ApplicationHandlerStop
     if data.allowed_user_ids and user.id not in data.allowed_user_ids:
         log.info("refused user %s (not in ALLOWED_USER_IDS)", user.id)
         await refuse(update, data, replies.NOT_ALLOWED.format(user_id=user.id))
@@ -59,6 +59,15 @@ async def gatekeeper(update: Update, context: Context) -> None:
         log.info("user %s is over the rate limit", user.id)
         await refuse(update, data, replies.rate_limited(retry_in))
         raise ApplicationHandlerStop
+
+
+def _me(context: Context) -> groups.Me:
+    """This bot, for telling which group messages are for it: its name, its commands, and
+    whether it answers questions about photos."""
+    bot = context.bot
+    return groups.Me(
+        bot.username, bot.id, COMMAND_NAMES, questions=context.bot_data.services.ask_enabled
+    )
 
 
 async def refuse(update: Update, data: BotData, text: str) -> None:
@@ -79,18 +88,27 @@ async def refuse(update: Update, data: BotData, text: str) -> None:
 
 
 async def start(update: Update, context: Context) -> None:
-    """/start: greeting and what the bot can do."""
-    services = context.bot_data.services
-    await update.effective_message.reply_text(
-        replies.start_text(ask_enabled=services.ask_enabled, model=model_note(context, admin=False))
-    )
+    """/start: greeting and what the bot can do (in a group: how to use it there)."""
+    facts = await help_facts(update.effective_message, context)
+    await update.effective_message.reply_text(replies.start_text(facts))
 
 
 async def help_command(update: Update, context: Context) -> None:
-    """/help: what the bot can do, with examples."""
+    """/help: what the bot can do, with examples and the index's own #categories (in a
+    group: how to use it there, where it answers only what names it)."""
+    facts = await help_facts(update.effective_message, context)
+    await update.effective_message.reply_text(replies.help_text(facts))
+
+
+async def help_facts(message: Message, context: Context) -> replies.HelpFacts:
+    """What /help and /start depend on: /ask on or off, the model, the index's categories,
+    and whether they are asked in a group."""
     services = context.bot_data.services
-    await update.effective_message.reply_text(
-        replies.help_text(ask_enabled=services.ask_enabled, model=model_note(context, admin=False))
+    return replies.HelpFacts(
+        ask_enabled=services.ask_enabled,
+        model=model_note(context, admin=False),
+        categories=await services.categories(),
+        group_bot=context.bot.username if groups.is_in_group(message) else None,
     )
 
 
@@ -102,39 +120,46 @@ def model_note(context: Context, *, admin: bool) -> replies.ModelNote:
 
 
 async def stats(update: Update, context: Context) -> None:
-    """/stats: pictures indexed, model, device and dtype; the store's address only for
-    ADMIN_USER_IDS (it tells where the data lives)."""
+    """/stats: pictures indexed and the model; the operator's details (device, dtype, how
+    they were tuned, the store's address, a local model's path) only for ADMIN_USER_IDS:
+    they tell where the data lives and mean nothing to a user."""
     s = await context.bot_data.services.stats()
     user = update.effective_user
     admin = user is not None and user.id in context.bot_data.admin_user_ids
+    model = model_note(context, admin=admin)
+    if not admin:
+        await update.effective_message.reply_text(replies.stats_text(images=s.images, model=model))
+        return
     await update.effective_message.reply_text(
         replies.stats_text(
             images=s.images,
-            model=model_note(context, admin=admin),
+            model=model,
             device=s.device,
             dtype=s.dtype,
-            store=s.store if admin else None,
+            store=s.store,
             tuned=s.tuned,
         )
     )
 
 
 async def unknown_command(update: Update, context: Context) -> None:
-    """Any other /command: say so, and show the help."""
-    await update.effective_message.reply_text(
-        replies.UNKNOWN_COMMAND
-        + "\n\n"
-        + replies.help_text(
-            ask_enabled=context.bot_data.services.ask_enabled,
-            model=model_note(context, admin=False),
-        )
-    )
+    """A command the bot does not have: one line pointing to /help (the whole help would
+    bury the chat for a typo). In a group only a command addressed to this bot
+    (`/foo@ThisBot`) gets here: the gatekeeper leaves bare ones to the bots they are for."""
+    message = update.effective_message
+    written = (message.text or "").split(maxsplit=1)[0]
+    group_bot = context.bot.username if groups.is_in_group(message) else None
+    await message.reply_text(replies.unknown_command(written.partition("@")[0], group_bot))
 
 
 async def search_text(update: Update, context: Context) -> None:
     """Any text that is not a command: the best matching pictures, as an album with buttons
-    under it."""
+    under it. A reply to a photo is about that photo instead (`about_photo`)."""
     message = update.effective_message
+    target = message.reply_to_message
+    if target is not None and groups.has_picture(target):
+        await about_photo(update, context, target)
+        return
     query = clean_query(groups.without_mention(message, context.bot.username))
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
@@ -146,11 +171,37 @@ async def search_photo(update: Update, context: Context) -> None:
     """A photo, or a picture sent as a file (its caption, if any, changes the search): the
     most similar pictures, as an album with buttons under it."""
     message = update.effective_message
+    await _search_like(update, context, message, _words(message, context))
+
+
+async def about_photo(update: Update, context: Context, target: Message) -> None:
+    """Words replied to a photo (`target`, in the same chat): a question (`groups.is_question`:
+    "what colour is it?") is answered about it; other words search for that photo changed
+    by them, as its caption would ("at night"). In a group only questions to the bot's
+    photos and replies that mention the bot get here (the gatekeeper drops the chatter)."""
+    message = update.effective_message
+    words = _words(message, context)
+    if not groups.is_question(words):
+        await _search_like(update, context, target, words)
+    elif not context.bot_data.services.ask_enabled:
+        await message.reply_text(replies.ASK_DISABLED)
+    else:
+        await ask_about(update, context, target, groups.question_of(words))
+
+
+def _words(message: Message, context: Context) -> str:
+    """The words of a message's text or caption, without the bot's @mention, spaces tidied."""
+    return " ".join(groups.without_mention(message, context.bot.username).split())
+
+
+async def _search_like(update: Update, context: Context, target: Message, words: str) -> None:
+    """Search for the picture of `target`, changed by `words`; the results answer the
+    message of `update`."""
+    message = update.effective_message
     data = context.bot_data
-    caption = " ".join(groups.without_mention(message, context.bot.username).split())
     async with chat_action(context.bot, message.chat_id):
-        picture = await download_picture(message, context)
-        found = await data.services.search_photo(picture, caption[:MAX_QUERY_CHARS])
+        picture = await download_picture(target, context)
+        found = await data.services.search_photo(picture, words[:MAX_QUERY_CHARS])
         await results.show_search(_chat_of(message, update), found, data)
 
 
@@ -203,19 +254,26 @@ async def ask(update: Update, context: Context) -> None:
     """/ask <question> replying to a photo (or as a photo's caption): BLIP-2 answers it;
     /ask alone describes the photo."""
     message = update.effective_message
-    services = context.bot_data.services
-    if not services.ask_enabled:
+    if not context.bot_data.services.ask_enabled:
         await message.reply_text(replies.ASK_DISABLED)
         return
     match = ASK.match(message.text or message.caption or "")
     question = " ".join((match.group(1) or "").split()) if match else ""
-    target = message if has_picture(message) else message.reply_to_message
+    target = message if groups.has_picture(message) else message.reply_to_message
     if target is None:
         await message.reply_text(replies.ASK_USAGE)
         return
-    if not has_picture(target):
+    if not groups.has_picture(target):
         await message.reply_text(replies.ASK_NO_PHOTO)
         return
+    await ask_about(update, context, target, question)
+
+
+async def ask_about(update: Update, context: Context, target: Message, question: str) -> None:
+    """BLIP-2's answer to `question` (a description when it is empty) about the picture of
+    `target`, as a reply to the message of `update`: one waiting question per user."""
+    message = update.effective_message
+    services = context.bot_data.services
     if len(question) > replies.MAX_QUESTION_CHARS:
         await message.reply_text(replies.question_too_long(len(question)))
         return
@@ -237,10 +295,15 @@ async def ask(update: Update, context: Context) -> None:
 
 async def _answer(message: Message, target: Message, question: str, context: Context) -> str | None:
     """Wait for BLIP-2's answer about the picture of `target` (downloaded only when it was not
-    asked about recently); None when questions are unavailable, after telling the user."""
+    asked about recently); None when questions are unavailable, after telling the user once:
+    at once while a failed load is not retried, else in place of the loading notice."""
     services = context.bot_data.services
-    if not services.vqa_ready:
-        await message.reply_text(replies.ASK_FIRST_ANSWER)
+    retry_in = services.ask_retry_in
+    if retry_in is not None:
+        log.info("/ask unavailable: BLIP-2 did not load, not tried again for %.0f s", retry_in)
+        await message.reply_text(replies.ask_unavailable(retry_in))
+        return None
+    notice = None if services.vqa_ready else await message.reply_text(replies.ASK_FIRST_ANSWER)
     async with chat_action(context.bot, message.chat_id, ChatAction.TYPING):
         try:
             return await services.ask(
@@ -248,8 +311,21 @@ async def _answer(message: Message, target: Message, question: str, context: Con
             )
         except ModelUnavailable as err:
             log.error("cannot answer /ask: %s", err)
-            await message.reply_text(replies.ASK_UNAVAILABLE)
-            return None
+            text = replies.ask_unavailable(services.ask_retry_in)
+    await _say_instead(message, notice, text)
+    return None
+
+
+async def _say_instead(message: Message, notice: Message | None, text: str) -> None:
+    """Send `text` as the bot's one word on `message`: in place of `notice` when there is one
+    (edited, so the chat does not keep a promise the bot could not keep), else a reply."""
+    if notice is not None:
+        try:
+            await notice.edit_text(text)
+            return
+        except TelegramError as err:
+            log.warning("could not edit the loading notice: %s", err)
+    await message.reply_text(text)
 
 
 def picture_key(message: Message) -> str:
@@ -257,12 +333,6 @@ def picture_key(message: Message) -> str:
     item = message.photo[-1] if message.photo else message.document
     assert item is not None, "message has no picture"
     return item.file_unique_id
-
-
-def has_picture(message: Message) -> bool:
-    """A photo, or a file that is a picture."""
-    document = message.document
-    return bool(message.photo) or bool(document and (document.mime_type or "").startswith("image/"))
 
 
 async def not_a_picture_file(update: Update, context: Context) -> None:
@@ -349,3 +419,9 @@ def describe_update(update: object) -> str:
     if message is not None:
         parts.append(f"message {message.message_id}")
     return " ".join(parts)
+
+
+COMMANDS = {"start": start, "help": help_command, "stats": stats, "ask": ask}
+"""The bot's commands and their handlers (`bot.app` wires them; in a group a bare command
+is for this bot only when it is one of these)."""
+COMMAND_NAMES = frozenset(COMMANDS)

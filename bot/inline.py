@@ -18,7 +18,7 @@ from telegram.error import TelegramError
 
 from bot import replies
 from bot.sending import AlbumTarget, file_keys, send_album
-from core.search.service import Hit, clean_query
+from core.search.service import MAX_RESULTS, Hit, clean_query
 
 if TYPE_CHECKING:
     from bot.state import BotData
@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 
 PAGE = 10
 """Results per inline page (Telegram takes up to 50; uploads for new pictures go as one
-album of at most 10)."""
-MAX_OFFSET = 500
-"""Deeper pages are not offered (the offset comes back from clients: untrusted)."""
+album of at most 10). The pages are `SearchService.page`'s, as the More button's: the same
+results in the same order, full until the results end."""
+MAX_OFFSET = MAX_RESULTS
+"""Deeper pages are not offered, as More stops there too (the offset comes back from
+clients: untrusted)."""
 CACHE_TIME_S = 10
 
 

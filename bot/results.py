@@ -1,6 +1,9 @@
 """A search as the chat shows it: an album, then one message that says how the query was read
-and where we are ("a red circle — 1–5 of 72"), with buttons under it (media groups cannot
-carry a keyboard): More ▸, Similar <rank>, Full size. And what each button does.
+and where we are ("a red circle — 1–5", "6–8 of 8"), with buttons under it (media groups
+cannot carry a keyboard): More ▸, Similar <rank>, Full size. And what each button does.
+
+A Similar search is named after the search its picture came from ("like #2 of a red
+circle"), and never shows that picture itself (core leaves it out of every page).
 
 The handlers call `show_search` for a new search and `refusal`/`run_press` for a press;
 each search's state lives in `bot.saved_searches`, behind the token its buttons carry.
@@ -26,7 +29,7 @@ from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
 from bot import replies
-from bot.saved_searches import Album, Press, SearchContext, Shown
+from bot.saved_searches import MAX_LIKES, Album, Press, SearchContext, Shown
 from bot.sending import AlbumTarget, chat_action, send_album
 from core.errors import BadImage
 from core.search.service import SearchPage
@@ -50,23 +53,32 @@ class Chat:
     reply_to: int | None = None
 
 
-async def show_search(chat: Chat, results: Results, data: BotData) -> None:
-    """The first page of a new search, with its buttons."""
+async def show_search(
+    chat: Chat, results: Results, data: BotData, likes: tuple[int, ...] = ()
+) -> None:
+    """The first page of a new search, with its buttons; `likes`: a Similar search's ranks
+    pressed (`SearchContext.likes`)."""
     context = SearchContext(
         query=results.prepared.to_json(),
         chat_id=chat.chat_id,
         user_id=chat.user_id,
         k=data.services.settings.top_k,
+        likes=likes[:MAX_LIKES],
     )
     await show_page(chat, context, results.page, data)
+
+
+def heading_of(context: SearchContext, reading: str = "") -> replies.Heading:
+    """What `context`'s search is called in the chat (`reading`: its page's, when known)."""
+    return replies.Heading(reading or context.prepared.reading, context.likes)
 
 
 async def show_page(chat: Chat, context: SearchContext, page: SearchPage, data: BotData) -> None:
     """One page of `context`'s search: the album, then the message with the buttons; the
     search is stored with this page as its last."""
-    reading = page.reading or context.prepared.reading
+    heading = heading_of(context, page.reading)
     if not page.hits:
-        await _show_empty(chat, replace(context, more=False), page, reading, data)
+        await _show_empty(chat, replace(context, more=False), page, heading, data)
         return
     target = AlbumTarget(chat.bot, chat.chat_id, first_rank=page.offset + 1, reply_to=chat.reply_to)
     sent = await send_album(target, page.hits, data.file_ids, data.services.files)
@@ -76,29 +88,29 @@ async def show_page(chat: Chat, context: SearchContext, page: SearchPage, data: 
     last = page.offset + len(page.hits)
     await chat.bot.send_message(
         chat.chat_id,
-        replies.results_text(reading, page.offset + 1, last, page.total, more=page.more),
+        replies.results_text(heading, page.offset + 1, last, page.found, more=page.more),
         reply_markup=keyboard(context, album),
     )
 
 
 async def _show_empty(
-    chat: Chat, context: SearchContext, page: SearchPage, reading: str, data: BotData
+    chat: Chat, context: SearchContext, page: SearchPage, heading: replies.Heading, data: BotData
 ) -> None:
     """No hits: past the last page, nothing above MIN_SCORE (offer the nearest anyway), or
     nothing at all."""
     markup = None
     if page.offset > 0:
-        text = replies.all_found(reading)
+        text = replies.all_found(heading)
         await asyncio.to_thread(data.searches.put, context)
     elif page.below_min_score > 0 and not context.nearest_anyway:
-        text = replies.nothing_close(reading)
+        text = replies.nothing_close(heading)
         await asyncio.to_thread(data.searches.put, context)
         nearest = Press("nearest", context.token).data()
         markup = InlineKeyboardMarkup(
             [[InlineKeyboardButton(replies.NEAREST_LABEL, callback_data=nearest)]]
         )
     else:
-        text = replies.no_results(reading)
+        text = replies.no_results(heading)
     reply = None
     if chat.reply_to is not None:
         reply = ReplyParameters(chat.reply_to, allow_sending_without_reply=True)
@@ -161,17 +173,30 @@ async def run_press(
         album = context.album(press.album)
         assert album is not None
         picture = album.pictures[press.index - 1]
+        rank = album.first_rank + press.index - 1
         async with chat_action(chat.bot, chat.chat_id):
-            await show_search(chat, await data.services.similar(picture.id), data)
+            found = _named_after(await data.services.similar(picture.id), context)
+            await show_search(chat, found, data, likes=(rank, *context.likes))
     else:
         album = context.album(press.album)
         assert album is not None
         await _full_size(chat, album, data)
 
 
+def _named_after(found: Results, parent: SearchContext) -> Results:
+    """A Similar search's results read as the search it was pressed under (the first one's,
+    for a Similar of a Similar): core reads it "like picture <id>", an id nobody knows."""
+    reading = parent.prepared.reading
+    return replace(
+        found,
+        prepared=replace(found.prepared, reading=reading),
+        page=replace(found.page, reading=reading),
+    )
+
+
 async def _more(chat: Chat, context: SearchContext, data: BotData) -> None:
     if not context.more:
-        await chat.bot.send_message(chat.chat_id, replies.all_found(context.prepared.reading))
+        await chat.bot.send_message(chat.chat_id, replies.all_found(heading_of(context)))
         return
     async with chat_action(chat.bot, chat.chat_id):
         page = await data.services.page(

@@ -36,6 +36,8 @@ MAX_PER_USER = 500
 TTL_S = 7 * 24 * 3600.0
 MAX_ALBUMS = 20
 """Albums of one search whose Similar / Full size buttons keep working (the latest ones)."""
+MAX_LIKES = 4
+"""Ranks a Similar search remembers of the presses that led to it (the latest ones)."""
 CALLBACK_DATA_LIMIT = 64
 """Telegram's limit for callback_data, in bytes."""
 
@@ -149,6 +151,10 @@ class SearchContext:
     """MIN_SCORE is ignored (the user asked for the nearest anyway)."""
     albums: tuple[Album, ...] = ()
     """The latest `MAX_ALBUMS` albums sent."""
+    likes: tuple[int, ...] = ()
+    """A Similar search: the ranks of the pictures pressed to get here, the latest first (at
+    most `MAX_LIKES`); its query's reading is then the first search's, so the chat can say
+    "like #2 of a red circle"."""
     token: str = field(default_factory=new_token)
 
     @property
@@ -173,6 +179,7 @@ class SearchContext:
                 "offset": self.offset,
                 "more": self.more,
                 "nearest_anyway": self.nearest_anyway,
+                "likes": list(self.likes),
                 "albums": [
                     [a.number, a.first_rank, [[p.id, p.path] for p in a.pictures]]
                     for a in self.albums
@@ -196,6 +203,7 @@ class SearchContext:
             more=bool(data["more"]),
             nearest_anyway=bool(data["nearest_anyway"]),
             albums=albums,
+            likes=tuple(int(rank) for rank in data.get("likes", ()))[:MAX_LIKES],
             token=token,
         )
 

@@ -306,6 +306,15 @@ class Services:
             tuned=tuning.summary() if (tuning := self.encoder.tuning) else None,
         )
 
+    async def categories(self) -> tuple[str, ...]:
+        """The categories the index records (its #hashtags), for /help; none for an index
+        without them, and none while the index cannot be read (/help answers all the same)."""
+        try:
+            return await self._live.run(lambda search: asyncio.to_thread(search.store.categories))
+        except SearchBotError as err:
+            log.info("/help without the index's categories: %s", err)
+            return ()
+
     @property
     def ask_enabled(self) -> bool:
         """Whether /ask is served (VQA_ENABLED)."""
@@ -315,6 +324,11 @@ class Services:
     def vqa_ready(self) -> bool:
         """False until BLIP-2 is loaded (the first answer then takes longer)."""
         return self._asking is not None and self._asking.ready
+
+    @property
+    def ask_retry_in(self) -> float | None:
+        """Seconds until BLIP-2 is tried again after it failed to load (None: ask away)."""
+        return self._asking.retry_in if self._asking is not None else None
 
     @property
     def ask_slots(self) -> AskSlots:

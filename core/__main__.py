@@ -8,7 +8,8 @@
     python -m core eval [--karpathy dataset_coco.json | --split val2014 --limit 1000] [--json]
 
 Exit codes: 0 done, 1 a runtime error (bad image, model or store unavailable),
-2 a usage error (empty query, bad setting) or an empty index.
+2 a usage error (empty query, bad setting), an empty index, or (status) an index whose last
+build did not finish.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.cli import fail, setup_logging
 from core.config import Settings, load_settings
 from core.errors import BadImage, EmptyQuery, SearchBotError
 from core.redaction import RedactSecrets, install, secret_values
 from core.sources.coco import COCO_SPLITS
-from core.store.collection_info import describe, quick_info
+from core.sources.units import plural
+from core.store.collection_info import CollectionInfo, describe, quick_info
 
 if TYPE_CHECKING:
     from core.search.service import Hit
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "search",
         help="find the pictures that best match a text or a picture",
         description="Find the pictures that best match a text (positional) or a picture "
-        "(--image). Prints rank, score, path and first caption, one hit per line.",
+        "(--image). Prints rank, score, path and first caption, one hit per line; the score "
+        "is the cosine as the bot shows it (0.00 to 1.00, higher is closer; MIN_SCORE compares "
+        "the same cosine). --like leaves that picture itself out, as the bot's Similar does.",
     )
     search.add_argument(
         "query",
@@ -56,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with --image or --like, words that change the picture",
     )
     search.add_argument("--image", metavar="FILE", help="search by this picture (and the words)")
-    search.add_argument("--like", metavar="ID", help="search like this indexed picture")
+    search.add_argument(
+        "--like", metavar="ID", help="search like this indexed picture (itself left out)"
+    )
     search.add_argument(
         "--where",
         metavar="CATS",
@@ -70,10 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "status",
-        help="say how many pictures the index holds (exit code 2 when it is empty)",
-        description="Print the collection's size, model and store without loading a model. "
-        "Exit code 0 when it holds pictures, 2 when it is missing or empty (scripts use this "
-        "to build the index only when needed).",
+        help="say how many pictures the index holds (exit code 2 when it is empty or its "
+        "last build did not finish)",
+        description="Print the collection's size, model and store without loading a model, "
+        "and each source whose last build did not finish (interrupted: 'incomplete: 10 of "
+        "40,504'). Exit code 0 when it holds pictures and every build finished, 2 when it is "
+        "missing, empty or incomplete (scripts use this to build, or finish building, the "
+        "index only when needed; `make run` leaves that to `index_builder.py --if-needed`).",
     )
     _add_eval_parser(commands)
     return parser
@@ -160,10 +170,28 @@ def _status(settings: Settings) -> int:
         print(f"collection {settings.collection!r} in {where}: empty")
         return 2
     print(
-        f"collection {info.name!r} in {where}: {info.count:,} pictures, "
+        f"collection {info.name!r} in {where}: {plural(info.count, 'picture')}, "
         f"model {info.model} ({info.dim}-d)"
     )
-    return 0
+    for line in _incomplete(info):
+        print(line)
+    return 2 if info.incomplete else 0
+
+
+def _incomplete(info: CollectionInfo) -> list[str]:
+    """A line per source whose last build did not finish: "incomplete: 10 of 40,504 pictures
+    of COCO2014 val2014 in data/coco (...)", and what to do about it."""
+    lines = [
+        f"incomplete: {build.done(info.count):,} of {build.target:,} pictures of {build.source} "
+        "(its last build stopped before the end)"
+        for build in info.incomplete
+    ]
+    if lines:
+        lines.append(
+            "rerun the same index_builder.py command (or `make run`) to finish: it embeds only "
+            "what is missing"
+        )
+    return lines
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
@@ -181,7 +209,8 @@ def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
     categories = tuple(c.strip() for c in args.where.split(",") if c.strip())
     text = args.query or ""
     parsed = parse_query(text)
-    if not (parsed.positives or parsed.hashtags or categories or picture or args.like):
+    words = parsed.positives or parsed.symbols or parsed.hashtags  # symbols: the model decides
+    if not (words or categories or picture or args.like):
         # refused before loading any model
         raise EmptyQuery(empty_query_message(parsed))
     query = Query(text=text, picture=picture, like_id=args.like, categories=categories)
@@ -191,24 +220,27 @@ def _search(settings: Settings, args: argparse.Namespace) -> list[Hit]:
         print(f"read as: {page.reading}", file=sys.stderr)
     if page.below_min_score and not page.hits:
         print(f"{page.below_min_score} hits below MIN_SCORE", file=sys.stderr)
+    if page.found is not None:
+        print(f"found: {page.found:,} in all", file=sys.stderr)
     return page.hits
 
 
 def _print_hits(hits: list[Hit], as_json: bool) -> None:
+    """One line per hit: rank, score as the bot shows it, path, first caption; or, with
+    --json, the hits with their exact cosines."""
+    from core.search.service import shown_score
+
     if as_json:
         print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
         return
     for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>2}  {hit.score:.3f}  {hit.path}  {hit.caption}")
+        print(f"{rank:>2}  {shown_score(hit.score)}  {hit.path}  {hit.caption}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     if args.command == "search":
         if args.query is None and not (args.image or args.like or args.where.strip()):
             parser.error("give a query text, --where CATS, --image FILE or --like ID")
@@ -227,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _print_hits(_search(settings, args), args.json)
     except SearchBotError as err:
-        print(f"error: {redact.redact(str(err))}", file=sys.stderr)
-        return err.exit_code
+        return fail(err, redact)
     return 0
 
 

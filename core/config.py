@@ -7,8 +7,11 @@ upper-case field names (`CLIP_MODEL`, `CHROMA_PATH`, ...).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -16,6 +19,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, Validati
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -265,10 +270,15 @@ def load_settings(**overrides: Any) -> Settings:
     """Build `Settings` from the environment, `.env` and `overrides` (command-line flags).
 
     A bad value raises `ConfigError` with one line naming the variable, instead of
-    pydantic's multi-line traceback; it shows the value given, except a secret's.
+    pydantic's multi-line traceback; it shows the value given, except a secret's. A name in
+    `.env` or the environment that is no setting but looks like one (`TOPK`) is logged as a
+    warning, one line per name (`unknown_settings`): else it would be ignored silently.
     """
+    given = {k: v for k, v in overrides.items() if v is not None or k.startswith("_")}
+    env_file = given.get("_env_file", Settings.model_config.get("env_file"))
+    for warning in unknown_settings(env_file, os.environ):
+        log.warning("%s", warning)
     try:
-        given = {k: v for k, v in overrides.items() if v is not None or k.startswith("_")}
         return Settings(**given)
     except ValidationError as err:
         problems = []
@@ -277,6 +287,73 @@ def load_settings(**overrides: Any) -> Settings:
             given_value = "" if _is_secret(error["loc"]) else f"={error.get('input')!r}"
             problems.append(f"{name}{given_value}: {error['msg']}")
         raise ConfigError("bad setting " + "; ".join(problems)) from None
+
+
+ENV_FILE_CUTOFF = 0.6
+"""How alike (difflib's ratio) an unknown name in `.env` must be to a setting's name to be
+reported: a `.env` is written for this project, so most of its unknown names are typos."""
+ENVIRONMENT_CUTOFF = 0.8
+"""The same for the environment, which holds every other program's variables too: only a
+near miss (`TOPK`, `TELEGRAM_TOKEN`, `CLIP_MODLE`) that also `_resembles` its match."""
+
+
+def unknown_settings(
+    env_file: object, environ: Mapping[str, str], known: tuple[str, ...] | None = None
+) -> list[str]:
+    """A warning for each name in `env_file` (a path, or a list of paths as pydantic-settings
+    takes them; None: no file) or in `environ` that is not a setting's name but is close to
+    one: "TOPK in .env is not a setting: did you mean TOP_K?". One per name, `.env` first.
+    `known`: the settings' names (default: `Settings`'s)."""
+    names = known or tuple(name.upper() for name in Settings.model_fields)
+    warnings: dict[str, str] = {}
+    for path in _env_files(env_file):
+        for name in _dotenv_names(path):
+            match = _close_match(name.upper(), names, ENV_FILE_CUTOFF)
+            if match and name.upper() not in warnings:
+                warnings[name.upper()] = f"{name} in {path} is not a setting: did you mean {match}?"
+    for name in environ:
+        upper = name.upper()
+        match = _close_match(upper, names, ENVIRONMENT_CUTOFF)
+        if match and upper not in warnings and _resembles(upper, match):
+            warnings[upper] = f"{name} in the environment is not a setting: did you mean {match}?"
+    return list(warnings.values())
+
+
+def _env_files(env_file: object) -> list[Path]:
+    """The `.env` files pydantic-settings reads for `env_file` that exist."""
+    if isinstance(env_file, (str, os.PathLike)):
+        files: list[object] = [env_file]
+    else:
+        files = list(env_file) if isinstance(env_file, (list, tuple)) else []
+    return [Path(f) for f in files if isinstance(f, (str, os.PathLike)) and Path(f).is_file()]
+
+
+def _dotenv_names(path: Path) -> list[str]:
+    """The names a `.env` file sets (python-dotenv reads it as pydantic-settings does)."""
+    from dotenv import dotenv_values
+
+    try:
+        return [name for name in dotenv_values(path, encoding="utf-8") if name]
+    except (OSError, UnicodeDecodeError):
+        return []  # pydantic-settings says what is wrong with the file
+
+
+def _close_match(name: str, known: tuple[str, ...], cutoff: float) -> str | None:
+    """The setting `name` most likely means, or None (it is one, or near none)."""
+    if name in known:
+        return None
+    matches = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    return matches[0] if matches else None
+
+
+def _resembles(name: str, setting: str) -> bool:
+    """Whether an environment variable looks written for us, not for another program: it
+    shares a word with the setting (TELEGRAM_TOKEN, TELEGRAM_BOT_TOKEN), or is the same
+    letters but for an underscore or one more (TOPK, TOP_K; DEVICES, DEVICE)."""
+    if set(name.split("_")) & set(setting.split("_")):
+        return True
+    squashed = difflib.SequenceMatcher(None, name.replace("_", ""), setting.replace("_", ""))
+    return squashed.ratio() >= 0.9
 
 
 def _is_secret(loc: tuple[int | str, ...]) -> bool:

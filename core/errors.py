@@ -8,6 +8,8 @@ only for the errors that say they are about the host (`quotes_user` False).
 
 from __future__ import annotations
 
+from enum import Enum
+
 
 class SearchBotError(Exception):
     """Base of every error this project raises on purpose. `str(err)` is the message."""
@@ -47,8 +49,41 @@ class IndexRebuilding(IndexEmpty):
     """The collection that was searched a moment ago is missing or empty: being rebuilt."""
 
 
+class ImageProblem(str, Enum):
+    """Why a picture cannot be used, as a person can act on it: the bot tells a user each one
+    in their own terms (send a smaller copy, send a picture, send it again)."""
+
+    TOO_MANY_PIXELS = "too many pixels"
+    """Over MAX_IMAGE_PIXELS (or Pillow's decompression-bomb limit): refused before decoding."""
+    NOT_A_PICTURE = "not a picture"
+    """Not an image, or a format the decoder does not open."""
+    DAMAGED = "damaged"
+    """Empty, truncated or corrupt: the start of a picture, but no picture can be decoded."""
+    GONE = "gone"
+    """No longer at hand (a file that disappeared, a photo whose bytes were let go)."""
+    UNREADABLE = "unreadable"
+    """Anything else that could not be read (the default)."""
+
+
 class BadImage(SearchBotError):
-    """An image that cannot or must not be decoded (corrupt, truncated, too large, not an image)."""
+    """An image that cannot or must not be decoded (corrupt, truncated, too large, not an image).
+
+    `str(err)` is the detail for logs and the CLI; `reason` says which problem it is, and for
+    TOO_MANY_PIXELS `size` (width, height; None when unknown) and `limit` (pixels) say by how
+    much, so the bot can tell a user what to do."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: ImageProblem = ImageProblem.UNREADABLE,
+        size: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.size = size
+        self.limit = limit
 
 
 class ModelUnavailable(SearchBotError):

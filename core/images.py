@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage
+from core.errors import BadImage, ImageProblem
 
 DEFAULT_MAX_PIXELS = 40_000_000
 ImageSource = bytes | bytearray | str | os.PathLike | BinaryIO
@@ -69,16 +69,7 @@ def decode_image(
     the limits.
     """
     name = _describe(source)
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise BadImage(f"{name} is empty")
-        source = io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)):
-        try:
-            if os.path.getsize(source) == 0:
-                raise BadImage(f"{name} is empty")
-        except OSError as err:
-            raise BadImage(f"{name} cannot be read: {err.strerror or err}") from None
+    source = _checked_source(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,7 +78,10 @@ def decode_image(
                 if width * height > max_pixels:
                     raise BadImage(
                         f"{name} is too large: {width}×{height} pixels "
-                        f"(the limit is {max_pixels:,} pixels)"
+                        f"(the limit is {max_pixels:,} pixels)",
+                        reason=ImageProblem.TOO_MANY_PIXELS,
+                        size=(width, height),
+                        limit=max_pixels,
                     )
                 if min_side and im.format == "JPEG":
                     im.draft("RGB" if im.mode == "RGB" else None, (min_side, min_side))
@@ -97,17 +91,59 @@ def decode_image(
                 rgb = _to_rgb(ImageOps.exif_transpose(small))
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"{name} is too large to decode safely") from None
-    except UnidentifiedImageError:
-        raise BadImage(f"{name} is not an image (or not a format we can read)") from None
-    except FileNotFoundError:
-        raise BadImage(f"{name} does not exist") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise BadImage(f"{name} is corrupt or truncated ({err})") from None
+    except _DECODE_ERRORS as err:
+        raise _decode_error(err, name, max_pixels) from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return DecodedImage(rgb, width, height)
+
+
+_DECODE_ERRORS = (
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+)
+"""What Pillow raises for a picture it cannot or must not decode."""
+
+
+def _checked_source(source: ImageSource, name: str) -> BinaryIO | str | os.PathLike:
+    """`source` ready for `Image.open` (bytes wrapped in a file); raises `BadImage` for empty
+    bytes, and for a file on disk that is empty or cannot be read."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise BadImage(f"{name} is empty", reason=ImageProblem.DAMAGED)
+        return io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            if os.path.getsize(source) == 0:
+                raise BadImage(f"{name} is empty", reason=ImageProblem.DAMAGED)
+        except OSError as err:
+            raise BadImage(
+                f"{name} cannot be read: {err.strerror or err}", reason=ImageProblem.GONE
+            ) from None
+    return source
+
+
+def _decode_error(err: BaseException, name: str, max_pixels: int) -> BadImage:
+    """Pillow's `err` as a `BadImage` that says which problem it is (see `ImageProblem`)."""
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return BadImage(
+            f"{name} is too large to decode safely",
+            reason=ImageProblem.TOO_MANY_PIXELS,
+            limit=max_pixels,
+        )
+    if isinstance(err, UnidentifiedImageError):
+        return BadImage(
+            f"{name} is not an image (or not a format we can read)",
+            reason=ImageProblem.NOT_A_PICTURE,
+        )
+    if isinstance(err, FileNotFoundError):
+        return BadImage(f"{name} does not exist", reason=ImageProblem.GONE)
+    return BadImage(f"{name} is corrupt or truncated ({err})", reason=ImageProblem.DAMAGED)
 
 
 def load_image(
@@ -194,7 +230,10 @@ def photo_for_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> by
             width, height = probe.size
             fits = probe.format in ("JPEG", "MPO", "PNG", "WEBP")
     except (UnidentifiedImageError, OSError) as err:
-        raise BadImage(f"the file is not a picture in a format we send ({err})") from None
+        raise BadImage(
+            f"the file is not a picture in a format we send ({err})",
+            reason=ImageProblem.NOT_A_PICTURE,
+        ) from None
     ratio = max(width, height) / max(1, min(width, height))
     within_limits = (
         len(data) <= UPLOAD_MAX_BYTES

@@ -172,12 +172,23 @@ def test_unknown_split_is_refused(tmp_path: Path, server: CocoServer) -> None:
         ensure_coco(settings_for(tmp_path, server), ["test2014"], progress=False)
 
 
-def test_progress_bar_names_the_file(
-    tmp_path: Path, server: CocoServer, retry: RetryPolicy, capsys: pytest.CaptureFixture
+def test_one_progress_bar_names_the_file_in_decimal_units(
+    tmp_path: Path,
+    server: CocoServer,
+    retry: RetryPolicy,
+    capsys: pytest.CaptureFixture,
+    coco_zips: dict[str, bytes],
 ) -> None:
+    """Issue 23: one bar for the whole download (not one per zip), sizes in kB/MB/GB as
+    every other size the build says."""
     ensure_coco(settings_for(tmp_path, server), ["val2014"], progress=True, retry=retry)
     err = capsys.readouterr().err
-    assert "val2014.zip" in err and "B/s" in err
+    assert err.count("\n") == 1, err  # a bar ends its line once, when it closes
+    final = err.rsplit("\r", 1)[-1]
+    assert final.startswith("downloading val2014.zip: 100%"), final
+    total = len(coco_zips[VAL_ZIP]) + len(coco_zips[ANNOTATIONS_ZIP])
+    assert 10_000 < total < 1_000_000  # so the bar says kB: 1,000 bytes to the kB, not 1,024
+    assert f" {total / 1000:.3g}kB/{total / 1000:.3g}kB " in final, (final, total)
 
 
 # --- resuming ----------------------------------------------------------------------------
@@ -292,7 +303,7 @@ def test_a_zip_corrupt_every_time_is_a_clear_error_and_leaves_nothing(
         DownloadError, match=rf"val2014\.zip: corrupt zip \({digests}\) after 3 downloads"
     ):
         fetch(settings, retry)
-    assert len(server.gets(VAL_ZIP)) == 3
+    assert len(server.gets(VAL_ZIP, at_least=3)) == 3
     assert not (settings.coco_root / "val2014").exists()
     work = settings.coco_root / WORK_DIR
     assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == [
@@ -558,7 +569,8 @@ def test_an_annotations_zip_may_unpack_to_8_times_its_size_not_more(
         ({"entries": 5}, r"the zip holds 13 entries, more than 5: refused"),
         (
             {"entry_size": 100},
-            r"'val2014/COCO_val2014_\d+\.jpg' declares .*, more than 100 B for one entry: refused",
+            r"'val2014/COCO_val2014_\d+\.jpg' declares .*, more than 100 bytes for one entry: "
+            "refused",
         ),
     ],
 )
@@ -740,9 +752,13 @@ def test_a_wrong_base_url_fails_when_planning(
 def test_an_unreachable_server_is_retried_then_named(
     tmp_path: Path, retry: RetryPolicy, sleeps: Sleeps
 ) -> None:
+    """Issue 23: a server that cannot be reached at all names the setting to check."""
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(DownloadError, match=rf"{url}/annotations/.* after 3 attempts"):
+    with pytest.raises(DownloadError) as caught:
         fetch(make_settings(tmp_path, coco_root=tmp_path / "coco", coco_base_url=url), retry)
+    message = str(caught.value)
+    assert message.startswith(f"COCO_BASE_URL {url} cannot be reached: "), message
+    assert message.endswith(f"(after 3 attempts at {url}{ANNOTATIONS_ZIP})")
     assert sleeps == [1.0, 2.0]
 
 

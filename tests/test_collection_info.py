@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -16,9 +17,12 @@ import numpy as np
 import pytest
 
 from core.store.collection_info import (
+    BUILD_KEY_PREFIX,
     FILE,
     MAX_BODY,
+    BuildRecord,
     CollectionInfo,
+    build_records,
     embedded_count,
     embedded_info,
     quick_info,
@@ -211,3 +215,60 @@ def test_the_fake_server_itself_is_read(tmp_path: Path) -> None:
 
 def test_no_server_is_left_to_chroma(tmp_path: Path) -> None:
     assert server_info(server_settings(tmp_path, free_port()), "x") is None
+
+
+# --- build records (issue 23: an interrupted first build is finished) -----------------------
+
+
+def test_build_records_are_read_as_chroma_keeps_them(tmp_path: Path) -> None:
+    """What a build records in the collection's metadata is read back without chromadb, per
+    source, and replacing one source's record keeps the others and the rest of the metadata."""
+    settings = make_settings(tmp_path)
+    db = Database(settings)
+    store = db.open("built", ImageRecord, model="m", dim=4, create=True)
+    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
+    store.add_categories(["dog"])
+    coco = BuildRecord("COCO2014 val2014 in /data/coco", 40_504, 0, complete=False)
+    folder = BuildRecord("folder /photos", 3, 40_504, complete=True)
+    store.record_build(coco)
+    store.record_build(folder)
+    info = embedded_info(settings.chroma_path, "built")
+    assert info is not None and info.builds == (coco, folder)
+    assert info.incomplete == (coco,) and coco.done(info.count) == 1
+    store.record_build(replace(coco, complete=True))
+    info = embedded_info(settings.chroma_path, "built")
+    assert info is not None and info.incomplete == () and len(info.builds) == 2
+    assert db.info("built") == info
+    assert store.categories() == ("dog",) and (info.model, info.dim) == ("m", 4)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        json.dumps(["a list"]),
+        json.dumps({"source": 3, "target": 1, "others": 0, "complete": False}),
+        json.dumps({"source": "s", "target": -1, "others": 0, "complete": False}),
+        json.dumps({"source": "s", "target": 1, "others": 0, "complete": "no"}),
+        json.dumps({"source": "s", "target": True, "others": 0, "complete": False}),
+        json.dumps({"source": "s" * 5000, "target": 1, "others": 0, "complete": False}),
+    ],
+    ids=["not-json", "a-list", "source", "negative", "complete", "bool-target", "too-long"],
+)
+def test_a_build_record_that_is_not_one_is_ignored(value: str) -> None:
+    """The store is not trusted: a record of the wrong shape is no record."""
+    assert build_records({f"{BUILD_KEY_PREFIX}x": value, "model": "m"}) == ()
+
+
+def test_a_build_record_says_how_far_it_got() -> None:
+    build = BuildRecord("folder /photos", target=100, others=40, complete=False)
+    assert [build.done(n) for n in (0, 40, 50, 140, 500)] == [0, 0, 10, 100, 100]
+
+
+def test_a_server_gives_the_build_records_too(tmp_path: Path, chroma_server: ChromaServer) -> None:
+    settings = server_settings(tmp_path, chroma_server.port, collection="with_builds")
+    store = Database(settings).open("with_builds", ImageRecord, model="m", dim=4, create=True)
+    build = BuildRecord("folder /photos", 10, 0, complete=False)
+    store.record_build(build)
+    info = server_info(settings, "with_builds")
+    assert info is not None and info.incomplete == (build,)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from core.config import Settings, load_settings, settings_env
+from core.config import Settings, load_settings, settings_env, unknown_settings
 from core.errors import ConfigError
 
 
@@ -150,3 +151,75 @@ def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None) == original
+
+
+# --- a misspelled setting is reported (issue 23) ---------------------------------------------
+
+
+def test_a_misspelled_name_in_dotenv_is_warned_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`TOPK=3` in .env was ignored silently: the search kept returning 5."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TOPK=3\nclip_modle=x\nHF_TOKEN=hf_abc\nCOLLECTION=mine\n")
+    with caplog.at_level(logging.WARNING, logger="core.config"):
+        settings = load_settings()
+    assert settings.top_k == 5 and settings.collection == "mine"
+    assert [r.getMessage() for r in caplog.records] == [
+        "TOPK in .env is not a setting: did you mean TOP_K?",
+        "clip_modle in .env is not a setting: did you mean CLIP_MODEL?",
+    ]
+
+
+def test_a_misspelled_name_in_the_environment_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TELEGRAM_TOKEN", "1:abc")
+    with caplog.at_level(logging.WARNING, logger="core.config"):
+        load_settings()
+    assert [r.getMessage() for r in caplog.records] == [
+        "TELEGRAM_TOKEN in the environment is not a setting: did you mean TELEGRAM_BOT_TOKEN?"
+    ]
+    assert "1:abc" not in caplog.text  # the name only, never the value
+
+
+OTHER_PROGRAMS = [
+    "HOME", "PATH", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+    "TOKENIZERS_PARALLELISM", "ANONYMIZED_TELEMETRY", "CHROMA_SERVER_HOST",
+    "CHROMA_SERVER_HTTP_PORT", "PYTHONPATH", "VIRTUAL_ENV", "MAKEFLAGS", "TORCH_HOME",
+]  # fmt: skip
+
+
+def test_other_programs_variables_are_not_ours() -> None:
+    """The environment holds every program's variables: only near misses of ours count."""
+    environ = dict.fromkeys(OTHER_PROGRAMS, "x")
+    assert unknown_settings(None, environ) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("TOPK", "TOP_K"),
+        ("top_n", "TOP_K"),
+        ("CLIP_MODLE", "CLIP_MODEL"),
+        ("CHROMA_TOKEN", "CHROMA_AUTH_TOKEN"),
+        ("DEVICES", "DEVICE"),
+        ("LOGLEVEL", "LOG_LEVEL"),
+        ("ALLOWED_USERS", "ALLOWED_USER_IDS"),
+    ],
+)
+def test_near_misses_in_the_environment(name: str, meant: str) -> None:
+    [warning] = unknown_settings(None, {name: "1"})
+    assert warning == f"{name} in the environment is not a setting: did you mean {meant}?"
+
+
+def test_a_setting_in_any_case_is_no_misspelling(tmp_path: Path) -> None:
+    (tmp_path / "settings.env").write_text("top_k=3\n")
+    assert unknown_settings(tmp_path / "settings.env", {"Top_K": "3", "COLLECTION": "x"}) == []
+
+
+def test_a_name_in_dotenv_and_the_environment_is_said_once(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TOPK=3\n")
+    assert len(unknown_settings([tmp_path / ".env"], {"TOPK": "3"})) == 1

@@ -1,4 +1,5 @@
-"""Which group messages are for the bot (bot/groups.py), on Message objects as PTB parses them."""
+"""Which group messages are for the bot and what a reply to a photo means (bot/groups.py), on
+Message objects as PTB parses them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 import pytest
 from telegram import Message
 
-from bot.groups import is_for_bot, without_mention
+from bot.groups import Me, is_for_bot, is_question, question_of, without_mention
 
 BOT, BOT_ID = "test_image_bot", 42
+ME = Me(BOT, BOT_ID, frozenset({"start", "help", "stats", "ask"}))
 GROUP = {"id": -100, "type": "group", "title": "g"}
 PRIVATE = {"id": 7, "type": "private", "first_name": "A"}
 USER = {"id": 7, "is_bot": False, "first_name": "A"}
@@ -30,6 +32,13 @@ def mention(offset: int, length: int = len(BOT) + 1) -> dict:
     return {"type": "mention", "offset": offset, "length": length}
 
 
+BOT_USER = {"id": BOT_ID, "is_bot": True, "first_name": "B"}
+PHOTO = [{"file_id": "p", "file_unique_id": "u", "width": 9, "height": 9}]
+BOT_PHOTO = {"message_id": 2, "date": 0, "chat": GROUP, "from": BOT_USER, "photo": PHOTO}
+BOT_TEXT = {"message_id": 3, "date": 0, "chat": GROUP, "from": BOT_USER, "text": "🔎 a"}
+USER_PHOTO = {"message_id": 4, "date": 0, "chat": GROUP, "from": USER, "photo": PHOTO}
+
+
 @pytest.mark.parametrize(
     ("msg", "expected"),
     [
@@ -39,6 +48,10 @@ def mention(offset: int, length: int = len(BOT) + 1) -> dict:
         (message("/help@test_image_bot"), True),
         (message("/help@Test_Image_Bot"), True),
         (message("/start@OtherBot"), False),
+        (message("/foo"), False),  # bare and not ours: maybe another bot's
+        (message("/weather London"), False),
+        (message("/foo@test_image_bot"), True),  # addressed to us: answered, briefly
+        (message("/foo", chat=PRIVATE), True),
         (message("@test_image_bot a red circle", entities=[mention(0)]), True),
         (message("look @test_image_bot", entities=[mention(5)]), True),
         (message("@other_bot a red circle", entities=[mention(0, 10)]), False),
@@ -62,29 +75,43 @@ def mention(offset: int, length: int = len(BOT) + 1) -> dict:
             ),
             True,
         ),
+        (message("nice one!", reply_to_message=BOT_PHOTO), False),  # chatter
+        (message("a blue square", reply_to_message=BOT_TEXT), False),
+        (message("what colour is it?", reply_to_message=BOT_PHOTO), True),  # a question
+        (message("? colour", reply_to_message=BOT_PHOTO), True),
+        (message("what colour is it?", reply_to_message=BOT_TEXT), False),  # no photo
+        (message("what colour is it?", reply_to_message=USER_PHOTO), False),  # a person's
         (
-            message(
-                "a blue square",
-                reply_to_message={
-                    "message_id": 2,
-                    "date": 0,
-                    "chat": GROUP,
-                    "from": {"id": BOT_ID, "is_bot": True, "first_name": "B"},
-                },
-            ),
+            message("@test_image_bot at night", entities=[mention(0)], reply_to_message=USER_PHOTO),
             True,
         ),
-        (
-            message(
-                "a blue square",
-                reply_to_message={"message_id": 2, "date": 0, "chat": GROUP, "from": USER},
-            ),
-            False,
-        ),
+        (message("nice one!", chat=PRIVATE, reply_to_message=BOT_PHOTO), True),
     ],
 )
 def test_is_for_bot(msg: Message, expected: bool) -> None:
-    assert is_for_bot(msg, BOT, BOT_ID) is expected
+    assert is_for_bot(msg, ME) is expected
+
+
+def test_questions_are_for_the_bot_only_when_it_answers_them() -> None:
+    msg = message("what colour is it?", reply_to_message=BOT_PHOTO)
+    assert not is_for_bot(msg, Me(BOT, BOT_ID, ME.commands, questions=False))
+
+
+@pytest.mark.parametrize(
+    ("words", "question", "asked"),
+    [
+        ("what colour is it?", True, "what colour is it?"),
+        ("  ? what   colour ", True, "what colour"),
+        ("?", True, ""),
+        ("nice one!", False, "nice one!"),
+        ("at night", False, "at night"),
+        ("", False, ""),
+    ],
+)
+def test_what_a_reply_to_a_photo_asks(words: str, question: bool, asked: str) -> None:
+    assert is_question(words) is question
+    if question:
+        assert question_of(words) == asked
 
 
 def test_without_mention_counts_utf16() -> None:

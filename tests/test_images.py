@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import BadImage
+from core.errors import BadImage, ImageProblem
 from core.images import decode_image, load_image, photo_for_upload
 
 
@@ -144,6 +144,28 @@ def test_truncated_jpeg_raises_bad_image() -> None:
     data = encode(Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)))
     with pytest.raises(BadImage, match="corrupt or truncated"):
         load_image(data[: len(data) // 2])
+
+
+def reason_of(source: bytes | Path, **limits: int) -> BadImage:
+    with pytest.raises(BadImage) as caught:
+        load_image(source, **limits)
+    return caught.value
+
+
+def test_each_refusal_says_which_problem_it_is(tmp_path: Path) -> None:
+    """The bot tells a user each problem in their own terms: the reason, and for too many
+    pixels the size and the limit, travel with the error."""
+    big = reason_of(encode(Image.new("RGB", (100, 80)), "PNG"), max_pixels=7_999)
+    assert big.reason is ImageProblem.TOO_MANY_PIXELS
+    assert big.size == (100, 80) and big.limit == 7_999
+    bomb = reason_of(_png_header_only(100_000, 100_000))
+    assert bomb.reason is ImageProblem.TOO_MANY_PIXELS and bomb.limit == 40_000_000
+    assert reason_of(b"words, not pixels").reason is ImageProblem.NOT_A_PICTURE
+    assert reason_of(encode(Image.new("RGB", (10, 10)), "ICO")).reason is ImageProblem.NOT_A_PICTURE
+    data = encode(Image.new("RGB", (300, 200), (200, 30, 30)))
+    assert reason_of(data[: len(data) // 2]).reason is ImageProblem.DAMAGED
+    assert reason_of(b"").reason is ImageProblem.DAMAGED
+    assert reason_of(tmp_path / "missing.jpg").reason is ImageProblem.GONE
 
 
 def test_files_on_disk(tmp_path: Path) -> None:

@@ -12,11 +12,12 @@ import pytest
 
 from core.search.service import SearchService
 from core.sources.shards import Shard
+from core.sources.units import format_size
 from core.sources.url_lists import url_image_id
 from core.store.database import Database
 from core.store.records import ImageRecord
 from index_builder import main
-from tests.coco_server import VAL_ZIP, CocoServer, build_coco_zips
+from tests.coco_server import CocoServer, build_coco_zips
 from tests.conftest import make_settings
 from tests.fixtures.shapes import LABELS, caption, draw
 from tests.mini_coco import make_mini_coco
@@ -51,13 +52,17 @@ def test_download_says_what_it_fetches_then_indexes_and_a_rerun_fetches_nothing(
             coco_base_url=server.url,
             coco_checksums=server.write_checksums(tmp_path / "SHA256SUMS"),
         )
-        with caplog.at_level(logging.INFO, logger="index_builder"):
+        with caplog.at_level(logging.INFO):
             code = main(["--download", "--split", "val2014", "--limit", "5", "--no-progress"])
         assert code == 0
         said = caplog.text
-        assert f"to download: {server.url}{VAL_ZIP}" in said
+        size = format_size(sum(len(body) for body in server.files.values()))
+        assert f"COCO2014 val2014: {size} to download from COCO_BASE_URL {server.url} " in said
+        assert "(2 files, under a minute at 10 MB/s)" in said
         assert "COCO has no partial download" in said and "--limit 5" in said
-        assert "pictures to embed" in said
+        # issue 23: the estimate counts what will be embedded (5, not 40,504), in words
+        assert "5 pictures to embed: under a minute on a 2-core CPU" in said, said
+        assert " 0 min" not in said and "40,504" not in said
         assert stored(tmp_path) == 5
         fetched = len(server.gets())
         assert main(["--download", "--split", "val2014", "--no-progress"]) == 0

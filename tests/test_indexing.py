@@ -380,7 +380,7 @@ def test_cli_build_progress_summary_and_search(tmp_path: Path) -> None:
     proc = builder(settings, "--batch-size", "8", "--with-captions")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "indexed 36 · unchanged 0 · removed 0 · bad 0 · missing 0" in out
+    assert "\nindexed 36 pictures\n" in out  # issue 23: a short summary, zeros left out
     assert "captions: indexed 180" in out
     assert re.search(r"embedding images: 100%.*36/36.*img/s", err)  # a bar with a rate
     assert re.search(r"<\d\d:\d\d", err)  # and an ETA
@@ -601,7 +601,7 @@ def test_cli_refuses_a_large_removal_with_one_clear_line(
     assert err[-1].startswith("error: refusing to remove 3 of the 3 stored entries")
     assert "rerun with --prune" in err[-1]
     assert index_builder.main([*argv, "--prune"]) == 0
-    assert "removed 3" in capsys.readouterr().out
+    assert "removed 3 entries whose files are gone" in capsys.readouterr().out
 
 
 def test_a_second_builder_is_refused_while_one_runs(
@@ -755,7 +755,7 @@ def test_ctrl_c_while_compiling_says_what_was_removed(
     assert summary.interrupted and summary.stage == "compiling the image tower"
     assert (summary.removed, summary.indexed, summary.total) == (1, 0, 11)
     assert index_builder.interruption(summary) == (
-        "interrupted while compiling the image tower: removed 1 entries whose files are gone; "
+        "interrupted while compiling the image tower: removed 1 entry whose file is gone; "
         "rerun to continue"
     )
 
@@ -890,7 +890,7 @@ def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
     for shard, part, out in zip(shards, parts, outs, strict=True):
         source = f"COCO2014 train2014+val2014 in {settings.coco_root.resolve()}, shard {shard}"
         assert out.startswith(f"{source} → collection 'sharded_on_server'\n")
-        assert f"indexed {len(part)} · unchanged 0 · removed 0" in out
+        assert f"\nindexed {len(part)} pictures\n" in out
 
     store = images_store(settings, encoder)
     ids = [r.id for r in store]
@@ -908,3 +908,58 @@ def test_two_shard_builders_at_once_on_one_server_store_exactly_the_union(
     for part, out in zip(parts, both_at_once(), strict=True):  # a rerun of each: a no-op
         assert f"index is up to date: {len(part)} pictures unchanged, nothing to do" in out
     assert store.count() == len(made)
+
+
+# --- a build that did not finish is known, and finished by the next run (issue 23) -----------
+
+
+def test_an_interrupted_build_is_recorded_incomplete_until_a_rerun_finishes_it(
+    tmp_path: Path, encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"val2014": 12})
+    source = f"COCO2014 val2014 in {settings.coco_root.resolve()}"
+    upsert, calls = VectorStore.upsert, []
+
+    def upsert_then_ctrl_c(store: VectorStore, records: list, vectors: np.ndarray) -> None:
+        calls.append(len(records))
+        if len(calls) > 1:  # Ctrl-C as the second write begins
+            raise KeyboardInterrupt
+        upsert(store, records, vectors)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(VectorStore, "upsert", upsert_then_ctrl_c)
+        stopped = index(settings, encoder, splits=("val2014",), batch_size=1)
+    assert stopped.interrupted and stopped.indexed == WRITE_BATCHES == 8
+    info = Database(settings).info(settings.collection)
+    assert info is not None and info.count == 8
+    [build] = info.incomplete
+    assert (build.source, build.target, build.done(info.count)) == (source, 12, 8)
+
+    finished = index(settings, encoder, splits=("val2014",), batch_size=4)
+    assert (finished.indexed, finished.unchanged) == (4, 8)
+    info = Database(settings).info(settings.collection)
+    assert info is not None and info.incomplete == ()
+    assert [(b.source, b.target, b.complete) for b in info.builds] == [(source, 12, True)]
+
+
+def test_a_build_record_counts_only_its_own_source(tmp_path: Path, encoder: DualEncoder) -> None:
+    """Two sources in one collection: each has its record, and how far an interrupted one got
+    leaves the other source's pictures out."""
+    settings = coco_settings(tmp_path)
+    make_mini_coco(settings.coco_root, {"val2014": 5})
+    folder = tmp_path / "photos"
+    folder_of(folder, 3)
+    index(settings, encoder, reader=FolderReader(folder))
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr("core.indexing.build.record_roots", ctrl_c)
+        assert index(settings, encoder, splits=("val2014",)).interrupted
+    info = Database(settings).info(settings.collection)
+    assert info is not None and info.count == 3
+    [coco] = info.incomplete
+    assert (coco.target, coco.others, coco.done(info.count)) == (5, 3, 0)
+    assert [b.complete for b in info.builds] == [False, True]  # COCO..., folder...

@@ -11,9 +11,12 @@ from core.search.query import (
     PLUS_WEIGHT,
     ParsedQuery,
     combine,
+    has_words,
     hashtag,
+    is_symbols,
     parse_query,
     resolve_categories,
+    visible,
 )
 
 COCO = ("dog", "frisbee", "hot dog", "cell phone", "person", "cat")
@@ -38,12 +41,43 @@ COCO = ("dog", "frisbee", "hot dog", "cell phone", "person", "cat")
         ("  ", [], [], []),
         ("+ + a cat +", ["a cat"], [], []),
         ("- - -", [], [], []),
-        ("#", ["#"], [], []),
+        ("#", [], [], []),
+        ("...", [], [], []),
+        ("?! …", [], [], []),
+        ("a red circle ...", ["a red circle ..."], [], []),
+        ("\N{ZERO WIDTH SPACE}", [], [], []),
+        ("a\N{ZERO WIDTH SPACE}dog", ["a dog"], [], []),
+        ("cir\N{SOFT HYPHEN}cle\N{WORD JOINER}", ["circle"], [], []),
+        ("red -...", ["red -..."], [], []),  # not a minus term: no word after the -
+        ("日本の猫", ["日本の猫"], [], []),
+        ("42", ["42"], [], []),
     ],
 )
 def test_parse(text: str, positives: list, negatives: list, hashtags: list) -> None:
     parsed = parse_query(text)
     assert parsed == ParsedQuery(tuple(positives), tuple(negatives), tuple(hashtags))
+
+
+@pytest.mark.parametrize(
+    ("text", "positives", "symbols"),
+    [
+        ("🙂", [], ["🙂"]),
+        ("🐶 + a beach", ["a beach"], ["🐶"]),
+        ("a 🐶 on a beach", ["a 🐶 on a beach"], []),  # words around it: one term, as written
+        ("👨\N{ZERO WIDTH JOINER}👩", [], ["👨\N{ZERO WIDTH JOINER}👩"]),
+        ("‼", [], []),  # punctuation, not a symbol
+    ],
+)
+def test_symbols_are_kept_apart(text: str, positives: list, symbols: list) -> None:
+    parsed = parse_query(text)
+    assert (list(parsed.positives), list(parsed.symbols)) == (positives, symbols)
+
+
+def test_visible_drops_what_nobody_sees() -> None:
+    assert visible("a\N{ZERO WIDTH SPACE}b\x00c\N{LEFT-TO-RIGHT MARK}d") == "a b cd"
+    assert visible("\N{ZERO WIDTH NON-JOINER}") == "\N{ZERO WIDTH NON-JOINER}"  # Persian needs it
+    assert has_words("x") and has_words("٣") and not has_words("…!?")
+    assert is_symbols("❤️") and not is_symbols("a ❤️") and not is_symbols("...")
 
 
 def test_reading_uses_the_minus_sign_and_names_the_filters() -> None:

@@ -80,7 +80,8 @@ class FakeServices:
         more = offset + k < len(ranked)
         if prepared.reading == "far" and not nearest_anyway:
             return SearchPage([], offset, False, prepared.reading, PICTURES, len(hits))
-        return SearchPage(hits, offset, more, prepared.reading, PICTURES)
+        found = None if more else len(ranked)  # known once the last page is reached
+        return SearchPage(hits, offset, more, prepared.reading, PICTURES, found=found)
 
     async def original(self, image_id: str, path: str) -> bytes:
         return self.files.read(image_id, path).data
@@ -192,7 +193,7 @@ def test_more_pages_until_the_end(tg: FakeTelegram, setup) -> None:
             "#2 · 0.89 · picture 1",
             "#3 · 0.88 · picture 2",
         ]
-        assert buttons.text == "🔎 a red <circle> — 1–3 of 14"
+        assert buttons.text == "🔎 a red <circle> — 1–3"  # how many in all is not known yet
         assert list(button_data(buttons)) == [
             "Similar 1",
             "Similar 2",
@@ -208,11 +209,11 @@ def test_more_pages_until_the_end(tg: FakeTelegram, setup) -> None:
             first = seen + 1
             seen += len(album.messages)
             assert album.captions[0].startswith(f"#{first} · ")
-            assert buttons.text.startswith(f"🔎 a red <circle> — {first}–{seen} of 14")
+            assert buttons.text.startswith(f"🔎 a red <circle> — {first}–{seen}")
             assert f"Similar {first}" in button_data(buttons)
             assert "More ▸" not in button_data(tg.message(USER, previous.messages[0]["message_id"]))
         assert seen == PICTURES
-        assert buttons.text.endswith("That's all I found for a red <circle>.")
+        assert buttons.text == "🔎 a red <circle> — 13–14 of 14\nThat's all I found."
         token = button_data(buttons)["Full size"].split(":")[1]
         [again] = press_data(tg, buttons, f"m:{token}", n=1)  # a stale More
         assert again.text == "That's all I found for a red <circle>."
@@ -225,7 +226,7 @@ def test_similar_searches_like_that_result(tg: FakeTelegram, setup) -> None:
         album, after = press(tg, buttons, "Similar 2")
         assert services.similar_calls == ["id1"]
         assert album.captions[0].endswith("picture 1")
-        assert after.text.startswith("🔎 like id1 — 1–3 of 14")
+        assert after.text.startswith("🔎 like #2 of circles — 1–3")
 
 
 def test_full_size_sends_the_original_files(tg: FakeTelegram, setup) -> None:
@@ -299,7 +300,7 @@ def test_nothing_close_enough_offers_the_nearest_anyway(tg: FakeTelegram, setup)
         [note] = tg.wait_sent(USER)
         assert note.text.startswith("Nothing close enough for far")
         album, buttons = press(tg, note, "Show the nearest anyway")
-        assert len(album.messages) == 3 and buttons.text.startswith("🔎 far — 1–3 of 14")
+        assert len(album.messages) == 3 and buttons.text == "🔎 far — 1–3"
         album, _ = press(tg, buttons, "More ▸")  # More keeps ignoring the threshold
         assert album.captions[0].startswith("#4 ·")
 
@@ -310,7 +311,7 @@ def test_buttons_survive_a_restart(tg: FakeTelegram, setup) -> None:
         _, buttons = search(tg, "circles")
     with running(settings, services):
         album, after = press(tg, buttons, "More ▸")
-        assert album.captions[0].startswith("#4 ·") and "4–6 of 14" in after.text
+        assert album.captions[0].startswith("#4 ·") and "— 4–6" in after.text
 
 
 def test_inline_pages_and_uploads_each_picture_once(tg: FakeTelegram, setup) -> None:

@@ -3,6 +3,8 @@ callback data they travel as (≤ 64 bytes, parsed defensively)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,20 @@ def test_a_context_round_trips(tmp_path: Path) -> None:
     assert loaded.album(1).pictures[2] == Shown("id1-2", "/data/1/2.jpg")
     assert loaded.next_album == 2
     assert store.get("A" * TOKEN_CHARS) is None
+
+
+def test_a_similar_search_keeps_where_it_came_from(tmp_path: Path) -> None:
+    store = SearchContexts(tmp_path / "s.sqlite3")
+    like = replace(QUERY, exclude=("id0-1",))
+    saved = context(query=like.to_json(), likes=(2, 4))
+    store.put(saved)
+    loaded = store.get(saved.token)
+    assert loaded == saved and loaded.likes == (2, 4)
+    assert loaded.prepared.exclude == ("id0-1",)
+    body = json.loads(saved.body())
+    del body["likes"]  # a search saved before Similar searches kept their context
+    old = SearchContext.from_row("B" * TOKEN_CHARS, 5, 5, json.dumps(body))
+    assert old.likes == ()
 
 
 def test_only_the_latest_albums_are_kept() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,33 @@ def test_cli_text_output(shape_index: ShapeIndex, run_cli) -> None:
     rank, score, path, *first_caption = lines[0].split()
     assert rank == "1" and 0 < float(score) <= 1 and Path(path).exists()
     assert " ".join(first_caption) == "a blue circle"
+
+
+def test_cli_scores_read_as_the_bot_shows_them(shape_index: ShapeIndex, run_cli) -> None:
+    """The far end of a search has negative cosines: printed as 0.00, two decimals, like an
+    album's caption; --json keeps the exact cosine."""
+    result = run_cli(shape_index.settings, "search", "a red circle", "--k", "60")
+    assert result.returncode == 0, result.stderr
+    scores = [line.split()[1] for line in result.stdout.strip().splitlines()]
+    assert len(scores) == 60 and scores[-1] == "0.00"
+    assert all(re.fullmatch(r"(0\.\d\d|1\.00)", score) for score in scores)
+    assert "found: 60 in all" in result.stderr
+    exact = json.loads(
+        run_cli(shape_index.settings, "search", "a red circle", "--json", "--k", "60").stdout
+    )
+    assert exact[-1]["score"] < 0
+
+
+def test_cli_like_leaves_the_picture_out_and_nothing_is_not_a_query(
+    shape_index: ShapeIndex, run_cli
+) -> None:
+    image = shape_index.images[3]
+    result = run_cli(shape_index.settings, "search", "--like", str(image.id), "--json")
+    assert result.returncode == 0, result.stderr
+    assert str(image.id) not in [hit["id"] for hit in json.loads(result.stdout)]
+    for nothing in ["...", "\N{ZERO WIDTH SPACE}", "🙂"]:
+        refused = run_cli(shape_index.settings, "search", nothing)
+        assert refused.returncode == 2 and "nothing to search for" in refused.stderr
 
 
 def test_cli_json_output_by_image(shape_index: ShapeIndex, run_cli) -> None:

@@ -102,7 +102,7 @@ def test_status_of_a_server_index_imports_no_chromadb(
     assert_light(result, names)
     assert "chromadb" not in names
     assert "on_server' in Chroma server http://127.0.0.1:" in result.stdout
-    assert "1 pictures" in result.stdout
+    assert "1 picture," in result.stdout
 
 
 def test_bot_check_imports_no_model_library(tmp_path: Path) -> None:

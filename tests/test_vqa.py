@@ -35,6 +35,10 @@ def test_prompt() -> None:
         ("is it? yes it is", "is it?"),
         ("3.5 meters long", "3.5 meters long"),
         ("", ""),
+        (".", ""),  # no word: no answer, not a lone dot
+        (" ? ", ""),
+        ("Question: what? Answer: ...", ""),
+        ("2", "2"),
     ],
 )
 def test_answer_cleaning(raw: str, clean: str) -> None:

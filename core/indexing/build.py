@@ -19,30 +19,44 @@ Who uses it: index_builder.py (the CLI), and the tests and benchmarks that build
   shard alone, so N builders of N shards fill one Chroma server together, at the same time.
 - Honest: an interruption (Ctrl-C) after the scan is caught, and the summary says exactly
   what was dropped, removed and stored until then.
+- Finished, or known not to be: before its first change a run records in the collection's
+  metadata that its source's build is under way (`BuildRecord`: how many pictures it aims
+  at), and only at its very end that it is complete. A run stopped in between (Ctrl-C,
+  kill, power cut, an error) leaves the record saying so: `python -m core status` reports
+  "incomplete: 10 of 40,504" and `make run` runs the builder again, which finishes it.
+  The metadata is the store's, which is not trusted, but a record is only a hint: at worst
+  the (incremental) builder runs once more, or an index stays as partial as its store
+  made it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from filelock import FileLock, Timeout
-
 from core.config import Settings
-from core.errors import ConfigError, StoreBusy, StoreUnavailable
+from core.errors import ConfigError
+from core.indexing.lock import builder_lock
 from core.indexing.pipeline import Pipeline
-from core.indexing.plan import category_names, check_rebuild, check_removal, plan, plan_captions
+from core.indexing.plan import (
+    Plan,
+    category_names,
+    check_rebuild,
+    check_removal,
+    plan,
+    plan_captions,
+)
 from core.indexing.summary import BuildSummary
 from core.indexing.writer import BatchWriter, drop_collections, remove, write_captions
 from core.search.sendable_files import record_roots
 from core.sources.scan import Reader, Scan
 from core.sources.shards import EVERYTHING, Shard
+from core.sources.units import format_duration, plural
+from core.store.collection_info import BuildRecord
 from core.store.database import Database, VectorStore
 from core.store.records import CaptionRecord, ImageRecord
 
@@ -53,8 +67,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = 2
-LOCK_NAME = "index_builder.lock"
-"""The lock file in CHROMA_PATH that keeps a second builder off an embedded store."""
+CPU_IMAGES_PER_S = 29
+"""Pictures per second end to end with the default model on a 2-core CPU, for the estimate
+said before embedding (where it comes from: docs/benchmarks.md)."""
 REBUILD_WITH_SHARD = (
     "--rebuild drops the whole collection, every shard's entries with it, so it does not go "
     "with --shard: build the new index into another COLLECTION with every shard's builder "
@@ -144,7 +159,7 @@ def run(
     """
     started = time.perf_counter()
     shard = options.shard
-    source = reader.description if shard.whole else f"{reader.description}, shard {shard}"
+    source = source_name(reader, shard)
     with builder_lock(settings, wait=options.wait):
         scan = _scan(reader, source, shard)  # before loading any model: fails fast
         from core.models.encoder import DualEncoder  # here: it imports torch
@@ -165,6 +180,12 @@ def run(
     return summary
 
 
+def source_name(reader: Reader, shard: Shard = EVERYTHING) -> str:
+    """What a run builds, for people and for its `BuildRecord`: the reader's description,
+    and the shard when it takes one ("COCO2014 val2014 in /data/coco, shard 0/4")."""
+    return reader.description if shard.whole else f"{reader.description}, shard {shard}"
+
+
 def _scan(reader: Reader, source: str, shard: Shard) -> Scan:
     """`reader`'s pictures of `shard`, logged."""
     log.info("scanning %s", source)
@@ -173,13 +194,14 @@ def _scan(reader: Reader, source: str, shard: Shard) -> Scan:
         everything = len(scan.records) + len(scan.absent)
         scan = scan.only(shard.holds)
         log.info(
-            "shard %s: %d of the source's %d pictures (the others are other shards')",
+            "shard %s: %s of the source's %s (the others are other shards')",
             shard,
-            len(scan.records) + len(scan.absent),
-            everything,
+            f"{len(scan.records) + len(scan.absent):,}",
+            plural(everything, "picture"),
         )
     if scan.missing:
-        log.warning("%d pictures listed but missing on disk (see the report)", len(scan.missing))
+        listed = plural(len(scan.missing), "picture")
+        log.warning("%s listed but missing on disk (see the report)", listed)
     return scan
 
 
@@ -194,6 +216,9 @@ def _update(job: _Job) -> None:
     todo = plan(job.scan, stored, options.limit)
     summary.unchanged, summary.beyond_limit = todo.unchanged, todo.beyond_limit
     check_removal(todo.remove, stored, job.scan, summary.source, options.prune)  # before any change
+    build = _build_record(job, store, stored, todo)
+    if todo.embed or todo.remove or options.with_captions or options.rebuild:
+        store.record_build(build)  # before the first change: "incomplete" until the end
     summary.stage = "recording the indexed folders"
     record_roots(job.settings, job.reader.roots)  # before the first upsert: a killed run too
     _record_categories(job, store, todo.relabel)
@@ -209,6 +234,28 @@ def _update(job: _Job) -> None:
     # Another builder on the same server may have rewritten the collection's metadata
     # meanwhile from an older copy: the categories recorded at the start are checked again.
     store.add_categories(category_names(job.scan))
+    store.record_build(_finished(build, stored, todo, summary))
+
+
+def _build_record(
+    job: _Job, store: VectorStore[ImageRecord], stored: dict[str, ImageRecord], todo: Plan
+) -> BuildRecord:
+    """The record of this run, not complete yet: how many of the source's entries it keeps
+    and adds, and how many other entries (other sources and shards) the collection holds as
+    it starts."""
+    new = sum(1 for record in todo.embed if record.id not in stored)
+    others = max(0, store.count_at_rest() - len(stored))
+    target = len(stored) - len(todo.remove) + new
+    return BuildRecord(job.summary.source, target, others, complete=False)
+
+
+def _finished(
+    build: BuildRecord, stored: dict[str, ImageRecord], todo: Plan, summary: BuildSummary
+) -> BuildRecord:
+    """`build`, complete: new pictures that turned out bad are not in the index."""
+    bad = {path for path, _ in summary.bad}
+    refused = sum(1 for record in todo.embed if record.id not in stored and record.path in bad)
+    return replace(build, target=build.target - refused, complete=True)
 
 
 def _drop(job: _Job) -> None:
@@ -231,7 +278,7 @@ def _record_categories(
         store.add_categories(names)
     if relabel:
         store.update_metadata(relabel)
-        log.info("updated the categories of %d stored pictures", len(relabel))
+        log.info("updated the categories of %s", plural(len(relabel), "stored picture"))
 
 
 def _remove(job: _Job, store: VectorStore[ImageRecord], ids: Sequence[str]) -> None:
@@ -254,12 +301,14 @@ def _remove(job: _Job, store: VectorStore[ImageRecord], ids: Sequence[str]) -> N
         of_gone = [c.id for c in captions if c.image_id in gone and job.ours(c.split, c.image_id)]
         remove(captions, of_gone, captions_removed)
     remove(store, ids, images_removed)
-    log.info("removed %d entries whose files are gone", summary.removed)
+    log.info("removed %s whose files are gone", plural(summary.removed, "entry", "entries"))
 
 
 def _embed(job: _Job, store: VectorStore[ImageRecord], records: list[ImageRecord]) -> None:
     """Compile the model if asked (and there is work), then embed and store `records`."""
     options, summary = job.options, job.summary
+    if records:
+        log.info("%s", embedding_estimate(len(records), job.encoder.device.type))
     if options.compile_model and records:
         summary.stage = "compiling the image tower"
         log.info("compiling the image tower (about 30 s)")
@@ -279,7 +328,18 @@ def _embed(job: _Job, store: VectorStore[ImageRecord], records: list[ImageRecord
     finally:
         summary.embed_s = time.perf_counter() - started
     if summary.indexed:
-        log.info("per image: %s", summary.breakdown())
+        log.debug("per image: %s", summary.breakdown())  # shown with --verbose
+
+
+def embedding_estimate(count: int, device: str) -> str:
+    """ "40,504 pictures to embed: about 23 min on a 2-core CPU (...)": what a run is about
+    to embed, whatever it is (the pictures new or changed, within --limit and --shard), and
+    about how long that takes at `CPU_IMAGES_PER_S` (on a GPU, much less)."""
+    line = f"{plural(count, 'picture')} to embed: "
+    estimate = format_duration(count / CPU_IMAGES_PER_S)
+    if device == "cpu":
+        return line + f"{estimate} on a 2-core CPU at {CPU_IMAGES_PER_S} pictures/s"
+    return line + f"much less than on a 2-core CPU ({estimate} at {CPU_IMAGES_PER_S} pictures/s)"
 
 
 def report_path(settings: Settings, shard: Shard = EVERYTHING) -> Path:
@@ -301,55 +361,3 @@ def _write_report(settings: Settings, summary: BuildSummary, shard: Shard) -> Pa
         for file, reason in rows:
             handle.write(f"{file}\t{' '.join(reason.split())}\n")
     return path
-
-
-@contextmanager
-def builder_lock(settings: Settings, *, wait: bool = False) -> Iterator[None]:
-    """Hold the builder lock of an embedded store (`LOCK_NAME` in CHROMA_PATH, one per
-    path: Chroma's embedded sqlite is per path) while the block runs.
-
-    Another holder raises `StoreBusy` at once, or with `wait` is waited for. A Chroma
-    server (CHROMA_HOST) takes no lock: builders of different shards run on it at once
-    (two of the same shard would only do the same work twice: upserts by stable ids).
-    """
-    if settings.chroma_host:
-        yield
-        return
-    path = settings.chroma_path / LOCK_NAME
-    pid_file = path.with_name(LOCK_NAME + ".pid")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
-        _acquire(lock, settings.chroma_path, pid_file, wait)
-    except OSError as err:
-        raise StoreUnavailable(f"cannot lock {path}: {err}") from err
-    try:
-        pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
-        yield
-    finally:
-        pid_file.unlink(missing_ok=True)
-        lock.release()
-
-
-def _acquire(lock: FileLock, where: Path, pid_file: Path, wait: bool) -> None:
-    try:
-        lock.acquire(timeout=0)
-        return
-    except Timeout:
-        holder = _holder(pid_file)
-    if not wait:
-        raise StoreBusy(
-            f"another index_builder{holder} is running on {where}; wait for it or rerun with --wait"
-        )
-    log.warning("another index_builder%s is running on %s; waiting for it to finish", holder, where)
-    lock.acquire()
-    log.info("the other index_builder finished; going on")
-
-
-def _holder(pid_file: Path) -> str:
-    """ " (pid N)" of the lock's holder when it wrote one, else ""."""
-    try:
-        pid = int(pid_file.read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
-        return ""
-    return f" (pid {pid})"

@@ -138,8 +138,10 @@ def lower_priority(nice: int) -> None:
 
 
 def _skip(record: ImageRecord, error: BaseException, summary: BuildSummary) -> None:
+    """Note a picture that cannot be embedded in `summary.bad`, which the summary and the
+    bad-image report show once each (here only at DEBUG: not a second time, amid the bar)."""
     reason = str(error) if isinstance(error, BadImage) else repr(error)
-    log.warning("skipped %s: %s", record.path, reason)
+    log.debug("skipped %s: %s", record.path, reason)
     summary.bad.append((record.path, reason))
 
 

@@ -130,7 +130,10 @@ def write_captions(
         store.delete(todo.remove)
         summary.captions_removed += len(todo.remove)
     with tqdm(
-        total=len(todo.embed), unit="caption", desc="embedding captions", disable=not progress
+        total=len(todo.embed),
+        unit="caption",
+        desc="embedding captions",
+        disable=not progress or not todo.embed,  # no bar for nothing to do
     ) as bar:
         for start in range(0, len(todo.embed), CAPTION_BATCH_SIZE):
             chunk = todo.embed[start : start + CAPTION_BATCH_SIZE]

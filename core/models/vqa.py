@@ -47,11 +47,14 @@ def build_prompt(question: str | None) -> str:
 
 
 def clean_answer(text: str) -> str:
-    """The answer as a person wants it: no echoed prompt, trimmed, its first sentence."""
+    """The answer as a person wants it: no echoed prompt, trimmed, its first sentence; ""
+    when it holds no word (nothing at all, or only punctuation such as "." or "?"), so that
+    the caller can say there is no answer instead of sending a lone dot."""
     if "Answer:" in text:
         text = text.rsplit("Answer:", 1)[1]
     text = " ".join(text.split())
-    return _SENTENCE_END.split(text, maxsplit=1)[0].strip()
+    text = _SENTENCE_END.split(text, maxsplit=1)[0].strip()
+    return text if any(c.isalnum() for c in text) else ""
 
 
 _Blip2 = tuple[Blip2ForConditionalGeneration, Blip2Processor]

@@ -12,6 +12,10 @@ Syntax (what the bot's /help quotes):
 - `#name` keeps only pictures holding that COCO category: `#dog #frisbee in a park`
   (several hashtags: all of them); `#hot_dog` or `#hotdog` for two-word names
 - with a picture, the picture weighs +1 and the words change it: `at night`, `-red`
+- what nobody can see is not a term: zero-width and other format characters, and terms of
+  punctuation only (`...`). A term of symbols only (an emoji, `🐶`) is kept apart in
+  `ParsedQuery.symbols`: the service searches it only when the model has tokens of its own
+  for it (`has_real_tokens`)
 
 The vector is the weighted sum of the terms' L2-normalised embeddings, normalised again.
 """
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,6 +43,10 @@ HASHTAG_PROMPT = "a photo of a {}"
 
 _TOKEN = re.compile(r'(?P<sign>[-+\N{MINUS SIGN}]?)"(?P<phrase>[^"]*)"|(?P<word>\S+)')
 _EDGE_PUNCTUATION = ".,;:!?()[]{}'\""
+_BREAKS = frozenset("\N{ZERO WIDTH SPACE}")
+"""Invisible characters that separate words: read as a space."""
+_JOINERS = frozenset("\N{ZERO WIDTH NON-JOINER}\N{ZERO WIDTH JOINER}")
+"""Format characters that belong to words (Persian, Indic scripts) and to emoji sequences."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,9 @@ class ParsedQuery:
     negatives: tuple[str, ...] = ()
     hashtags: tuple[str, ...] = ()
     """As written, without the `#`, lower-cased."""
+    symbols: tuple[str, ...] = ()
+    """Positive terms of symbols only, such as an emoji: searched only when the model's
+    tokenizer has tokens of its own for them (`has_real_tokens`), else left out."""
 
     def reading(self, base: str = "", categories: Sequence[str] = ()) -> str:
         """How the query was read, for people: "a dog on a beach −people · #dog".
@@ -68,6 +81,7 @@ class ParsedQuery:
 def parse_query(text: str) -> ParsedQuery:
     """Read a search text (see the module docstring for the syntax). Never raises: a text
     with nothing in it gives an empty `ParsedQuery`."""
+    text = visible(text)
     positives: list[str] = []
     negatives: list[str] = []
     hashtags: list[str] = []
@@ -109,7 +123,59 @@ def parse_query(text: str) -> ParsedQuery:
             current.append(word)
         minus_next = False
     close()
-    return ParsedQuery(tuple(positives), tuple(negatives), tuple(dict.fromkeys(hashtags)))
+    return ParsedQuery(
+        tuple(t for t in positives if has_words(t)),
+        tuple(t for t in negatives if has_words(t)),
+        tuple(dict.fromkeys(hashtags)),
+        tuple(t for t in positives if is_symbols(t)),
+    )
+
+
+def visible(text: str) -> str:
+    """`text` without what nobody sees: a zero-width space and control characters become
+    spaces, other format characters go (ZWJ and ZWNJ stay: they join letters and emoji)."""
+    out = []
+    for char in text:
+        category = unicodedata.category(char)
+        if char in _BREAKS or category == "Cc":
+            out.append(" ")
+        elif category != "Cf" or char in _JOINERS:
+            out.append(char)
+    return "".join(out)
+
+
+def has_words(term: str) -> bool:
+    """Whether `term` holds a letter or a digit, in any script (else there is nothing in it
+    a model reads as words: punctuation, symbols, marks)."""
+    return any(unicodedata.category(char)[0] in "LN" for char in term)
+
+
+def is_symbols(term: str) -> bool:
+    """Whether `term` is symbols without words, such as an emoji (`🐶`, `❤️`)."""
+    return not has_words(term) and any(unicodedata.category(char) == "So" for char in term)
+
+
+class Tokenizer(Protocol):
+    """What `has_real_tokens` uses of a Hugging Face tokenizer."""
+
+    unk_token_id: int | None
+
+    def __call__(self, text: str, *, add_special_tokens: bool) -> Mapping[str, Any]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+def has_real_tokens(tokenizer: Tokenizer, text: str) -> bool:
+    """Whether `tokenizer` has tokens of its own for `text` (an emoji), so that the model
+    learnt something about it: no unknown token, and no token that stands for a byte of a
+    character (byte-level BPE and byte fallback spell what they do not know byte by byte;
+    such a token decoded alone is U+FFFD)."""
+    ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if not ids or (unknown is not None and unknown in ids):
+        return False
+    pieces = [tokenizer.decode([i]) for i in ids]
+    return all("\ufffd" not in piece for piece in pieces) and any(p.strip() for p in pieces)
 
 
 def _strip(word: str) -> str:

@@ -4,10 +4,9 @@ the terminal CLI (`python -m core search`) and the benchmarks all run the very s
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,17 +16,21 @@ from core.config import Settings
 from core.errors import EmptyQuery, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
 from core.search.fusion import CaptionFusion
+from core.search.prepared import PreparedQuery
 from core.search.query import (
     HASHTAG_PROMPT,
     MINUS_WEIGHT,
     PLUS_WEIGHT,
     ParsedQuery,
+    Tokenizer,
     combine,
+    has_real_tokens,
     parse_query,
     resolve_categories,
 )
+from core.search.ranking import Ranker
 from core.search.sendable_files import HostRoots, SendableFiles
-from core.store.database import Database, Match, VectorStore
+from core.store.database import Database, VectorStore
 from core.store.records import CaptionRecord, ImageRecord
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is used
@@ -37,16 +40,21 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 """Far more than CLIP's 77 tokens; longer text is cut before tokenising, not refused."""
-MISSING_FILE_SLACK = 5
-"""Extra neighbours fetched so hits whose file vanished (or is refused) can be skipped without
-a short list."""
 TOTAL_MAX_AGE_S = 30.0
-"""How old the collection's size may be that a search checks (not empty) and shows under
-results ("1–5 of 123,287"): counting grows with the collection, and for a large one costs
-more than the search itself (docs/benchmarks.md). An empty collection is always counted
-afresh."""
+"""How old the collection's size may be that a search checks (not empty) and bounds its
+fetches by: counting grows with the collection, and for a large one costs more than the
+search itself (docs/benchmarks.md). An empty collection is always counted afresh."""
 MAX_RESULTS = 200
 """Paging stops here: results beyond the 200th are never shown (`more` is False)."""
+SYMBOLS_NOTE = " (emoji only: words find better)"
+"""Added to the reading of a search whose only terms are symbols the model knows (`🐶`)."""
+
+
+def shown_score(score: float) -> str:
+    """A hit's score as people read it, the same in the bot and the CLI: its cosine with two
+    decimals, never below "0.00" (a negative cosine means as unrelated as 0, and "-0.00"
+    reads as a mistake)."""
+    return f"{max(0.0, round(score, 2)):.2f}"
 
 
 @dataclass(frozen=True)
@@ -105,44 +113,6 @@ class SearchOptions:
 
 
 @dataclass(frozen=True)
-class PreparedQuery:
-    """A query ready to run and to keep: its normalised vector and filters. Small and
-    JSON-serialisable, so a search can be paged (More) long after it was made."""
-
-    vector: tuple[float, ...]
-    categories: tuple[str, ...] = ()
-    """COCO categories every result must hold (from #hashtags)."""
-    reading: str = ""
-    """How the query was read, for people: "a dog on a beach −people · #dog"."""
-    fuse_captions: bool = False
-    """A text query: its ranking is fused with the captions collection's (when it exists)."""
-    min_score: float | None = None
-    """Results below this cosine are dropped (MIN_SCORE; None = keep all)."""
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "vector": [round(v, 6) for v in self.vector],
-                "categories": list(self.categories),
-                "reading": self.reading,
-                "fuse_captions": self.fuse_captions,
-                "min_score": self.min_score,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> PreparedQuery:
-        data = json.loads(text)
-        return cls(
-            vector=tuple(float(v) for v in data["vector"]),
-            categories=tuple(str(c) for c in data.get("categories", ())),
-            reading=str(data.get("reading", "")),
-            fuse_captions=bool(data.get("fuse_captions", False)),
-            min_score=data.get("min_score"),
-        )
-
-
-@dataclass(frozen=True)
 class SearchPage:
     """One page of results of a prepared query."""
 
@@ -154,9 +124,12 @@ class SearchPage:
     reading: str
     """How the query was read (see `PreparedQuery.reading`)."""
     total: int
-    """Pictures in the collection."""
+    """Pictures in the collection (not how many results the query has: see `found`)."""
     below_min_score: int = 0
     """Results dropped by MIN_SCORE on this page (all of them when `hits` is empty)."""
+    found: int | None = None
+    """How many results the query has in all, when the search reached their end; None while
+    more may follow (paging shows at most `MAX_RESULTS` of them)."""
 
 
 @dataclass
@@ -170,6 +143,10 @@ class _Draft:
     base_reading: str = ""
     texts: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    exclude: tuple[str, ...] = ()
+    """The indexed picture searched like: not a result of its own search."""
+    note: str = ""
+    """Said after the reading (`SYMBOLS_NOTE`)."""
 
 
 class SearchService:
@@ -197,6 +174,7 @@ class SearchService:
         )
         """Fuses text searches with the `<COLLECTION>_captions` collection; None without one
         (or with CAPTION_FUSION=0)."""
+        self.ranker = Ranker(store, files, self.fusion, self.options.duplicate_cosine)
 
     @classmethod
     def open(cls, settings: Settings, encoder: DualEncoder | None = None) -> SearchService:
@@ -259,21 +237,27 @@ class SearchService:
     ) -> SearchPage:
         """Results offset+1 .. offset+k of `prepared`: near-duplicates collapsed, only
         pictures of its categories, below MIN_SCORE dropped (unless `nearest_anyway`), text
-        queries fused with the captions' ranking. Paging re-queries the store, up to
-        `MAX_RESULTS` deep."""
+        queries fused with the captions' ranking (`core.search.ranking`). A page is full
+        unless the results end on it. Paging re-queries the store, up to `MAX_RESULTS`
+        deep."""
         if k < 1 or offset < 0:
             raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
         total = self.store.count(max_age_s=TOTAL_MAX_AGE_S)
         end = min(offset + k, MAX_RESULTS)
         if offset >= end:
             return SearchPage([], offset, False, prepared.reading, total)
-        vector = np.asarray(prepared.vector, dtype=np.float32)
-        ranked = self._ranked(prepared, vector, end + k + MISSING_FILE_SLACK)
         floor = None if nearest_anyway else prepared.min_score
-        kept = [m for m in ranked if floor is None or m.score >= floor]
-        hits = [_hit(m.record, m.score) for m in kept[offset:end]]
-        more = len(kept) > end and end < MAX_RESULTS
-        return SearchPage(hits, offset, more, prepared.reading, total, len(ranked) - len(kept))
+        ranking = self.ranker.rank(prepared, end + 1, floor, total)
+        kept = ranking.kept
+        return SearchPage(
+            hits=[_hit(m.record, m.score) for m in kept[offset:end]],
+            offset=offset,
+            more=len(kept) > end and end < MAX_RESULTS,
+            reading=prepared.reading,
+            total=total,
+            below_min_score=ranking.below_floor,
+            found=len(kept) if ranking.complete else None,
+        )
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -295,9 +279,14 @@ class SearchService:
                     f"picture {query.like_id} is not in the index (any more): search again"
                 )
             draft.base, draft.base_reading = stored, f"like picture {query.like_id}"
+            draft.exclude = (query.like_id,)
         elif query.picture is not None:
             draft.base = self.encoder.embed_images([self._load(query.picture)])[0]
             draft.base_reading = "your photo"
+        if parsed.symbols:
+            alone = draft.base is None and not (parsed.positives or parsed.negatives or categories)
+            draft.parsed = parsed = self._with_symbols(parsed)
+            draft.note = SYMBOLS_NOTE if alone and parsed.positives else ""
         draft.texts = list(parsed.positives) + list(parsed.negatives)
         draft.weights = [PLUS_WEIGHT] * len(parsed.positives) + [MINUS_WEIGHT] * len(
             parsed.negatives
@@ -320,38 +309,24 @@ class SearchService:
         return PreparedQuery(
             vector=tuple(float(v) for v in vector),
             categories=draft.categories,
-            reading=draft.parsed.reading(draft.base_reading, draft.categories),
+            reading=draft.parsed.reading(draft.base_reading, draft.categories) + draft.note,
             fuse_captions=draft.base is None,
             min_score=self.options.min_score,
+            exclude=draft.exclude,
         )
 
-    def _ranked(
-        self, prepared: PreparedQuery, vector: np.ndarray, n: int
-    ) -> list[Match[ImageRecord]]:
-        """The nearest `n` pictures of `vector` in the categories, fused with the captions'
-        ranking, whose files may be sent, near-duplicates left out."""
-        contains = {"categories": list(prepared.categories)} if prepared.categories else None
-        matches = self.store.query(vector[None, :], n, contains=contains, with_vectors=True)[0]
-        if prepared.fuse_captions and self.fusion is not None:
-            matches = self.fusion.fuse(vector, matches, n, prepared.categories)
-        allowed = [m for m in matches if self.files.allowed(m.record.id, m.record.path)]
-        if self.options.duplicate_cosine is None:
-            return allowed
-        return _collapsed(allowed, self.options.duplicate_cosine)
+    def _with_symbols(self, parsed: ParsedQuery) -> ParsedQuery:
+        """`parsed` with its terms of symbols (emoji) among the positives where the model's
+        tokenizer has tokens of its own for them, and without the others: a model reads a
+        symbol it has no token for as noise, and would answer an emoji with random pictures."""
+        tokenizer = _tokenizer(self.encoder)
+        known = tuple(term for term in parsed.symbols if has_real_tokens(tokenizer, term))
+        return replace(parsed, positives=parsed.positives + known, symbols=())
 
 
-def _collapsed(matches: list[Match[ImageRecord]], threshold: float) -> list[Match[ImageRecord]]:
-    """`matches` without those at cosine >= `threshold` to a better-ranked one."""
-    kept: list[Match[ImageRecord]] = []
-    seen: list[np.ndarray] = []
-    for match in matches:
-        if match.vector is not None:
-            vector = match.vector / max(float(np.linalg.norm(match.vector)), 1e-12)
-            if any(float(np.dot(vector, other)) >= threshold for other in seen):
-                continue
-            seen.append(vector)
-        kept.append(match)
-    return kept
+def _tokenizer(encoder: DualEncoder) -> Tokenizer:
+    """The encoder's text tokenizer (`DualEncoder` has no public accessor for it yet)."""
+    return encoder._model().processor.tokenizer
 
 
 def _hit(record: ImageRecord, score: float) -> Hit:

@@ -14,11 +14,14 @@ from pathlib import Path
 from core.errors import DatasetError
 from core.json_files import read_json
 from core.sources.scan import Scan
+from core.sources.units import plural
 from core.store.records import ImageRecord
 
 log = logging.getLogger(__name__)
 
 COCO_SPLITS = ("train2014", "val2014")
+COCO_PICTURES = {"train2014": 82_783, "val2014": 40_504}
+"""How many pictures each split's official zip holds."""
 
 
 class CocoReader:
@@ -108,7 +111,12 @@ def _read_coco_annotations(
             raise DatasetError(f"annotation file {path}: images[{n}] file_name {file_name!r}")
         ordered = tuple(text for _, text in sorted(captions.get(image_id, [])))
         entries.append((image_id, file_name, width, height, ordered))
-    log.info("%s: %d images, %d captions", path.name, len(entries), len(annotations))
+    log.debug(
+        "%s: %s, %s",
+        path.name,
+        plural(len(entries), "picture"),
+        plural(len(annotations), "caption"),
+    )
     return entries
 
 
@@ -133,5 +141,10 @@ def read_coco_categories(path: Path) -> dict[int, tuple[str, ...]]:
             f"instances file {path} is not a COCO instances file (categories with id and "
             f"name, annotations with image_id and category_id): {err!r}"
         ) from None
-    log.info("%s: %d categories over %d images", path.name, len(names), len(objects))
+    log.debug(
+        "%s: %s over %s",
+        path.name,
+        plural(len(names), "category", "categories"),
+        plural(len(objects), "picture"),
+    )
     return {image_id: tuple(sorted(found)) for image_id, found in objects.items()}

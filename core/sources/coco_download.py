@@ -30,8 +30,11 @@ are untrusted; the digests (`core.sources.checksums`) are the trust anchor.
   user's own unzip: trusted, and said so in the log.
 - Disk space is checked before the first byte; network errors and 5xx answers are retried
   with exponential backoff, `RetryPolicy.attempts` times per file in all; a 4xx answer fails
-  at once. Failures are one-line `DownloadError`s that name the URL and the cause (a bad
-  COCO_CHECKSUMS file is a `ConfigError`).
+  at once. Failures are one-line `DownloadError`s that name the URL and the cause, or the
+  setting when the server cannot be reached at all ("COCO_BASE_URL https://... cannot be
+  reached: ..."); a bad COCO_CHECKSUMS file is a `ConfigError`.
+- One progress bar for the whole download (every zip), in decimal units (kB, MB, GB), as
+  every size this module says.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from core.errors import DatasetError, DownloadError
 from core.json_files import MAX_JSON_BYTES
 from core.sources.checksums import Digest, expected_digests, file_digest
 from core.sources.coco import COCO_SPLITS
+from core.sources.units import format_size, plural
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,10 @@ MAX_REDIRECTS = 5
 MAX_FETCHES = 3
 """How many times a zip is downloaded when it fails its digest, before giving up."""
 COPY_CHUNK = 1 << 20
+BAR_FORMAT = (
+    "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]"
+)
+"""The download bar: sizes with their unit (33.1kB/6.6GB), as tqdm leaves it off them."""
 ENCRYPTED = 0x1
 """The zip entry flag bit of an encrypted member (COCO's are not; zipfile cannot read one)."""
 UNPACK_SLACK = 1 << 20
@@ -204,7 +212,8 @@ def plan_coco(
                 size = have if digest.size is None else digest.size
             else:
                 have = part.stat().st_size if part.is_file() else 0
-                size = _expected_size(url, _probe_size(http, url, retry or RetryPolicy()), digest)
+                announced = _probe_size(http, url, retry or RetryPolicy(), base_url)
+                size = _expected_size(url, announced, digest)
             plan.append(CocoFile(name, url, folder, reason, size, digest, have))
     return plan
 
@@ -244,11 +253,17 @@ def ensure_coco(
         work = root / WORK_DIR
         work.mkdir(parents=True, exist_ok=True)
         tally = _Tally()
-        how = _Fetching(http, retry, progress, max_fetches)
+        base_url = settings.coco_base_url.rstrip("/")
         with _locked(work):
-            for item in plan:
-                log.info("COCO2014: %s (%s): %s", item.name, format_size(item.size), item.reason)
-                _fetch_and_extract(how, item, root, tally)
+            how = _Fetching(http, retry, _Progress(plan, progress), max_fetches, base_url)
+            try:
+                for item in plan:
+                    log.debug(
+                        "COCO2014: %s (%s): %s", item.name, format_size(item.size), item.reason
+                    )
+                    _fetch_and_extract(how, item, root, tally)
+            finally:
+                how.progress.close()
     return CocoDownload(root, tuple(tally.downloaded), tuple(tally.extracted), skipped, tally.bytes)
 
 
@@ -264,12 +279,36 @@ def check_disk_space(root: Path, plan: Sequence[CocoFile]) -> None:
     _check_space(root, disk_space_needed(plan))
 
 
-def format_size(size: int) -> str:
-    """1234567890 → "1.2 GB" (decimal units, as download sizes are usually quoted)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
+class _Progress:
+    """The download's one progress bar: the bytes of every zip of the plan on disk, summed
+    (decimal units, as `format_size`), whichever zip is being fetched."""
+
+    def __init__(self, plan: Sequence[CocoFile], enabled: bool) -> None:
+        self.have = {item.name: min(item.have, item.size) for item in plan}
+        self.bar = tqdm(
+            total=sum(item.size for item in plan),
+            initial=sum(self.have.values()),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            desc=f"downloading {plan[0].name}" if plan else "downloading",
+            bar_format=BAR_FORMAT,
+            disable=not enabled,
+        )
+
+    def restart(self, name: str, on_disk: int) -> None:
+        """Zip `name` is fetched (again) from byte `on_disk`."""
+        self.have[name] = on_disk
+        self.bar.set_description_str(f"downloading {name}", refresh=False)
+        self.bar.n = sum(self.have.values())
+        self.bar.refresh()
+
+    def add(self, name: str, received: int) -> None:
+        self.have[name] += received
+        self.bar.update(received)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # --- what is needed -------------------------------------------------------------------
@@ -351,8 +390,10 @@ class _Fetching:
 
     http: httpx.Client
     retry: RetryPolicy
-    progress: bool
+    progress: _Progress
     max_fetches: int
+    base_url: str
+    """COCO_BASE_URL, named when it cannot be reached."""
 
 
 def _expected_size(url: str, announced: int | None, digest: Digest) -> int:
@@ -379,10 +420,9 @@ def _fetch_and_extract(how: _Fetching, item: CocoFile, root: Path, tally: _Tally
     cause = ""
     for fetch in range(1, how.max_fetches + 1):
         if not zip_path.is_file():
-            part = work / f"{item.name}.part"
-            transfer = _Transfer(how.http, item.url, part, item.size, how.progress)
+            transfer = _Transfer(how, item.url, work / f"{item.name}.part", item.size)
             try:
-                transfer.run(how.retry)
+                transfer.run()
             finally:
                 tally.bytes += transfer.received
                 if transfer.received and item.name not in tally.downloaded:
@@ -398,6 +438,7 @@ def _fetch_and_extract(how: _Fetching, item: CocoFile, root: Path, tally: _Tally
                 "%s from %s fails its digest (%s): deleted, %s", item.name, item.url, cause, again
             )
             zip_path.unlink(missing_ok=True)
+            how.progress.restart(item.name, 0)
             continue
         except _RefusedZip as err:
             zip_path.unlink(missing_ok=True)
@@ -405,14 +446,14 @@ def _fetch_and_extract(how: _Fetching, item: CocoFile, root: Path, tally: _Tally
         _write_marker(work / f"{item.name}.done", item, members)
         zip_path.unlink()
         tally.extracted.append(item.name)
-        log.info("%s: %d files in %s", item.name, members, root / item.folder)
+        log.debug("%s: %s in %s", item.name, plural(members, "file"), root / item.folder)
         return
     raise DownloadError(f"{item.url}: corrupt zip ({cause}) after {how.max_fetches} downloads")
 
 
 def _check_digest(zip_path: Path, digest: Digest) -> None:
     """Raise `_CorruptZip` naming both digests unless the whole file has `digest`."""
-    log.info("%s: checking its %s digest", zip_path.name, digest.algorithm)
+    log.debug("%s: checking its %s digest", zip_path.name, digest.algorithm)
     actual = file_digest(zip_path, digest.algorithm)
     if actual != digest.hexdigest:
         raise _CorruptZip(f"{digest.algorithm} {actual}, expected {digest.hexdigest}")
@@ -420,25 +461,15 @@ def _check_digest(zip_path: Path, digest: Digest) -> None:
 
 class _Transfer:
     """One file of a known size into `part`, resumed with Range requests, retried, never
-    written past that size, with a progress bar."""
+    written past that size, counted on the download's progress bar."""
 
-    def __init__(self, http: httpx.Client, url: str, part: Path, size: int, progress: bool) -> None:
-        self.http, self.url, self.part, self.expected = http, url, part, size
+    def __init__(self, how: _Fetching, url: str, part: Path, size: int) -> None:
+        self.http, self.url, self.part, self.expected = how.http, url, part, size
+        self.how, self.name = how, part.name.removesuffix(".part")
         self.received = 0
-        self.bar = tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=part.name.removesuffix(".part"),
-            disable=not progress,
-        )
 
-    def run(self, retry: RetryPolicy) -> None:
-        try:
-            _retrying(self.url, retry, self._attempt)
-        finally:
-            self.bar.close()
+    def run(self) -> None:
+        _retrying(self.url, self.how.retry, self._attempt, self.how.base_url)
 
     def _on_disk(self) -> int:
         return self.part.stat().st_size if self.part.is_file() else 0
@@ -459,8 +490,7 @@ class _Transfer:
                 raise _Retryable(f"the server refused to resume at byte {have}")
             _raise_for_status(resp, self.url)
             start = self._start(resp, have)
-            self.bar.reset(total=self.expected)
-            self.bar.update(start)
+            self.how.progress.restart(self.name, start)
             self._write(resp, start)
         got = self._on_disk()
         if got != self.expected:
@@ -496,13 +526,13 @@ class _Transfer:
                 piece = chunk[:left]
                 out.write(piece)
                 self.received += len(piece)
-                self.bar.update(len(piece))
+                self.how.progress.add(self.name, len(piece))
                 left -= len(piece)
                 if not left:
                     break
 
 
-def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy) -> int | None:
+def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy, base_url: str) -> int | None:
     """The file's size from a HEAD request (or a one-byte Range GET where HEAD is refused)."""
 
     def ask() -> int | None:
@@ -518,10 +548,10 @@ def _probe_size(http: httpx.Client, url: str, retry: RetryPolicy) -> int | None:
         _raise_for_status(resp, url)
         return _int(resp.headers.get("content-length"))
 
-    return _retrying(url, retry, ask)
+    return _retrying(url, retry, ask, base_url)
 
 
-def _retrying(url: str, retry: RetryPolicy, action: Callable[[], _T]) -> _T:
+def _retrying(url: str, retry: RetryPolicy, action: Callable[[], _T], base_url: str) -> _T:
     """`action()`, tried again after network errors and 5xx answers with exponential backoff,
     `retry.attempts` times in all (progress made by an attempt does not reset the count)."""
     failures = 0
@@ -531,13 +561,23 @@ def _retrying(url: str, retry: RetryPolicy, action: Callable[[], _T]) -> _T:
         except (httpx.UnsupportedProtocol, httpx.TooManyRedirects, httpx.InvalidURL) as err:
             raise DownloadError(f"{url}: {_cause(err)}") from None
         except (httpx.TransportError, _Retryable) as err:
-            cause = _cause(err)
             failures += 1
             if failures >= retry.attempts:
-                raise DownloadError(f"{url}: {cause} after {failures} attempts") from None
+                raise _gave_up(url, err, failures, base_url) from None
             delay = retry.delay(failures)
-            log.warning("%s: %s; trying again in %.0f s", url, cause, delay)
+            log.warning("%s: %s; trying again in %.0f s", url, _cause(err), delay)
             retry.sleep(delay)
+
+
+def _gave_up(url: str, err: Exception, attempts: int, base_url: str) -> DownloadError:
+    """The error after the last attempt: when it could not even connect, it names the setting
+    to check, COCO_BASE_URL (`base_url`); else the URL and what went wrong."""
+    if isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return DownloadError(
+            f"COCO_BASE_URL {base_url} cannot be reached: {_cause(err)} (after {attempts} "
+            f"attempts at {url})"
+        )
+    return DownloadError(f"{url}: {_cause(err)} after {attempts} attempts")
 
 
 def _raise_for_status(resp: httpx.Response, url: str) -> None:

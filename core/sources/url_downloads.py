@@ -119,7 +119,7 @@ def download_url_list(
     summary = run.summary
     summary.bad_rows = url_list.bad_count
     summary.elapsed_s = time.perf_counter() - started
-    log.info(
+    log.debug(  # index_builder.py says it for people
         "%s: %d downloaded, %d already there, %d failed %s, %d failed before (not retried)",
         folder.path,
         summary.downloaded,

@@ -41,6 +41,7 @@ from PIL import Image
 
 from core.errors import BadImage
 from core.images import allowed_formats, decode_image
+from core.sources.units import format_size
 from core.sources.url_network import (
     LookupFailed,
     PinnedBackend,
@@ -229,7 +230,8 @@ class Fetcher:
                     extension = extension or _sniff(chunk)
                     size += len(chunk)
                     if size > self.rules.max_bytes:
-                        raise FetchFailure("too large", f"more than {self.rules.max_bytes} bytes")
+                        most = format_size(self.rules.max_bytes)
+                        raise FetchFailure("too large", f"more than {most}")
                     out.write(chunk)
             if not extension:
                 raise FetchFailure("not an image", "empty body")
@@ -366,7 +368,7 @@ def _check_response(response: httpcore.Response, max_bytes: int) -> None:
         raise FetchFailure("unsupported encoding", encoding)
     declared = "".join(_headers(response, "Content-Length")[:1]).strip()
     if declared.isdigit() and int(declared) > max_bytes:
-        raise FetchFailure("too large", f"Content-Length {declared}")
+        raise FetchFailure("too large", f"Content-Length {format_size(int(declared))}")
 
 
 def _sniff(head: bytes) -> str:

@@ -12,19 +12,25 @@ caller then asks Chroma itself, which says clearly what is wrong.
 
 `auth_headers` is where both this module and the store get CHROMA_AUTH_TOKEN's header, so it
 is also where a token about to travel unencrypted to another machine is warned about.
+
+`BuildRecord` is what a build writes into its collection's metadata: which source it was
+building and whether it finished, so that `python -m core status` (and `make run` through it)
+can tell an index whose first build was interrupted from a complete one.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.client
 import ipaddress
 import json
 import logging
 import sqlite3
 import ssl
+from collections.abc import Mapping
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -40,6 +46,73 @@ MAX_BODY = 1024 * 1024
 """Bytes read of a server's answer at most: a collection's description is a few kilobytes."""
 
 
+BUILD_KEY_PREFIX = "build:"
+"""Collection metadata keys of `BuildRecord`s: one per source and shard."""
+MAX_BUILDS = 64
+"""Build records read at most (each source and shard has one): the store is not trusted."""
+MAX_BUILD_RECORD = 4096
+"""Characters of one record's JSON at most."""
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What the last build of one source (one shard of it) set out to do and whether it got
+    there, recorded in the collection's metadata before its first change and again at its
+    end. Interrupted (Ctrl-C, kill, power cut, an error), it stays `complete` False, and
+    status says so until a rerun finishes it.
+
+    Read from the store, it is a hint and nothing more: at worst a wrong one makes `make run`
+    run the (incremental, idempotent) builder once more, or not."""
+
+    source: str
+    """The source as the build described it: "COCO2014 val2014 in /data/coco"."""
+    target: int
+    """How many of the source's pictures the collection holds once the build is done."""
+    others: int
+    """How many records of other sources or shards the collection held when it started: the
+    collection's count minus these is about how far this build got."""
+    complete: bool
+
+    @property
+    def key(self) -> str:
+        """Its metadata key: one per source, whatever its description's length."""
+        return BUILD_KEY_PREFIX + hashlib.sha256(self.source.encode()).hexdigest()[:16]
+
+    def to_metadata(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_metadata(cls, value: object) -> BuildRecord | None:
+        """The record a metadata value holds, or None when it is not one (checked field by
+        field: the store is not trusted)."""
+        if not isinstance(value, str) or len(value) > MAX_BUILD_RECORD:
+            return None
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        source, target, others = data.get("source"), data.get("target"), data.get("others")
+        complete = data.get("complete")
+        if not (isinstance(source, str) and type(complete) is bool):
+            return None
+        if not all(type(n) is int and n >= 0 for n in (target, others)):
+            return None
+        return cls(" ".join(source.split()), target, others, complete)
+
+    def done(self, count: int) -> int:
+        """About how many of the source's pictures a collection of `count` records holds."""
+        return max(0, min(self.target, count - self.others))
+
+
+def build_records(metadata: Mapping[str, object]) -> tuple[BuildRecord, ...]:
+    """The `BuildRecord`s of a collection's metadata (at most `MAX_BUILDS`, by source)."""
+    keys = sorted(k for k in metadata if isinstance(k, str) and k.startswith(BUILD_KEY_PREFIX))
+    records = (BuildRecord.from_metadata(metadata[key]) for key in keys[:MAX_BUILDS])
+    return tuple(sorted((r for r in records if r is not None), key=lambda r: r.source))
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     """What a collection holds, read without loading any model."""
@@ -48,6 +121,14 @@ class CollectionInfo:
     count: int
     model: str | None
     dim: int | None
+    builds: tuple[BuildRecord, ...] = ()
+    """The last build of each source, as recorded (none for an index built before they
+    were recorded)."""
+
+    @property
+    def incomplete(self) -> tuple[BuildRecord, ...]:
+        """The builds that did not finish."""
+        return tuple(build for build in self.builds if not build.complete)
 
 
 def describe(settings: Settings) -> str:
@@ -131,10 +212,13 @@ def embedded_info(path: Path, name: str) -> CollectionInfo | None:
     count = embedded_count(path, found[0])
     if count is None:
         return None
-    return _info(name, count, found[1], found[2])
+    rows = _read_rows(path, _BUILDS_SQL, {"collection": str(found[0])}, MAX_BUILDS)
+    return _info(name, count, found[1], found[2], build_records(dict(rows)))
 
 
-def _info(name: str, count: int, model: object, dim: object) -> CollectionInfo:
+def _info(
+    name: str, count: int, model: object, dim: object, builds: tuple[BuildRecord, ...] = ()
+) -> CollectionInfo:
     """The recorded model and dimension as read from a file or a server, each kept only when
     it has the type the project records (a string, an integer), else None."""
     return CollectionInfo(
@@ -142,17 +226,25 @@ def _info(name: str, count: int, model: object, dim: object) -> CollectionInfo:
         count,
         model if isinstance(model, str) else None,
         dim if type(dim) is int else None,
+        builds,
     )
 
 
 def _read(path: Path, sql: str, parameters: dict[str, str]) -> tuple | None:
     """The first row of `sql`, or None (no row, no file, or not the layout known here)."""
+    rows = _read_rows(path, sql, parameters, 1)
+    return rows[0] if rows else None
+
+
+def _read_rows(path: Path, sql: str, parameters: dict[str, str], most: int) -> list[tuple]:
+    """The first `most` rows of `sql`; none when there is no file or not the layout known
+    here."""
     uri = f"{(path / FILE).resolve().as_uri()}?mode=ro"
     try:
         with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            return db.execute(sql, parameters).fetchone()
+            return db.execute(sql, parameters).fetchmany(most)
     except sqlite3.Error:
-        return None
+        return []
 
 
 _COUNT_SQL = """
@@ -180,6 +272,13 @@ WHERE collections.name = :name
 """
 """(id, recorded model, recorded dimension) of a collection."""
 
+_BUILDS_SQL = f"""
+SELECT key, str_value FROM collection_metadata
+WHERE collection_id = :collection AND key LIKE '{BUILD_KEY_PREFIX}%'
+ORDER BY key
+"""
+"""(key, value) of a collection's build records."""
+
 
 # --- a server: Chroma's v2 HTTP API --------------------------------------------------------
 
@@ -196,7 +295,7 @@ def server_info(settings: Settings, name: str) -> CollectionInfo | None:
         return None
     metadata = collection.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
-    return _info(name, count, metadata.get("model"), metadata.get("dim"))
+    return _info(name, count, metadata.get("model"), metadata.get("dim"), build_records(metadata))
 
 
 def _get_json(settings: Settings, path: str) -> object | None:

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,14 @@ from chromadb.errors import NotFoundError
 
 from core.config import Settings
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
-from core.store.collection_info import CollectionInfo, auth_headers, describe, embedded_count
+from core.store.collection_info import (
+    BuildRecord,
+    CollectionInfo,
+    auth_headers,
+    build_records,
+    describe,
+    embedded_count,
+)
 from core.store.records import R
 
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
@@ -38,7 +45,7 @@ CATEGORIES_KEY = "categories"
 """Collection metadata key: JSON list of the category names its records may hold."""
 METADATA_SETTLE_S = 0.5
 """On a server, how long a metadata write is left to settle before it is checked: another
-builder's write from a copy read before ours lands within this (see `_add_to_json_list`)."""
+builder's write from a copy read before ours lands within this (see `_merge_metadata`)."""
 METADATA_ATTEMPTS = 10
 
 log = logging.getLogger(__name__)
@@ -166,7 +173,9 @@ class Database:
                 return None
             metadata = collection.metadata or {}
             count = _count_at_rest(collection, self._path)
-            return CollectionInfo(name, count, metadata.get("model"), metadata.get("dim"))
+            return CollectionInfo(
+                name, count, metadata.get("model"), metadata.get("dim"), build_records(metadata)
+            )
 
     def drop(self, name: str) -> bool:
         """Delete collection `name`; False when there was none."""
@@ -292,7 +301,27 @@ class VectorStore(Generic[R]):
 
     def add_categories(self, names: Iterable[str]) -> None:
         """Record category names the records hold (kept, merged, sorted)."""
-        _add_to_json_list(self._connection, self.name, CATEGORIES_KEY, set(names))
+        wanted = set(names)
+        if not wanted:
+            return
+
+        def merged(metadata: dict) -> dict | None:
+            have = set(_strings(metadata, CATEGORIES_KEY))
+            if wanted <= have:
+                return None
+            return {CATEGORIES_KEY: json.dumps(sorted(have | wanted))}
+
+        _merge_metadata(self._connection, self.name, f"the {CATEGORIES_KEY}", merged)
+
+    def record_build(self, build: BuildRecord) -> None:
+        """Record (or replace) the build record of `build.source` in the collection's metadata,
+        keeping every other key (other sources' records, the categories, the model)."""
+        value = build.to_metadata()
+
+        def merged(metadata: dict) -> dict | None:
+            return None if metadata.get(build.key) == value else {build.key: value}
+
+        _merge_metadata(self._connection, self.name, "the build record", merged)
 
     def check_not_empty(self, *, max_age_s: float = 0.0) -> None:
         """Raise `IndexEmpty` when the collection holds nothing (`max_age_s`: see `count`)."""
@@ -405,33 +434,32 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
         yield start, items[start : start + size]
 
 
-def _add_to_json_list(connection: Connection, name: str, key: str, wanted: set[str]) -> None:
-    """Merge `wanted` into the JSON list under `key` of collection `name`'s metadata, and make
-    sure they stay there.
+def _merge_metadata(
+    connection: Connection, name: str, what: str, merged: Callable[[dict], dict | None]
+) -> None:
+    """Write into collection `name`'s metadata the keys `merged(current metadata)` gives, until
+    it gives None (what it wants is there), and make sure they stay there.
 
     Chroma has no atomic update of collection metadata: `modify()` replaces all of it,
     so two builders on one server that read it, merge their own values and write it
     back at once may overwrite each other's. So each writer reads it again once its
     write has settled (a write from a copy read before it has landed by then) and
     merges again until its values are there. No write at all when they already are."""
-    if not wanted:
-        return
     for attempt in range(METADATA_ATTEMPTS + 1):
         with _reachable(connection.description):
             current = connection.client.get_collection(name, embedding_function=None)
             metadata = dict(current.metadata or {})
-            have = set(_strings(metadata, key))
-            if wanted <= have:
+            changes = merged(metadata)
+            if changes is None:
                 return
             if attempt == METADATA_ATTEMPTS:
                 break
             if attempt:
-                log.info("another writer replaced the %s of %s: merging again", key, name)
-            metadata[key] = json.dumps(sorted(have | wanted))
+                log.info("another writer replaced %s of %s: merging again", what, name)
             # modify() replaces the whole metadata (model and dim included): pass it all.
-            current.modify(metadata=metadata)
+            current.modify(metadata={**metadata, **changes})
         time.sleep(connection.settle_s * (1 + random.random()))  # jitter: writers fall apart
     raise StoreUnavailable(
-        f"could not record the {key} of collection {name!r} in {connection.description}: "
+        f"could not record {what} of collection {name!r} in {connection.description}: "
         f"other writers replaced them {METADATA_ATTEMPTS} times in a row"
     )
