@@ -26,14 +26,13 @@ from pathlib import Path
 from core.config import Settings
 from core.errors import DatasetError, DownloadError, ModelUnavailable, StoreUnavailable
 from core.indexing.lock import check_no_builder
+from core.models.hub import ask_hub, hub_endpoint, hub_offline, in_hub_cache
 from core.sources.coco import COCO_PICTURES, COCO_SPLITS
 from core.sources.coco_download import CocoFile, RetryPolicy, disk_space_needed, plan_coco
 from core.sources.shards import EVERYTHING, Shard
 from core.sources.units import format_size, plural
 from core.store.collection_info import describe, quick_info
 
-HUB_TIMEOUT_S = 10.0
-"""One look-up on the Hugging Face hub waits this long at most."""
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -130,7 +129,7 @@ def check_model(setting: str, name: str) -> str:
     or (unless HF_HUB_OFFLINE) the hub, asked once. Raises `ModelUnavailable`."""
     if _is_path(name):
         return _check_model_dir(setting, name)
-    if _in_hub_cache(name, ("config.json",)) and _in_hub_cache(name, WEIGHT_FILES):
+    if in_hub_cache(name, ("config.json",)) and in_hub_cache(name, WEIGHT_FILES):
         return f"{setting} {name}: in the local Hugging Face cache"
     if hub_offline():
         raise ModelUnavailable(
@@ -139,14 +138,6 @@ def check_model(setting: str, name: str) -> str:
             f"that reaches the hub, or point {setting} at a local copy"
         )
     return _check_on_hub(setting, name)
-
-
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids asking the hub."""
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def _is_path(name: str) -> bool:
@@ -172,43 +163,24 @@ def _check_model_dir(setting: str, name: str) -> str:
     raise ModelUnavailable(f"{setting} points to {name}, {problem}")
 
 
-def _in_hub_cache(name: str, files: Sequence[str]) -> bool:
-    """Whether one of `files` of model `name` is in the local Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return any(isinstance(try_to_load_from_cache(name, file), str) for file in files)
-    except ValueError:  # not a valid repo id
-        return False
-
-
 def _check_on_hub(setting: str, name: str) -> str:
     """One quick look-up of `name` on the hub, without retries."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    try:
-        HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
-    except RepositoryNotFoundError:
+    answer = ask_hub(name)
+    if answer.unreachable is not None:
+        raise ModelUnavailable(
+            f"{setting}={name} is not in the local Hugging Face cache and the hub at "
+            f"{hub_endpoint()} cannot be reached ({answer.unreachable}): download it with "
+            f"`hf download {name}` on a machine that reaches the hub, or point {setting} at a "
+            "local directory"
+        )
+    if not answer.known:
         raise ModelUnavailable(
             f"{setting}={name}: there is no such model on the Hugging Face hub (or it is "
             f"private): check the name, or point {setting} at a local directory"
-        ) from None
-    except HfHubHTTPError as err:  # the hub answered: loading will say more
-        return f"{setting} {name}: on the Hugging Face hub ({_first_line(err)})"
-    except Exception as err:  # httpx and OSError: the hub cannot be reached
-        raise ModelUnavailable(
-            f"{setting}={name} is not in the local Hugging Face cache and the hub at "
-            f"{constants.ENDPOINT} cannot be reached ({_first_line(err)}): download it with "
-            f"`hf download {name}` on a machine that reaches the hub, or point {setting} at a "
-            "local directory"
-        ) from None
+        )
+    if answer.note:  # the hub answered: loading will say more
+        return f"{setting} {name}: on the Hugging Face hub ({answer.note})"
     return f"{setting} {name}: on the Hugging Face hub (downloaded when the build starts)"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 # --- the store ---------------------------------------------------------------------------

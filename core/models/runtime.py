@@ -15,13 +15,13 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from core.errors import ConfigError, ModelUnavailable
+from core.models.hub import ask_hub, first_line, hub_endpoint, hub_offline, in_hub_cache
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 T = TypeVar("T")
-HUB_TIMEOUT_S = 10.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,7 +76,7 @@ def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
     setting = _SETTINGS.get(what, f"the {what} model")
     if _is_path(name):
         _check_model_dir(what, setting, name)
-    elif not _hub_offline() and not _in_hub_cache(name):
+    elif not hub_offline() and not in_hub_cache(name):
         _check_hub(what, name)
     try:
         with _quiet_hub():
@@ -85,9 +85,9 @@ def load_pretrained(what: str, name: str, loader: Callable[[], T]) -> T:
         if _is_path(name):
             hint = (
                 f"{setting} points to {name}, which is not a complete Hugging Face {what} "
-                f"model ({_first_line(err)})"
+                f"model ({first_line(err)})"
             )
-        elif _hub_offline():
+        elif hub_offline():
             hint = (
                 f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                 f"download it once with `hf download {name}` on a connected machine, "
@@ -126,43 +126,22 @@ def _check_model_dir(what: str, setting: str, name: str) -> None:
     raise ModelUnavailable(f"{what} model unavailable: {setting} points to {name}, {problem}")
 
 
-def _hub_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _in_hub_cache(name: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False
-
-
 def _check_hub(what: str, name: str) -> None:
-    """One quick look-up of `name` on the hub, without retries."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    try:
-        HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
-    except RepositoryNotFoundError:
+    """One quick look-up of `name` on the hub: a clear error when the hub has no such model
+    or cannot be reached (any other answer: let the download say what is wrong)."""
+    answer = ask_hub(name)
+    if answer.unreachable is not None:
+        raise ModelUnavailable(
+            f"{what} model unavailable: cannot reach the Hugging Face hub at "
+            f"{hub_endpoint()} to download {name!r} ({answer.unreachable}): download it "
+            f"with `hf download {name}` on a connected machine, or point the setting at a "
+            "local directory"
+        )
+    if not answer.known:
         raise ModelUnavailable(
             f"{what} model unavailable: there is no model {name!r} on the Hugging Face hub "
             "(or it is private): check the name, or point the setting at a local directory"
-        ) from None
-    except HfHubHTTPError:
-        return  # the hub answered: let the download say what is wrong
-    except Exception as err:  # httpx and OSError: the hub cannot be reached
-        raise ModelUnavailable(
-            f"{what} model unavailable: cannot reach the Hugging Face hub at "
-            f"{constants.ENDPOINT} to download {name!r} ({_first_line(err)}): download it "
-            f"with `hf download {name}` on a connected machine, or point the setting at a "
-            "local directory"
-        ) from None
+        )
 
 
 @contextlib.contextmanager
@@ -176,11 +155,6 @@ def _quiet_hub() -> Iterator[None]:
         yield
     finally:
         hub.setLevel(level)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def is_out_of_memory(err: BaseException) -> bool:
