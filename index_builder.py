@@ -292,13 +292,18 @@ def _counts(summary: BuildSummary) -> str:
     if summary.unchanged:
         parts.append(f"{summary.unchanged:,} unchanged")
     if summary.removed:
-        files = "file is" if summary.removed == 1 else "files are"
-        parts.append(f"removed {plural(summary.removed, 'entry', 'entries')} whose {files} gone")
+        parts.append(_removed(summary.removed))
     if summary.bad:
         parts.append(f"{len(summary.bad):,} bad")
     if summary.missing:
         parts.append(f"{len(summary.missing):,} missing on disk")
     return " · ".join(parts or ["indexed 0 pictures"])
+
+
+def _removed(count: int) -> str:
+    """ "removed 3 entries whose files are gone", in the summary and after an interruption."""
+    files = "file is" if count == 1 else "files are"
+    return f"removed {plural(count, 'entry', 'entries')} whose {files} gone"
 
 
 def interruption(summary: BuildSummary) -> str:
@@ -311,8 +316,7 @@ def interruption(summary: BuildSummary) -> str:
         names = ", ".join(repr(name) for name in summary.dropped)
         done.append(f"dropped collection{'s' if len(summary.dropped) > 1 else ''} {names}")
     if summary.removed:
-        files = "file is" if summary.removed == 1 else "files are"
-        done.append(f"removed {plural(summary.removed, 'entry', 'entries')} whose {files} gone")
+        done.append(_removed(summary.removed))
     if summary.captions_removed:
         done.append(f"removed {plural(summary.captions_removed, 'caption')}")
     if summary.indexed:
