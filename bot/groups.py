@@ -72,6 +72,14 @@ def has_picture(message: Message) -> bool:
     return bool(message.photo) or bool(document and (document.mime_type or "").startswith("image/"))
 
 
+def unique_id(message: Message) -> str:
+    """The `file_unique_id` of the message's picture (its largest size): the same for every
+    copy of one file, in any chat."""
+    item = message.photo[-1] if message.photo else message.document
+    assert item is not None, "message has no picture"
+    return item.file_unique_id
+
+
 def is_question(words: str) -> bool:
     """Whether words replied to a photo ask about it: they start or end with a question mark
     ("what colour is it?", "? colour"). Anything else changes the photo's search."""

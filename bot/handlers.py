@@ -18,17 +18,17 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop
 from telegram.helpers import effective_message_type
 
-from bot import groups, inline, replies, results
+from bot import groups, inline, library, library_texts, replies, results
+from bot.limits import DOWNLOAD_LIMIT
 from bot.saved_searches import parse_press
 from bot.sending import chat_action
 from bot.state import BotData, Context
 from core.errors import ModelUnavailable, SearchBotError
+from core.library.records import library_id
 from core.search.service import MAX_QUERY_CHARS, clean_query
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_LIMIT = 20 * 1024 * 1024
-"""Telegram lets bots download files up to 20 MB."""
 ASK = re.compile(r"^/ask(?:@\w+)?(?:\s+(.*))?$", re.DOTALL | re.IGNORECASE)
 """/ask, /ask@SomeBot, with or without a question after it."""
 
@@ -47,6 +47,7 @@ async def gatekeeper(update: Update, context: Context) -> None:
         log.debug("dropped update %s: it has no user", update.update_id)
         raise ApplicationHandlerStop
     data = context.bot_data
+    await library.capture(update, context)  # a picture posted where the library is on
     # A button press or an inline query is meant for the bot; a group message may not be.
     if message is not None and not groups.is_for_bot(message, _me(context)):
         raise ApplicationHandlerStop
@@ -65,9 +66,9 @@ def _me(context: Context) -> groups.Me:
     """This bot, for telling which group messages are for it: its name, its commands, and
     whether it answers questions about photos."""
     bot = context.bot
-    return groups.Me(
-        bot.username, bot.id, COMMAND_NAMES, questions=context.bot_data.services.ask_enabled
-    )
+    services = context.bot_data.services
+    names = COMMAND_NAMES | set(library.COMMANDS) if services.library else COMMAND_NAMES
+    return groups.Me(bot.username, bot.id, frozenset(names), questions=services.ask_enabled)
 
 
 async def refuse(update: Update, data: BotData, text: str) -> None:
@@ -104,11 +105,13 @@ async def help_facts(message: Message, context: Context) -> replies.HelpFacts:
     """What /help and /start depend on: /ask on or off, the model, the index's categories,
     and whether they are asked in a group."""
     services = context.bot_data.services
+    group_bot = context.bot.username if groups.is_in_group(message) else None
     return replies.HelpFacts(
         ask_enabled=services.ask_enabled,
         model=model_note(context, admin=False),
         categories=await services.categories(),
-        group_bot=context.bot.username if groups.is_in_group(message) else None,
+        group_bot=group_bot,
+        library=library_texts.help_lines(group_bot) if services.library else (),
     )
 
 
@@ -127,11 +130,9 @@ async def stats(update: Update, context: Context) -> None:
     user = update.effective_user
     admin = user is not None and user.id in context.bot_data.admin_user_ids
     model = model_note(context, admin=admin)
-    if not admin:
-        await update.effective_message.reply_text(replies.stats_text(images=s.images, model=model))
-        return
-    await update.effective_message.reply_text(
-        replies.stats_text(
+    text = replies.stats_text(images=s.images, model=model)
+    if admin:
+        text = replies.stats_text(
             images=s.images,
             model=model,
             device=s.device,
@@ -139,7 +140,8 @@ async def stats(update: Update, context: Context) -> None:
             store=s.store,
             tuned=s.tuned,
         )
-    )
+    message = update.effective_message
+    await message.reply_text(text + await library.stats_of(message.chat_id, context))
 
 
 async def unknown_command(update: Update, context: Context) -> None:
@@ -163,7 +165,7 @@ async def search_text(update: Update, context: Context) -> None:
     query = clean_query(groups.without_mention(message, context.bot.username))
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
-        found = await data.services.search_text(query)
+        found = await data.services.search_text(query, chat_id=message.chat_id)
         await results.show_search(_chat_of(message, update), found, data)
 
 
@@ -201,8 +203,18 @@ async def _search_like(update: Update, context: Context, target: Message, words:
     data = context.bot_data
     async with chat_action(context.bot, message.chat_id):
         picture = await download_picture(target, context)
-        found = await data.services.search_photo(picture, words[:MAX_QUERY_CHARS])
+        found = await data.services.search_photo(
+            picture, words[:MAX_QUERY_CHARS], chat_id=message.chat_id, itself=_library_id(target)
+        )
         await results.show_search(_chat_of(message, update), found, data)
+
+
+def _library_id(message: Message) -> str | None:
+    """The library id the picture of `message` has (or would have) in its chat's library."""
+    try:
+        return library_id(message.chat_id, groups.unique_id(message))
+    except ValueError:
+        return None
 
 
 def _chat_of(message: Message, update: Update) -> results.Chat:
@@ -307,7 +319,9 @@ async def _answer(message: Message, target: Message, question: str, context: Con
     async with chat_action(context.bot, message.chat_id, ChatAction.TYPING):
         try:
             return await services.ask(
-                picture_key(target), lambda: download_picture(target, context), question or None
+                groups.unique_id(target),
+                lambda: download_picture(target, context),
+                question or None,
             )
         except ModelUnavailable as err:
             log.error("cannot answer /ask: %s", err)
@@ -326,13 +340,6 @@ async def _say_instead(message: Message, notice: Message | None, text: str) -> N
         except TelegramError as err:
             log.warning("could not edit the loading notice: %s", err)
     await message.reply_text(text)
-
-
-def picture_key(message: Message) -> str:
-    """The picture's `file_unique_id`: the same for every copy of one file, in any chat."""
-    item = message.photo[-1] if message.photo else message.document
-    assert item is not None, "message has no picture"
-    return item.file_unique_id
 
 
 async def not_a_picture_file(update: Update, context: Context) -> None:

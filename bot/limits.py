@@ -22,6 +22,9 @@ LOGGED_WAIT_S = 0.001
 BEST_EFFORT = frozenset({"sendChatAction"})
 """Calls that are neither throttled nor retried: a missed "typing…" harms no one."""
 
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+"""Telegram lets bots download files up to 20 MB."""
+
 
 class UserRateLimiter:
     """At most `per_minute` requests per user in any sliding 60-second window (0 = no limit).

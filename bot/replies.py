@@ -76,6 +76,9 @@ class HelpFacts:
     """The index's own categories (its #hashtags); none for folder and URL-list indexes."""
     group_bot: str | None = None
     """The bot's username when asked in a group (commands and mentions name it there)."""
+    library: tuple[str, ...] = ()
+    """What /help says of the chat's own library (`bot.library_texts.help_lines`); none
+    without LIBRARY_ENABLED."""
 
 
 def help_text(facts: HelpFacts) -> str:
@@ -84,6 +87,8 @@ def help_text(facts: HelpFacts) -> str:
     categories, and which model runs."""
     lines = _group_uses(facts) if facts.group_bot else _private_uses(facts)
     lines += ["", "<b>Ways to search</b>", *SEARCH_SYNTAX, *_category_lines(facts.categories)]
+    if facts.library:
+        lines += ["", *facts.library]
     commands = "/stats — what is indexed · /help — this message"
     if facts.group_bot:
         commands = commands.replace("/stats", f"/stats@{facts.group_bot}")

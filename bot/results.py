@@ -26,13 +26,13 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 
-from bot import replies
+from bot import library_texts, replies
 from bot.saved_searches import MAX_LIKES, Album, Press, SearchContext, Shown
 from bot.sending import AlbumTarget, chat_action, send_album
 from core.errors import BadImage
-from core.search.service import SearchPage
+from core.search.service import Hit, SearchPage
 
 if TYPE_CHECKING:
     from bot.services import Results
@@ -82,6 +82,7 @@ async def show_page(chat: Chat, context: SearchContext, page: SearchPage, data: 
         return
     target = AlbumTarget(chat.bot, chat.chat_id, first_rank=page.offset + 1, reply_to=chat.reply_to)
     sent = await send_album(target, page.hits, data.file_ids, data.services.files)
+    await _forget_refused(chat, page.hits, sent, data)
     album = Album(context.next_album, page.offset + 1, tuple(Shown.of(hit) for hit in sent))
     context = replace(context, offset=page.offset, more=page.more).with_album(album)
     await asyncio.to_thread(data.searches.put, context)
@@ -117,8 +118,22 @@ async def _show_empty(
     await chat.bot.send_message(chat.chat_id, text, reply_markup=markup, reply_parameters=reply)
 
 
+async def _forget_refused(chat: Chat, hits: list[Hit], sent: list[Hit], data: BotData) -> None:
+    """Remove from the chat's library its pictures Telegram no longer sends (`send_album`
+    leaves them out)."""
+    shown = {hit.id for hit in sent}
+    gone = [hit.id for hit in hits if hit.library is not None and hit.id not in shown]
+    if gone and data.services.library is not None:
+        removed = await data.services.library.forget(chat.chat_id, gone)
+        log.info(
+            "library of chat %s: removed %d pictures Telegram no longer has", chat.chat_id, removed
+        )
+
+
 def keyboard(context: SearchContext, album: Album) -> InlineKeyboardMarkup | None:
-    """Similar <rank> for each picture of `album`; Full size; More ▸ while results follow."""
+    """Similar <rank> for each picture of `album`; 📚 #<rank> ↩ for each picture of the
+    chat's library (a reply to the message that posted it); Full size; More ▸ while results
+    follow."""
     similar = [
         InlineKeyboardButton(
             replies.similar_label(album.first_rank + i),
@@ -126,7 +141,16 @@ def keyboard(context: SearchContext, album: Album) -> InlineKeyboardMarkup | Non
         )
         for i in range(len(album.pictures))
     ]
+    jumps = [
+        InlineKeyboardButton(
+            library_texts.jump_label(album.first_rank + i),
+            callback_data=Press("jump", context.token, album.number, i + 1).data(),
+        )
+        for i, picture in enumerate(album.pictures)
+        if picture.message_id
+    ]
     rows = [similar[i : i + SIMILAR_PER_ROW] for i in range(0, len(similar), SIMILAR_PER_ROW)]
+    rows += [jumps[i : i + SIMILAR_PER_ROW] for i in range(0, len(jumps), SIMILAR_PER_ROW)]
     last = []
     if album.pictures:
         full = Press("full", context.token, album.number).data()
@@ -147,11 +171,13 @@ def refusal(press: Press | None, context: SearchContext | None, chat_id: int | N
         return replies.BUTTON_EXPIRED
     if context.chat_id != chat_id:
         return replies.BUTTON_BROKEN
-    if press.action in ("similar", "full"):
+    if press.action in ("similar", "full", "jump"):
         album = context.album(press.album)
         if album is None:
             return replies.BUTTON_EXPIRED
-        if press.action == "similar" and press.index > len(album.pictures):
+        if press.action in ("similar", "jump") and press.index > len(album.pictures):
+            return replies.BUTTON_BROKEN
+        if press.action == "jump" and not album.pictures[press.index - 1].message_id:
             return replies.BUTTON_BROKEN
     return None
 
@@ -167,7 +193,9 @@ async def run_press(
         await _drop_buttons(pressed, ("n:",))
         context = replace(context, nearest_anyway=True)
         async with chat_action(chat.bot, chat.chat_id):
-            page = await data.services.page(context.prepared, k=context.k, nearest_anyway=True)
+            page = await data.services.page(
+                context.prepared, k=context.k, nearest_anyway=True, chat_id=context.chat_id
+            )
             await show_page(chat, context, page, data)
     elif press.action == "similar":
         album = context.album(press.album)
@@ -175,8 +203,13 @@ async def run_press(
         picture = album.pictures[press.index - 1]
         rank = album.first_rank + press.index - 1
         async with chat_action(chat.bot, chat.chat_id):
-            found = _named_after(await data.services.similar(picture.id), context)
+            similar = await data.services.similar(picture.id, chat_id=context.chat_id)
+            found = _named_after(similar, context)
             await show_search(chat, found, data, likes=(rank, *context.likes))
+    elif press.action == "jump":
+        album = context.album(press.album)
+        assert album is not None
+        await _jump(chat, album.pictures[press.index - 1], album.first_rank + press.index - 1, data)
     else:
         album = context.album(press.album)
         assert album is not None
@@ -204,6 +237,7 @@ async def _more(chat: Chat, context: SearchContext, data: BotData) -> None:
             k=context.k,
             offset=context.offset + context.k,
             nearest_anyway=context.nearest_anyway,
+            chat_id=context.chat_id,
         )
         await show_page(chat, context, page, data)
 
@@ -214,6 +248,9 @@ async def _full_size(chat: Chat, album: Album, data: BotData) -> None:
     skipped = []
     async with chat_action(chat.bot, chat.chat_id, ChatAction.UPLOAD_DOCUMENT):
         for rank, picture in enumerate(album.pictures, album.first_rank):
+            if picture.message_id:  # a chat library's: its original is the message posted
+                await _jump(chat, picture, rank, data)
+                continue
             try:
                 original = await data.services.original(picture.id, picture.path)
             except BadImage as err:  # RefusedFile included
@@ -231,6 +268,27 @@ async def _full_size(chat: Chat, album: Album, data: BotData) -> None:
             )
     if skipped:
         await chat.bot.send_message(chat.chat_id, replies.full_size_skipped(skipped))
+
+
+async def _jump(chat: Chat, picture: Shown, rank: int, data: BotData) -> None:
+    """A reply to the message that posted a library picture (a tap on its quote jumps
+    there), saying when and by whom; or why not, when the picture or its message is gone."""
+    library = data.services.library
+    record = await library.record(chat.chat_id, picture.id) if library is not None else None
+    if record is None:
+        await chat.bot.send_message(chat.chat_id, replies.BUTTON_EXPIRED)
+        return
+    poster = None
+    with contextlib.suppress(TelegramError):
+        poster = (await chat.bot.get_chat_member(chat.chat_id, record.sender_id)).user.full_name
+    try:
+        await chat.bot.send_message(
+            chat.chat_id,
+            library_texts.original(rank, record.date, poster),
+            reply_parameters=ReplyParameters(record.message_id),
+        )
+    except BadRequest:
+        await chat.bot.send_message(chat.chat_id, library_texts.ORIGINAL_GONE)
 
 
 def _file_name(picture: Shown) -> str:

@@ -41,8 +41,14 @@ MAX_LIKES = 4
 CALLBACK_DATA_LIMIT = 64
 """Telegram's limit for callback_data, in bytes."""
 
-Action = Literal["more", "similar", "full", "nearest"]
-_CODES: dict[Action, str] = {"more": "m", "similar": "s", "full": "f", "nearest": "n"}
+Action = Literal["more", "similar", "full", "nearest", "jump"]
+_CODES: dict[Action, str] = {
+    "more": "m",
+    "similar": "s",
+    "full": "f",
+    "nearest": "n",
+    "jump": "j",
+}
 _TOKEN = rf"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}"
 _NUMBER = r"(0|[1-9][0-9]{0,5})"
 _PATTERNS: dict[Action, re.Pattern[str]] = {
@@ -50,6 +56,7 @@ _PATTERNS: dict[Action, re.Pattern[str]] = {
     "nearest": re.compile(rf"n:({_TOKEN})"),
     "full": re.compile(rf"f:({_TOKEN}):{_NUMBER}"),
     "similar": re.compile(rf"s:({_TOKEN}):{_NUMBER}:([1-9]|10)"),
+    "jump": re.compile(rf"j:({_TOKEN}):{_NUMBER}:([1-9]|10)"),
 }
 
 _SCHEMA = """
@@ -83,9 +90,9 @@ class Press:
     def data(self) -> str:
         """The callback_data of this button ("m:<token>", "s:<token>:<album>:<i>", ...)."""
         parts = [_CODES[self.action], self.token]
-        if self.action in ("full", "similar"):
+        if self.action in ("full", "similar", "jump"):
             parts.append(str(self.album))
-        if self.action == "similar":
+        if self.action in ("similar", "jump"):
             parts.append(str(self.index))
         data = ":".join(parts)
         if len(data.encode()) > CALLBACK_DATA_LIMIT or parse_press(data) != self:
@@ -106,6 +113,11 @@ def parse_press(data: object) -> Press | None:
     return None
 
 
+def _shown(id: object, path: object, message_id: object = 0) -> Shown:
+    """A saved album's picture: [id, path] (older rows) or [id, path, message_id]."""
+    return Shown(str(id), str(path), int(message_id))  # type: ignore[call-overload]
+
+
 def new_token() -> str:
     """A fresh random token of `TOKEN_CHARS` url-safe characters."""
     return secrets.token_urlsafe(8)[:TOKEN_CHARS]
@@ -117,10 +129,12 @@ class Shown:
 
     id: str
     path: str
+    message_id: int = 0
+    """A chat library's picture: the message that posted it (0 for an indexed picture)."""
 
     @classmethod
     def of(cls, hit: Hit) -> Shown:
-        return cls(hit.id, hit.path)
+        return cls(hit.id, hit.path, hit.library.message_id if hit.library else 0)
 
 
 @dataclass(frozen=True)
@@ -181,7 +195,7 @@ class SearchContext:
                 "nearest_anyway": self.nearest_anyway,
                 "likes": list(self.likes),
                 "albums": [
-                    [a.number, a.first_rank, [[p.id, p.path] for p in a.pictures]]
+                    [a.number, a.first_rank, [[p.id, p.path, p.message_id] for p in a.pictures]]
                     for a in self.albums
                 ],
             }
@@ -191,7 +205,7 @@ class SearchContext:
     def from_row(cls, token: str, chat_id: int, user_id: int, body: str) -> SearchContext:
         data = json.loads(body)
         albums = tuple(
-            Album(int(n), int(rank), tuple(Shown(str(i), str(p)) for i, p in pictures))
+            Album(int(n), int(rank), tuple(_shown(*picture) for picture in pictures))
             for n, rank, pictures in data["albums"]
         )
         return cls(

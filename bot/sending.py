@@ -13,6 +13,8 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
 from bot.file_ids import FileIdCache, picture_key
+from bot.library_texts import library_caption
+from bot.limits import DOWNLOAD_LIMIT
 from bot.replies import hit_caption
 from core.errors import BadImage
 from core.images import photo_for_upload
@@ -69,24 +71,74 @@ async def send_album(
         return []
     keys = await asyncio.to_thread(file_keys, hits, files)
     cached = await asyncio.to_thread(file_ids.get_many, keys.values())
+    downloads = await _library_documents(target.bot, hits, keys, cached)
     try:
-        sources, sent = await _send(target, hits, _Known(keys, cached), files)
+        sources, sent = await _send(target, hits, _Known(keys, cached, downloads), files)
     except BadRequest as err:
-        if not cached:
+        refused = await _refused_library_files(target.bot, hits)
+        if refused:  # a chat library's picture Telegram no longer has: leave it out
+            log.warning("%d library pictures' file_ids are refused now: left out", len(refused))
+            hits = [hit for hit in hits if hit.id not in refused]
+        elif cached:  # a stale file_id (e.g. the bot's token changed): upload afresh
+            log.warning("sending by file_id failed (%s): uploading instead", err)
+            await asyncio.to_thread(file_ids.forget, cached)
+            cached = {}
+        else:
             raise
-        # A stale file_id (e.g. the bot's token changed): forget them all, upload afresh.
-        log.warning("sending by file_id failed (%s): uploading instead", err)
-        await asyncio.to_thread(file_ids.forget, cached)
-        cached = {}
-        sources, sent = await _send(target, hits, _Known(keys, cached), files)
+        sources, sent = await _send(target, hits, _Known(keys, cached, downloads), files)
     remembered = {
         source.key: msg.photo[-1].file_id
         for source, msg in zip(sources, sent, strict=True)
-        if source.key not in cached and msg.photo
+        if source.key not in cached and msg.photo and isinstance(source.media, bytes)
     }
     if remembered:
         await asyncio.to_thread(file_ids.put_many, remembered)
     return [source.hit for source in sources]
+
+
+def _library_source(hit: Hit, key: str, downloads: dict[str, bytes]) -> _Source | None:
+    """A chat library's picture: by its photo's file_id, or its file's bytes as a photo."""
+    assert hit.library is not None
+    if not hit.library.is_document:
+        return _Source(hit, key, hit.library.file_id)
+    try:
+        return _Source(hit, key, photo_for_upload(downloads[hit.id]))
+    except (KeyError, BadImage) as err:
+        log.warning("cannot send library picture %s: %s", hit.id, err)
+        return None
+
+
+async def _library_documents(
+    bot: Bot, hits: list[Hit], keys: dict[str, str], cached: dict[str, str]
+) -> dict[str, bytes]:
+    """The bytes of the chat library's pictures posted as files that Telegram has no photo
+    of yet (sent once as a photo, their photo's file_id is cached like an indexed file's)."""
+    downloads = {}
+    for hit in hits:
+        library = hit.library
+        if library is None or not library.is_document or keys[hit.id] in cached:
+            continue
+        try:
+            file = await bot.get_file(library.file_id)
+            if file.file_size and file.file_size > DOWNLOAD_LIMIT:
+                continue
+            downloads[hit.id] = bytes(await file.download_as_bytearray())
+        except TelegramError as err:
+            log.warning("cannot download library picture %s: %s", hit.id, err)
+    return downloads
+
+
+async def _refused_library_files(bot: Bot, hits: list[Hit]) -> set[str]:
+    """The ids of the library hits whose file_id Telegram no longer takes."""
+    refused = set()
+    for hit in hits:
+        if hit.library is None:
+            continue
+        try:
+            await bot.get_file(hit.library.file_id)
+        except BadRequest:
+            refused.add(hit.id)
+    return refused
 
 
 def file_keys(hits: list[Hit], files: SendableFiles) -> dict[str, str]:
@@ -95,6 +147,9 @@ def file_keys(hits: list[Hit], files: SendableFiles) -> dict[str, str]:
     a worker thread."""
     keys = {}
     for hit in hits:
+        if hit.library is not None:  # sent by its Telegram file_id, never read from disk
+            keys[hit.id] = f"library\0{hit.id}"
+            continue
         identity = files.identity(hit.id, hit.path)
         if identity is not None:
             keys[hit.id] = picture_key(hit.id, identity)
@@ -107,6 +162,9 @@ class _Known:
     """hit id → file_id cache key, for the hits whose file may be sent."""
     cached: dict[str, str]
     """cache key → file_id, for the files Telegram already has."""
+    downloads: dict[str, bytes]
+    """hit id → the bytes of a chat library's picture posted as a file, to upload as a photo
+    (a document's file_id cannot be sent as one)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +181,7 @@ async def _send(
     """Send the album; returns, aligned, what was sent of each hit and its message."""
     sources = await asyncio.to_thread(_sources, hits, known, files)
     media = [
-        InputMediaPhoto(source.media, caption=hit_caption(rank, source.hit))
+        InputMediaPhoto(source.media, caption=album_caption(rank, source.hit))
         for rank, source in enumerate(sources, target.first_rank)
     ]
     if not media:
@@ -146,6 +204,11 @@ async def _send(
     return sources, sent
 
 
+def album_caption(rank: int, hit: Hit) -> str:
+    """A picture's caption in an album: 📚 and the date for a chat library's picture."""
+    return library_caption(rank, hit) if hit.library is not None else hit_caption(rank, hit)
+
+
 def _sources(hits: list[Hit], known: _Known, files: SendableFiles) -> list[_Source]:
     """A file_id or the bytes to upload for each hit; refused or unreadable files, and files
     that do not decode as a picture, are left out (`files` logs refusals)."""
@@ -156,6 +219,11 @@ def _sources(hits: list[Hit], known: _Known, files: SendableFiles) -> list[_Sour
             continue
         if key in known.cached:
             sources.append(_Source(hit, key, known.cached[key]))
+            continue
+        if hit.library is not None:
+            source = _library_source(hit, key, known.downloads)
+            if source is not None:
+                sources.append(source)
             continue
         try:
             read = files.read(hit.id, hit.path)

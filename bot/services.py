@@ -24,11 +24,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from bot.ask import AskService
 from bot.batching import MicroBatcher
+from bot.library_service import LibraryService
 from bot.limits import AskSlots
 from core.config import Settings
 from core.errors import (
@@ -37,8 +38,10 @@ from core.errors import (
     IndexRebuilding,
     SearchBotError,
     StoreUnavailable,
+    UnknownPicture,
 )
 from core.images import check_picture
+from core.library.records import is_library_id
 from core.models.encoder import DualEncoder
 from core.models.vqa import VqaModel
 from core.search.sendable_files import SendableFiles
@@ -204,6 +207,10 @@ class Services:
         self.decode_slots = max(1, DECODE_MEMORY_BUDGET // (settings.max_image_pixels * 4))
         self._decodes = threading.BoundedSemaphore(self.decode_slots)
         self._asking = AskService(settings, vqa, self._decodes) if vqa is not None else None
+        self.library = (
+            LibraryService(settings, encoder, self._decodes) if settings.library_enabled else None
+        )
+        """The chats' libraries (LIBRARY_ENABLED), else None."""
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
@@ -220,6 +227,8 @@ class Services:
             vqa.load()
         services = cls(settings, encoder, vqa)
         services._live.open()
+        if services.library is not None:
+            services.library.open()
         return services
 
     async def warm_up(self) -> None:
@@ -232,30 +241,50 @@ class Services:
             self._asking.close()
         self.encoder.close()
 
-    async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
+    async def search_text(
+        self, text: str, *, k: int | None = None, offset: int = 0, chat_id: int | None = None
+    ) -> Results:
         """The best pictures for `text` (already cleaned): prepared through the micro-batcher
         (concurrent texts share one encoder call), then its page at `offset` of `k` results
-        (TOP_K by default). Raises `EmptyQuery` and the other errors of `prepare`."""
+        (TOP_K by default), with the library of `chat_id` when it has one. Raises
+        `EmptyQuery` and the other errors of `prepare`."""
         prepared = await self._live.prepare_text(text)
-        return Results(prepared, await self.page(prepared, k=k, offset=offset))
+        return Results(prepared, await self.page(prepared, k=k, offset=offset, chat_id=chat_id))
 
-    async def search_photo(self, data: bytes, caption: str = "") -> Results:
+    async def search_photo(
+        self,
+        data: bytes,
+        caption: str = "",
+        *,
+        chat_id: int | None = None,
+        itself: str | None = None,
+    ) -> Results:
         """The pictures most like the picture in `data`, changed by the words of `caption`
-        (raises `BadImage`). At most `decode_slots` pictures are decoded at once."""
+        (raises `BadImage`), never `itself` (its own id in the chat's library). At most
+        `decode_slots` pictures are decoded at once."""
 
         def prepare(search: SearchService) -> PreparedQuery:
             with self._decodes:
                 return search.prepare(Query(text=caption, picture=data))
 
         prepared = await self._live.run(lambda search: asyncio.to_thread(prepare, search))
-        return Results(prepared, await self.page(prepared))
+        if itself is not None:
+            prepared = replace(prepared, exclude=(*prepared.exclude, itself))
+        return Results(prepared, await self.page(prepared, chat_id=chat_id))
 
-    async def similar(self, image_id: str) -> Results:
-        """The pictures most like the indexed picture `image_id`, by its stored vector."""
-        prepared = await self._live.run(
-            lambda search: asyncio.to_thread(search.prepare, Query(like_id=image_id))
-        )
-        return Results(prepared, await self.page(prepared))
+    async def similar(self, image_id: str, *, chat_id: int | None = None) -> Results:
+        """The pictures most like the picture `image_id` (indexed, or of the library of
+        `chat_id`), by its stored vector."""
+        query = Query(like_id=image_id)
+        if is_library_id(image_id):
+            vector = None
+            if self.library is not None and self.library.available and chat_id is not None:
+                vector = await self.library.vector(chat_id, image_id)
+            if vector is None:
+                raise UnknownPicture("that picture is not in this chat's library any more")
+            query = Query(like_id=image_id, like_vector=tuple(float(v) for v in vector))
+        prepared = await self._live.run(lambda search: asyncio.to_thread(search.prepare, query))
+        return Results(prepared, await self.page(prepared, chat_id=chat_id))
 
     async def page(
         self,
@@ -264,12 +293,15 @@ class Services:
         k: int | None = None,
         offset: int = 0,
         nearest_anyway: bool = False,
+        chat_id: int | None = None,
     ) -> SearchPage:
-        """Results `offset + 1` … `offset + k` of a prepared query (k = TOP_K by default)."""
+        """Results `offset + 1` … `offset + k` of a prepared query (k = TOP_K by default),
+        with the pictures of the library of `chat_id` among them (none without a chat)."""
         k = k or self.settings.top_k
+        scope = self.library.scope(chat_id) if self.library is not None else None
         return await self._live.run(
             lambda search: asyncio.to_thread(
-                search.page, prepared, k, offset, nearest_anyway=nearest_anyway
+                search.page, prepared, k, offset, nearest_anyway=nearest_anyway, library=scope
             )
         )
 

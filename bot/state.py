@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from telegram.ext import CallbackContext, ExtBot
 
 from bot.file_ids import FileIdCache
+from bot.library_chats import Clears, LibraryChats
+from bot.library_ingest import Ingest
 from bot.limits import OncePerWindow, UserRateLimiter
 from bot.saved_searches import SearchContexts
 from bot.services import Services
@@ -32,6 +34,14 @@ class BotData:
     inline_storage_warned: bool = False
     warming: asyncio.Task | None = None
     """Loading the search index once the bot runs (kept: a task nobody holds may vanish)."""
+    library_chats: LibraryChats = field(init=False)
+    """Which chats add their posted pictures to their library (with LIBRARY_ENABLED)."""
+    ingest: Ingest | None = None
+    """The queue of pictures to add to libraries; None without LIBRARY_ENABLED."""
+    behind: OncePerWindow = field(default_factory=OncePerWindow)
+    """Chats told that their library's queue was full (once a window each)."""
+    clears: Clears = field(default_factory=Clears)
+    """`/library clear`s waiting for their confirmation."""
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]

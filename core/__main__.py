@@ -175,7 +175,35 @@ def _status(settings: Settings) -> int:
     )
     for line in _incomplete(info):
         print(line)
+    print(_libraries(settings))
     return 2 if info.incomplete else 0
+
+
+def _libraries(settings: Settings) -> str:
+    """ "chat libraries: 3 chats, 120 pictures" (`<COLLECTION>-library`), or that there are
+    none; only when there are some does it read them through Chroma, to count the chats."""
+    from core.library.store import library_collection
+
+    name = library_collection(settings)
+    info = quick_info(settings, name)
+    switch = "" if settings.library_enabled else " (LIBRARY_ENABLED is off)"
+    if info is None and settings.library_enabled:
+        from core.store.database import Database  # here: it imports chromadb
+
+        info = Database(settings).info(name)
+    if info is None or info.count == 0:
+        return f"chat libraries: none{switch}"
+    from core.library.store import Library
+
+    try:
+        library = Library.open(settings, model=settings.clip_model, dim=info.dim or 0)
+        totals = library.totals()
+    except SearchBotError as err:  # made with another model, an unreachable store
+        return f"chat libraries: unavailable ({err})"
+    return (
+        f"chat libraries: {plural(totals.chats, 'chat')}, "
+        f"{plural(totals.pictures, 'picture')}{switch}"
+    )
 
 
 def _incomplete(info: CollectionInfo) -> list[str]:
@@ -230,8 +258,9 @@ def _print_hits(hits: list[Hit], as_json: bool) -> None:
     --json, the hits with their exact cosines."""
     from core.search.service import shown_score
 
-    if as_json:
-        print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
+    if as_json:  # the terminal searches no chat's library
+        rows = [{k: v for k, v in asdict(hit).items() if k != "library"} for hit in hits]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>2}  {shown_score(hit.score)}  {hit.path}  {hit.caption}")

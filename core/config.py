@@ -254,6 +254,16 @@ class Settings(BaseSettings):
         None,
         description="private channel (the bot an admin) where inline mode uploads pictures once",
     )
+    library_enabled: bool = Field(
+        False,
+        description="let chats keep their own searchable library of posted photos (/library)",
+    )
+    library_max_per_chat: int = Field(
+        10_000, ge=1, description="pictures one chat's library keeps at most; the oldest go first"
+    )
+    library_retention_days: Annotated[int | None, _BLANK_IS_NONE] = Field(
+        None, ge=1, description="library pictures older than this are removed; unset = kept"
+    )
     webhook_url: Annotated[str | None, _BLANK_IS_NONE] = Field(
         None, description="public HTTPS URL for webhook mode; unset = long polling"
     )

@@ -332,6 +332,22 @@ class _Ctx:
 # --------------------------------------------------------------------------- formatting
 
 
+_ADMIN_RIGHTS = {
+    "can_be_edited": False,
+    "is_anonymous": False,
+    "can_manage_chat": True,
+    "can_delete_messages": True,
+    "can_manage_video_chats": True,
+    "can_restrict_members": True,
+    "can_promote_members": False,
+    "can_change_info": True,
+    "can_invite_users": True,
+    "can_post_stories": False,
+    "can_edit_stories": False,
+    "can_delete_stories": False,
+}
+
+
 def _u16(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
@@ -818,6 +834,8 @@ class FakeTelegram:
         self._message_ids: dict[int, int] = {}
         self._messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._files: dict[str, StoredFile] = {}
+        self._admins: dict[int, set[int]] = {}
+        """chat id → the ids of its administrators (getChatMember answers "administrator")."""
         self._paths: dict[str, StoredFile] = {}
         self._file_counter = itertools.count(1)
         self._media_groups = itertools.count(13_000_000_000_000_000)
@@ -849,6 +867,7 @@ class FakeTelegram:
             "sendMediaGroup": self._send_media_group,
             "sendChatAction": self._send_chat_action,
             "getFile": self._get_file,
+            "getChatMember": self._get_chat_member,
             "setMyCommands": self._set_my_commands,
             "getMyCommands": self._get_my_commands,
             "deleteMyCommands": self._delete_my_commands,
@@ -1307,6 +1326,16 @@ class FakeTelegram:
         """`inject_command("ask", "what colour?")` → the text "/ask what colour?"."""
         text = "/" + command.lstrip("/") + (f" {args}" if args else "")
         return self.inject_text(text, **kwargs)
+
+    def set_admins(self, chat_id: int, *user_ids: int) -> None:
+        """Make `user_ids` (the bot's id included, if given) the administrators of a group."""
+        with self._cond:
+            self._admins[chat_id] = set(user_ids)
+
+    def revoke_file(self, file_id: str) -> None:
+        """Forget a file: Telegram no longer honours its file_id (getFile and sends fail)."""
+        with self._cond:
+            self._files.pop(file_id, None)
 
     def register_file(
         self,
@@ -2096,6 +2125,16 @@ class FakeTelegram:
         if p.get("action") not in _CHAT_ACTIONS:
             raise ApiError(400, "Bad Request: wrong parameter action in request")
         return True
+
+    def _get_chat_member(self, p: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+        try:
+            chat_id, user_id = int(p["chat_id"]), int(p["user_id"])
+        except (KeyError, TypeError, ValueError):
+            raise ApiError(400, "Bad Request: invalid user_id specified") from None
+        user = self.bot_user if user_id == self.bot_user["id"] else self.user(user_id)
+        if user_id in self._admins.get(chat_id, set()):
+            return {"status": "administrator", "user": user, **_ADMIN_RIGHTS}
+        return {"status": "member", "user": user}
 
     def _get_file(self, p: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         file_id = p.get("file_id")

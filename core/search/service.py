@@ -15,6 +15,8 @@ from PIL import Image
 from core.config import Settings
 from core.errors import EmptyQuery, SearchBotError, UnknownPicture
 from core.images import ImageSource, load_image
+from core.library.records import LibraryRecord
+from core.library.store import LibraryScope
 from core.search.fusion import CaptionFusion
 from core.search.prepared import PreparedQuery
 from core.search.query import (
@@ -67,6 +69,8 @@ class Hit:
     file_size: int = 0
     mtime_ns: int = 0
     """Size and modification time of the file when it was indexed."""
+    library: LibraryRecord | None = None
+    """A picture of the chat's own library (sent by its file_id), else None."""
 
     @property
     def caption(self) -> str:
@@ -84,6 +88,8 @@ class Query:
     """A user's picture, undecoded (core decodes it safely)."""
     like_id: str | None = None
     """An indexed picture's id: search with its stored vector (no re-encoding)."""
+    like_vector: tuple[float, ...] | None = None
+    """The vector of `like_id` when the caller has it (a chat library's picture)."""
     categories: tuple[str, ...] = ()
     """Categories every result must hold, as if written as #hashtags (the CLI's --where)."""
 
@@ -233,13 +239,19 @@ class SearchService:
         return [d if isinstance(d, SearchBotError) else self._finish(d, vectors) for d in drafts]
 
     def page(
-        self, prepared: PreparedQuery, k: int, offset: int = 0, *, nearest_anyway: bool = False
+        self,
+        prepared: PreparedQuery,
+        k: int,
+        offset: int = 0,
+        *,
+        nearest_anyway: bool = False,
+        library: LibraryScope | None = None,
     ) -> SearchPage:
         """Results offset+1 .. offset+k of `prepared`: near-duplicates collapsed, only
         pictures of its categories, below MIN_SCORE dropped (unless `nearest_anyway`), text
-        queries fused with the captions' ranking (`core.search.ranking`). A page is full
-        unless the results end on it. Paging re-queries the store, up to `MAX_RESULTS`
-        deep."""
+        queries fused with the captions' ranking (`core.search.ranking`), and with `library`
+        the chat's own pictures ranked among them. A page is full unless the results end on
+        it. Paging re-queries the store, up to `MAX_RESULTS` deep."""
         if k < 1 or offset < 0:
             raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
         total = self.store.count(max_age_s=TOTAL_MAX_AGE_S)
@@ -248,15 +260,28 @@ class SearchService:
             return SearchPage([], offset, False, prepared.reading, total)
         floor = None if nearest_anyway else prepared.min_score
         ranking = self.ranker.rank(prepared, end + 1, floor, total)
-        kept = ranking.kept
+        kept = [_hit(m.record, m.score) for m in ranking.kept]
+        complete = ranking.complete
+        if library is not None and not prepared.categories:  # library pictures have none
+            mine = library.library.search(
+                library.chat_id,
+                np.asarray(prepared.vector),
+                end + 1,
+                floor=floor,
+                exclude=prepared.exclude,
+            )
+            kept = sorted(
+                kept + [_library_hit(m.record, m.score) for m in mine], key=lambda hit: -hit.score
+            )
+            complete = complete and len(mine) <= end
         return SearchPage(
-            hits=[_hit(m.record, m.score) for m in kept[offset:end]],
+            hits=kept[offset:end],
             offset=offset,
             more=len(kept) > end and end < MAX_RESULTS,
             reading=prepared.reading,
             total=total,
             below_min_score=ranking.below_floor,
-            found=len(kept) if ranking.complete else None,
+            found=len(kept) if complete else None,
         )
 
     # --- helpers --------------------------------------------------------------------------
@@ -273,7 +298,11 @@ class SearchService:
         categories = resolve_categories(tags, self.store.categories() if tags else ())
         draft = _Draft(parsed, categories)
         if query.like_id is not None:
-            stored = self.store.vectors([query.like_id]).get(query.like_id)
+            stored = (
+                np.asarray(query.like_vector, dtype=np.float32)
+                if query.like_vector is not None
+                else self.store.vectors([query.like_id]).get(query.like_id)
+            )
             if stored is None:
                 raise UnknownPicture(
                     f"picture {query.like_id} is not in the index (any more): search again"
@@ -331,6 +360,11 @@ def _tokenizer(encoder: DualEncoder) -> Tokenizer:
 
 def _hit(record: ImageRecord, score: float) -> Hit:
     return Hit(record.id, record.path, score, record.captions, record.file_size, record.mtime_ns)
+
+
+def _library_hit(record: LibraryRecord, score: float) -> Hit:
+    captions = (record.caption,) if record.caption else ()
+    return Hit(record.id, "", score, captions, library=record)
 
 
 def empty_query_message(parsed: ParsedQuery) -> str:

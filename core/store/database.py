@@ -219,10 +219,17 @@ def _empty_message(name: str) -> str:
 
 def _where_contains(contains: dict[str, Sequence[str]]) -> dict | None:
     """A Chroma `where` that wants every value of `contains[key]` in list metadata `key`."""
-    clauses = [{key: {"$contains": value}} for key, values in contains.items() for value in values]
-    if not clauses:
+    return _where_all(
+        *({key: {"$contains": value}} for key, values in contains.items() for value in values)
+    )
+
+
+def _where_all(*clauses: dict | None) -> dict | None:
+    """One Chroma `where` wanting every clause given (None: no filter)."""
+    wanted = [clause for clause in clauses if clause]
+    if not wanted:
         return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return wanted[0] if len(wanted) == 1 else {"$and": wanted}
 
 
 def _strings(metadata: dict, key: str) -> tuple[str, ...]:
@@ -346,13 +353,15 @@ class VectorStore(Generic[R]):
         k: int,
         *,
         contains: dict[str, Sequence[str]] | None = None,
+        where: dict | None = None,
         with_vectors: bool = False,
     ) -> list[list[Match[R]]]:
         """The `k` nearest records of each query vector, best first.
 
         `contains`: only records whose list metadata `key` holds every one of the values
-        (`{"categories": ["dog", "frisbee"]}`). `with_vectors`: each match carries its
-        stored vector. Raises `IndexEmpty` when the collection holds nothing.
+        (`{"categories": ["dog", "frisbee"]}`); `where`: only records matching this Chroma
+        `where` as well. `with_vectors`: each match carries its stored vector. Raises
+        `IndexEmpty` when the collection holds nothing.
         """
         if len(vectors) == 0:
             return []
@@ -361,7 +370,7 @@ class VectorStore(Generic[R]):
             result = self._collection.query(
                 query_embeddings=np.asarray(vectors, dtype=np.float32),
                 n_results=k,
-                where=_where_contains(contains or {}),
+                where=_where_all(_where_contains(contains or {}), where),
                 include=include,
             )
         if not any(result["ids"]):
@@ -409,6 +418,23 @@ class VectorStore(Generic[R]):
                     for i, md in zip(got["ids"], got["metadatas"], strict=True)
                 ]
         return out
+
+    def find(self, where: dict) -> list[R]:
+        """Every stored record matching the Chroma `where`, page by page."""
+        out: list[R] = []
+        offset = 0
+        while True:
+            with _reachable(self.description):
+                got = self._collection.get(
+                    where=where, limit=PAGE, offset=offset, include=["metadatas"]
+                )
+            out += [
+                self._type.from_metadata(i, md or {})
+                for i, md in zip(got["ids"], got["metadatas"], strict=True)
+            ]
+            if len(got["ids"]) < PAGE:
+                return out
+            offset += len(got["ids"])
 
     def delete(self, ids: Sequence[str]) -> None:
         with _reachable(self.description):
