@@ -11,12 +11,12 @@ from core.search.service import Hit, shown_score
 from core.sources.units import plural
 
 MARK = "📚"
-STORED = (
-    "What a library keeps of each picture: its search vector, Telegram's file id, the chat, "
-    "the message, who posted it, when, and its caption; never the picture itself (Telegram "
-    "keeps that). It is searched only in this chat. /forget (as a reply) removes one picture, "
-    "<b>/library clear</b> all of them."
+KEPT = (
+    "A library keeps, for each picture: its search vector, Telegram's file id, the chat, the "
+    "message, who posted it, when, and its caption; never the picture itself (Telegram keeps "
+    "that). It is searched only in this chat."
 )
+DELETING = "/forget (as a reply) removes one picture, <b>/library clear</b> all of them."
 USAGE = (
     "<b>/library</b> shows this chat's library; <b>/library on</b> adds every photo posted "
     "here from now on, <b>/library off</b> stops; <b>/library clear</b> removes them all. "
@@ -57,19 +57,23 @@ def state(on: bool, count: int) -> str:
     """/library: on or off, and how many pictures the chat's library holds."""
     how = "on: every photo posted here is added" if on else "off: reply /save to a photo to add it"
     return (
-        f"{MARK} This chat's library is {how}. It holds {pictures(count)}.\n\n{USAGE}\n\n{STORED}"
+        f"{MARK} This chat's library is {how}. It holds {pictures(count)}.\n\n{USAGE}\n\n{KEPT}"
     )
 
 
 def switched(on: bool, count: int, *, visible: bool = True) -> str:
     if not on:
-        return (
-            f"{MARK} Library off: photos posted here are no longer added. Its {pictures(count)} "
-            "stay searchable here until removed (<b>/library clear</b>)."
-        )
+        text = f"{MARK} Library off: photos posted here are no longer added."
+        if count:
+            text += (
+                f" Its {pictures(count)} stay searchable here until removed "
+                "(<b>/library clear</b>)."
+            )
+        return text
     text = (
         f"{MARK} Library on: from now on every photo posted here is added to this chat's "
-        f"library, and searches here find them too (it holds {pictures(count)}). {STORED}"
+        f"library, and searches here find them too (it holds {pictures(count)}). {KEPT} "
+        + DELETING
     )
     return text + ("" if visible else CANT_SEE)
 
@@ -109,7 +113,7 @@ def help_lines(group_bot: str | None) -> tuple[str, ...]:
         f"<code>/library{at} off</code> stops, <code>/library{at}</code> tells the state",
         f"• reply <code>/save{at}</code> to a photo to add it, <code>/forget{at}</code> to "
         f"remove it; <code>/library{at} clear</code>{who} removes them all",
-        f"• {STORED}",
+        f"• {KEPT}",
     )
 
 

@@ -19,6 +19,7 @@ from bot import library_texts as texts
 from tests.bot_harness import RunningBot, build_index, jpeg, running_bot
 from tests.fake_telegram import FakeTelegram, Sent
 from tests.test_bot_buttons import buttons_of
+from tests.test_bot_texts import assert_texts_read_well
 
 BOT = "test_image_bot"
 G1, G2, G3 = -1005555555501, -1005555555502, -5555503
@@ -254,6 +255,18 @@ def test_the_limits_hold(bot: RunningBot) -> None:
     album, _ = search(bot, G3, "a green circle", MEMBER)
     assert sorted(kept)[0] not in album.photo_file_ids
     assert f"It holds {MAX_PER_CHAT - 1} pictures" in answer(bot, G3, "/library", MEMBER).text
+
+
+def test_help_says_what_is_kept_and_how_to_delete_it(bot: RunningBot) -> None:
+    text = answer(bot, G1, f"/help@{BOT}", MEMBER).text
+    assert "This chat's own library" in text and "never the picture itself" in text
+    assert f"/library@{BOT} clear" in text and "administrators" in text
+    private = next(_users)
+    assert "/library on" in answer(bot, private, "/help", private).text
+
+
+def test_every_text_reads_well(bot: RunningBot) -> None:
+    assert_texts_read_well(bot.tg)
 
 
 def test_a_burst_of_photos_while_someone_searches_and_a_restart(
