@@ -26,8 +26,12 @@ from core.models.encoder import DualEncoder
 log = logging.getLogger(__name__)
 
 MISMATCH = (
-    "This bot's chat libraries were made with another search model, so they are off for now: "
-    "the bot's operator can remove them (they were: {why})."
+    "This bot's chat libraries were made with another search model, so they are off until "
+    "its operator removes them."
+)
+MISMATCH_LOG = (
+    "chat libraries are off: %s: remove them with `python -m core drop-libraries --yes` "
+    "(every chat's library), or go back to the model they were made with"
 )
 UNREACHABLE = "Chat libraries are unavailable right now (the store cannot be reached)."
 
@@ -54,8 +58,8 @@ class LibraryService:
             )
             self._library.expire()
         except ModelMismatch as err:
-            log.error("chat libraries are off: %s", err)
-            self.problem = MISMATCH.format(why=err)
+            log.error(MISMATCH_LOG, err)
+            self.problem = MISMATCH
         except StoreUnavailable as err:
             log.error("chat libraries are off: %s", err)
             self.problem = UNREACHABLE

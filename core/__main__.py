@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         "missing, empty or incomplete (scripts use this to build, or finish building, the "
         "index only when needed; `make run` leaves that to `index_builder.py --if-needed`).",
     )
+    drop = commands.add_parser(
+        "drop-libraries",
+        help="remove every chat's library (after a change of CLIP_MODEL, say)",
+        description="Remove the collection <COLLECTION>-library, which holds every chat's "
+        "library (their vectors and Telegram references; the pictures stay in Telegram). "
+        "Needed when CLIP_MODEL changed: the bot refuses libraries made with another model. "
+        "Chats then build their libraries afresh from what is posted.",
+    )
+    drop.add_argument(
+        "--yes", action="store_true", help="really remove them (without it: say what would go)"
+    )
     _add_eval_parser(commands)
     return parser
 
@@ -206,6 +217,25 @@ def _libraries(settings: Settings) -> str:
     )
 
 
+def _drop_libraries(settings: Settings, *, really: bool) -> int:
+    from core.library.store import library_collection
+    from core.store.database import Database  # here: it imports chromadb
+
+    name = library_collection(settings)
+    database = Database(settings)
+    info = database.info(name)
+    if info is None:
+        print(f"no chat libraries in {describe(settings)}")
+        return 0
+    what = f"collection {name!r} ({plural(info.count, 'picture')}, model {info.model})"
+    if not really:
+        print(f"would remove {what}: add --yes to remove it")
+        return 2
+    database.drop(name)
+    print(f"removed {what}")
+    return 0
+
+
 def _incomplete(info: CollectionInfo) -> list[str]:
     """A line per source whose last build did not finish: "incomplete: 10 of 40,504 pictures
     of COCO2014 val2014 in data/coco (...)", and what to do about it."""
@@ -283,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         redact = install(secret_values(settings))
         if args.command == "status":
             return _status(settings)
+        if args.command == "drop-libraries":
+            return _drop_libraries(settings, really=args.yes)
         if args.command == "eval":
             _evaluate(settings, args)
             return 0

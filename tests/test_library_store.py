@@ -146,3 +146,17 @@ def test_status_counts_the_chats_and_their_pictures(tmp_path: Path, run_cli) -> 
     assert "chat libraries: 2 chats, 3 pictures\n" in shown.stdout
     off = run_cli(make_settings(tmp_path, library_enabled=False), "status").stdout
     assert "chat libraries: 2 chats, 3 pictures (LIBRARY_ENABLED is off)" in off
+
+
+def test_libraries_of_another_model_are_refused_until_dropped(tmp_path: Path, run_cli) -> None:
+    settings = make_settings(tmp_path, library_enabled=True)
+    Library.open(settings, model="an older model", dim=DIM).add(record(A, 0), vector(0))
+    dry = run_cli(settings, "drop-libraries")
+    assert dry.returncode == 2 and "would remove collection" in dry.stdout
+    assert "1 picture, model an older model" in dry.stdout
+    with pytest.raises(ModelMismatch):
+        Library.open(settings, model=settings.clip_model, dim=DIM)
+    done = run_cli(settings, "drop-libraries", "--yes")
+    assert done.returncode == 0 and "removed collection" in done.stdout
+    assert "no chat libraries" in run_cli(settings, "drop-libraries").stdout
+    assert Library.open(settings, model=settings.clip_model, dim=DIM).count(A) == 0
