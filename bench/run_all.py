@@ -29,6 +29,7 @@ from bench import (
     bot_load,
     fidelity,
     index_throughput,
+    library_burst,
     memory,
     model_families,
     query_latency,
@@ -49,6 +50,7 @@ SECTIONS = {
     "models": model_families,
     "soak": soak,
     "scale": scale,
+    "library": library_burst,
 }
 
 
