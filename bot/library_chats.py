@@ -10,8 +10,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from telegram import Bot
+from telegram.error import TelegramError
+
 from bot.local_db import open_local_db
 
+MAX_POSTERS = 5000
+POSTER_TTL_S = 3600.0
 MAX_CLEARS = 1000
 CLEAR_TTL_S = 600.0
 
@@ -87,3 +92,30 @@ class Clears:
             return False
         del self._pending[nonce]
         return time.monotonic() - pending.asked <= CLEAR_TTL_S
+
+
+class PosterNames:
+    """Who posted a group's library pictures, by name, for their captions: asked of Telegram
+    (getChatMember) and kept in memory only, bounded and for an hour. Names are never
+    stored on disk."""
+
+    def __init__(self) -> None:
+        self._names: OrderedDict[tuple[int, int], tuple[str, float]] = OrderedDict()
+
+    async def of(self, bot: Bot, chat_id: int, sender_ids: set[int]) -> dict[int, str]:
+        """sender id → name, for those Telegram names (the others are left out)."""
+        names = {}
+        now = time.monotonic()
+        for sender in sender_ids:
+            known = self._names.get((chat_id, sender))
+            if known is None or now - known[1] > POSTER_TTL_S:
+                try:
+                    member = await bot.get_chat_member(chat_id, sender)
+                except TelegramError:
+                    continue
+                known = (member.user.full_name, now)
+                self._names[(chat_id, sender)] = known
+                while len(self._names) > MAX_POSTERS:
+                    self._names.popitem(last=False)
+            names[sender] = known[0]
+        return names

@@ -12,9 +12,9 @@ from core.sources.units import plural
 
 MARK = "📚"
 KEPT = (
-    "A library keeps, for each picture: its search vector, Telegram's file id, the chat, the "
-    "message, who posted it, when, and its caption; never the picture itself (Telegram keeps "
-    "that). It is searched only in this chat."
+    "A library keeps, on this bot's server, for each picture: its search vector, Telegram's "
+    "file id, the chat, the message, who posted it, when, and its caption; never the picture "
+    "itself (Telegram keeps that). It is searched only in this chat."
 )
 DELETING = "/forget (as a reply) removes one picture, <b>/library clear</b> all of them."
 USAGE = (
@@ -56,9 +56,7 @@ def pictures(count: int) -> str:
 def state(on: bool, count: int) -> str:
     """/library: on or off, and how many pictures the chat's library holds."""
     how = "on: every photo posted here is added" if on else "off: reply /save to a photo to add it"
-    return (
-        f"{MARK} This chat's library is {how}. It holds {pictures(count)}.\n\n{USAGE}\n\n{KEPT}"
-    )
+    return f"{MARK} This chat's library is {how}. It holds {pictures(count)}.\n\n{USAGE}\n\n{KEPT}"
 
 
 def switched(on: bool, count: int, *, visible: bool = True) -> str:
@@ -72,8 +70,7 @@ def switched(on: bool, count: int, *, visible: bool = True) -> str:
         return text
     text = (
         f"{MARK} Library on: from now on every photo posted here is added to this chat's "
-        f"library, and searches here find them too (it holds {pictures(count)}). {KEPT} "
-        + DELETING
+        f"library, and searches here find them too (it holds {pictures(count)}). {KEPT} " + DELETING
     )
     return text + ("" if visible else CANT_SEE)
 
@@ -84,10 +81,11 @@ def posted_on(date: int) -> str:
     return f"{day.day} {day:%b %Y}"
 
 
-def library_caption(rank: int, hit: Hit) -> str:
-    """ "📚 #2 · 0.31 · 3 Dec 2026 · the whiteboard": a library picture in an album."""
+def library_caption(rank: int, hit: Hit, poster: str | None = None) -> str:
+    """ "📚 #2 · 0.31 · 3 Dec 2026, Anna · the whiteboard": a library picture in an album."""
     assert hit.library is not None
-    head = f"{MARK} #{rank} · {shown_score(hit.score)} · {posted_on(hit.library.date)}"
+    posted = posted_on(hit.library.date) + (f", {poster}" if poster else "")
+    head = f"{MARK} #{rank} · {shown_score(hit.score)} · {posted}"
     caption = f"{head} · {hit.caption}" if hit.caption else head
     return html.escape(clip(caption, CAPTION_LIMIT), quote=False)
 

@@ -80,7 +80,11 @@ async def show_page(chat: Chat, context: SearchContext, page: SearchPage, data: 
     if not page.hits:
         await _show_empty(chat, replace(context, more=False), page, heading, data)
         return
-    target = AlbumTarget(chat.bot, chat.chat_id, first_rank=page.offset + 1, reply_to=chat.reply_to)
+    senders = {hit.library.sender_id for hit in page.hits if hit.library is not None}
+    posters = await data.posters.of(chat.bot, chat.chat_id, senders) if chat.chat_id < 0 else {}
+    target = AlbumTarget(
+        chat.bot, chat.chat_id, first_rank=page.offset + 1, reply_to=chat.reply_to, posters=posters
+    )
     sent = await send_album(target, page.hits, data.file_ids, data.services.files)
     await _forget_refused(chat, page.hits, sent, data)
     album = Album(context.next_album, page.offset + 1, tuple(Shown.of(hit) for hit in sent))
@@ -278,9 +282,8 @@ async def _jump(chat: Chat, picture: Shown, rank: int, data: BotData) -> None:
     if record is None:
         await chat.bot.send_message(chat.chat_id, replies.BUTTON_EXPIRED)
         return
-    poster = None
-    with contextlib.suppress(TelegramError):
-        poster = (await chat.bot.get_chat_member(chat.chat_id, record.sender_id)).user.full_name
+    names = await data.posters.of(chat.bot, chat.chat_id, {record.sender_id})
+    poster = names.get(record.sender_id) if chat.chat_id < 0 else None
     try:
         await chat.bot.send_message(
             chat.chat_id,

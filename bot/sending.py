@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.constants import ChatAction
@@ -58,6 +58,8 @@ class AlbumTarget:
     first_rank: int = 1
     reply_to: int | None = None
     quiet: bool = False
+    posters: dict[int, str] = field(default_factory=dict)
+    """Who posted the chat library's pictures (sender id → name), for their captions."""
 
 
 async def send_album(
@@ -181,7 +183,7 @@ async def _send(
     """Send the album; returns, aligned, what was sent of each hit and its message."""
     sources = await asyncio.to_thread(_sources, hits, known, files)
     media = [
-        InputMediaPhoto(source.media, caption=album_caption(rank, source.hit))
+        InputMediaPhoto(source.media, caption=album_caption(rank, source.hit, target.posters))
         for rank, source in enumerate(sources, target.first_rank)
     ]
     if not media:
@@ -204,9 +206,12 @@ async def _send(
     return sources, sent
 
 
-def album_caption(rank: int, hit: Hit) -> str:
-    """A picture's caption in an album: 📚 and the date for a chat library's picture."""
-    return library_caption(rank, hit) if hit.library is not None else hit_caption(rank, hit)
+def album_caption(rank: int, hit: Hit, posters: dict[int, str]) -> str:
+    """A picture's caption in an album: 📚, the date and who posted it for a chat library's
+    picture."""
+    if hit.library is None:
+        return hit_caption(rank, hit)
+    return library_caption(rank, hit, posters.get(hit.library.sender_id))
 
 
 def _sources(hits: list[Hit], known: _Known, files: SendableFiles) -> list[_Source]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from telegram.ext import CallbackContext, ExtBot
 
 from bot.file_ids import FileIdCache
-from bot.library_chats import Clears, LibraryChats
+from bot.library_chats import Clears, LibraryChats, PosterNames
 from bot.library_ingest import Ingest
 from bot.limits import OncePerWindow, UserRateLimiter
 from bot.saved_searches import SearchContexts
@@ -42,6 +42,8 @@ class BotData:
     """Chats told that their library's queue was full (once a window each)."""
     clears: Clears = field(default_factory=Clears)
     """`/library clear`s waiting for their confirmation."""
+    posters: PosterNames = field(default_factory=PosterNames)
+    """Names of who posted library pictures, for captions (in memory, for an hour)."""
 
 
 Context = CallbackContext[ExtBot, dict, dict, BotData]

@@ -145,7 +145,8 @@ def test_a_chats_pictures_are_found_only_in_that_chat(
     album, _ = search(bot, G2, "a red circle", MEMBER)
     mine = library_ids(album)
     assert mine and set(mine) <= set(posted[G2])
-    assert "·" in album.captions[album.photo_file_ids.index(mine[0])]
+    caption = album.captions[album.photo_file_ids.index(mine[0])]
+    assert re.fullmatch(r"📚 #\d · \d\.\d\d · \d+ \w{3} 20\d\d, User5004", caption), caption
     for chat, user in ((G1, MEMBER), (next(_users), None)):
         for text in ("a red circle", "a blue square", "a circle"):
             album, _ = search(bot, chat, text, user or chat)
@@ -240,7 +241,8 @@ def test_save_forget_and_clear(bot: RunningBot, posted: dict[int, list[str]]) ->
 
 
 def test_the_limits_hold(bot: RunningBot) -> None:
-    assert "Library on" in answer(bot, G3, "/library on", ADMIN1).text
+    post(bot, G3, MEMBER, ("red", "square"), seed=299)  # the library is still off: not kept
+    assert "(it holds 0 pictures)" in answer(bot, G3, "/library on", ADMIN1).text
     old = int(time.time()) - (RETENTION_DAYS + 5) * 86_400
     before = added(bot, G3)
     post(bot, G3, MEMBER, ("red", "square"), seed=300, date=old)
