@@ -19,8 +19,8 @@ import numpy as np
 from core.config import Settings
 from core.errors import ModelMismatch, StoreUnavailable
 from core.images import load_image
-from core.library.records import LibraryRecord
-from core.library.store import Added, Library, LibraryScope, LibraryTotals, library_collection
+from core.library.records import LibraryRecord, library_collection
+from core.library.store import Added, Library, LibraryScope, LibraryTotals
 from core.models.encoder import DualEncoder
 
 log = logging.getLogger(__name__)

@@ -193,7 +193,7 @@ def _status(settings: Settings) -> int:
 def _libraries(settings: Settings) -> str:
     """ "chat libraries: 3 chats, 120 pictures" (`<COLLECTION>-library`), or that there are
     none; only when there are some does it read them through Chroma, to count the chats."""
-    from core.library.store import library_collection
+    from core.library.records import library_collection
 
     name = library_collection(settings)
     info = quick_info(settings, name)
@@ -218,7 +218,7 @@ def _libraries(settings: Settings) -> str:
 
 
 def _drop_libraries(settings: Settings, *, really: bool) -> int:
-    from core.library.store import library_collection
+    from core.library.records import library_collection
     from core.store.database import Database  # here: it imports chromadb
 
     name = library_collection(settings)

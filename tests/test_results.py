@@ -39,6 +39,7 @@ class FakeServices:
     def __init__(self, settings: Settings, root: Path) -> None:
         self.settings = settings
         self.ask_enabled = False
+        self.library = None  # LIBRARY_ENABLED=false
         self.files = SendableFiles(lambda: (str(root),))
         self.similar_calls: list[str] = []
         self.hits = []
@@ -52,14 +53,16 @@ class FakeServices:
     async def warm_up(self) -> None:
         pass  # nothing to load
 
-    async def search_text(self, text: str, *, k: int | None = None, offset: int = 0) -> Results:
+    async def search_text(
+        self, text: str, *, k: int | None = None, offset: int = 0, chat_id: int | None = None
+    ) -> Results:
         prepared = PreparedQuery(vector=(1.0,), reading=text, min_score=0.2)
         return Results(prepared, await self.page(prepared, k=k, offset=offset))
 
-    async def search_photo(self, data: bytes, caption: str = "") -> Results:
+    async def search_photo(self, data: bytes, caption: str = "", **scope: object) -> Results:
         return await self.search_text(caption or "your picture")
 
-    async def similar(self, image_id: str) -> Results:
+    async def similar(self, image_id: str, *, chat_id: int | None = None) -> Results:
         self.similar_calls.append(image_id)
         return await self.search_text(f"like {image_id}")
 
@@ -70,6 +73,7 @@ class FakeServices:
         k: int | None = None,
         offset: int = 0,
         nearest_anyway: bool = False,
+        chat_id: int | None = None,
     ) -> SearchPage:
         k = k or self.settings.top_k
         ranked = list(self.hits)

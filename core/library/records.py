@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.store.records import Metadata
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 MAX_CAPTION_CHARS = 1024
 """Telegram's caption limit."""
 MAX_FILE_ID_CHARS = 256
 _FILE_UNIQUE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def library_collection(settings: Settings) -> str:
+    """The libraries' collection name: `<COLLECTION>-library` (next to the index)."""
+    return f"{settings.collection}-library"
 
 
 def library_id(chat_id: int, file_unique_id: str) -> str:

@@ -18,17 +18,12 @@ import numpy as np
 
 from core.config import Settings
 from core.errors import IndexEmpty
-from core.library.records import LibraryRecord, library_id
+from core.library.records import LibraryRecord, library_collection, library_id
 from core.store.database import Database, Match, VectorStore
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
-
-
-def library_collection(settings: Settings) -> str:
-    """The libraries' collection name: `<COLLECTION>-library`."""
-    return f"{settings.collection}-library"
 
 
 @dataclass(frozen=True)
