@@ -34,6 +34,7 @@ from bench import (
     query_latency,
     scale,
     soak,
+    urls,
     vqa_latency,
 )
 from bench.common import CACHE, RESULTS, machine
@@ -49,6 +50,7 @@ SECTIONS = {
     "models": model_families,
     "soak": soak,
     "scale": scale,
+    "urls": urls,
 }
 
 
