@@ -1,23 +1,47 @@
 """Query latency and ANN recall over an embedded collection of COCO2014's size (123,287
-vectors with metadata), in process, through the calls the bot makes (bot/services.py):
-`SearchService.open` from the settings, then for each query `prepare` and its first `page`.
+vectors with metadata), through the bot's own path, with the encoder's default query
+runtime (ENCODER_RUNTIME=auto) and with torch, side by side in one run:
 
-- text: tokenise → encode → top-10 with metadata (`prepare_texts`, as the bot's
-  micro-batcher calls it, with a batch of one);
-- image: 640×480 JPEG decode → encode → top-10 with metadata (`prepare` of the photo);
+- text, the bot's real path: `python -m bot` (two processes, one per runtime, each with its
+  own copy of the store and its own fake Telegram server on 127.0.0.1, which answers without
+  Nagle's delay as Telegram does), a text message injected as an update, timed to the moment
+  the album's request (sendMediaGroup) reaches the fake server; the two bots are asked in
+  turn, after a warm-up each;
+- where that time goes, in process through the calls the bot makes (bot/services.py): the
+  tokenizer, the encoder (`embed_texts`), `prepare_texts` and the first `page` (Chroma,
+  near-duplicates, file checks), per runtime, interleaved; and a photo search (640×480
+  JPEG decode → encode → page);
+- fidelity of the default runtime on the benchmark's queries: the lowest cosine of its text
+  vectors with float32 torch's, and the overlap of their exact top-10 over the collection;
+- the towers alone, each runtime side by side: the text tower (one 12-token query) and the
+  image tower (one picture; and a batch of 32, the index builder's) in torch float32 and
+  bfloat16 and in ONNX Runtime float32 and int8 (the files ENCODER_RUNTIME=auto exported);
 - recall@10 of Chroma's HNSW against exact search on the same CLIP-like vectors, for the
   project's HNSW settings and for Chroma's defaults, side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import Timings, bench_settings, clip_like_vectors, make_photos, vit_b32_dir
+from bench.common import (
+    Timings,
+    bench_settings,
+    clip_like_vectors,
+    make_photos,
+    start_bot,
+    subprocess_env,
+    vit_b32_dir,
+)
 from bench.report import document, table
 
 COCO_SIZE = 123_287
@@ -40,9 +64,16 @@ CHROMA_DEFAULT_HNSW = {
     "max_neighbors": 16,
 }
 K = 10
-"""Results per query."""
+"""Results per query (the bot's TOP_K here: an album of 10)."""
 WARM_UP = 5
 """Queries of each kind run before the timed ones."""
+BOT_USERS = 10
+"""The bot's queries come from this many users in turn."""
+PARTS = ("tokenizer", "encode", "prepare", "page", "image")
+TOWER_QUERY = "a photo of a dog running on a sandy beach"
+"""12 CLIP tokens, as the issue's measurements."""
+TOWER_RUNS = {"text": 150, "image": 50, "image ×32": 5}
+"""Timed calls per runtime after one warm-up, the runtimes in turn."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,42 @@ class AnnRecall:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """A runtime's text vectors for QUERIES against float32 torch's."""
+
+    min_cosine: float
+    top10_overlap: float
+    """The mean share of float32 torch's exact top-10 (over the collection) found."""
+
+
+@dataclass(frozen=True)
+class RuntimeRun:
+    """One query runtime: the bot's text path, in-process parts, and fidelity."""
+
+    name: str
+    """"auto: text onnx-int8, images onnx-int8" or "torch"."""
+    bot_text: Timings
+    """update → the album's first request, through `python -m bot`."""
+    bot_dispatch: Timings
+    """update → the handler's first request (its "sending photo…" chat action): the long
+    poll's answer, python-telegram-bot's dispatch, the access and rate checks."""
+    parts: dict[str, Timings]
+    """In process: tokenizer, encode (tokenizer + model), prepare (`prepare_texts`), page
+    (the first page: Chroma + ranking + file checks), image (a whole photo search)."""
+    fidelity: Fidelity
+
+
+@dataclass(frozen=True)
+class Towers:
+    """Each tower alone, per runtime ("torch float32", "onnx-int8", ...)."""
+
+    text: dict[str, Timings]
+    image: dict[str, Timings]
+    image_batch: dict[str, Timings]
+    """A batch of 32 pictures (the index builder's), torch bfloat16 and onnx-int8."""
+
+
+@dataclass(frozen=True)
 class QueryLatency:
     """What `measure` found."""
 
@@ -65,28 +132,45 @@ class QueryLatency:
     tokenizer: str
     dtype: str
     insert_per_s: float
-    text: Timings
-    """A text search through the bot's path."""
-    text_fp32: Timings
-    """The same with DTYPE=float32 (the comparison)."""
-    image: Timings
-    """A photo search through the bot's path."""
+    default: RuntimeRun
+    """ENCODER_RUNTIME=auto (the default)."""
+    torch: RuntimeRun
+    """ENCODER_RUNTIME=torch (the comparison: the path before ONNX Runtime)."""
     hnsw: dict
     project: AnnRecall
     """The project's HNSW settings (`core.store.database.HNSW`)."""
     chroma_defaults: AnnRecall
+    towers: Towers
 
     def to_json(self) -> dict:
+        default, torch = self.default, self.torch
         return {
             "vectors": self.vectors,
             "tokenizer": self.tokenizer,
             "dtype": self.dtype,
+            "encoder_runtime": default.name,
             "insert_per_s": round(self.insert_per_s),
-            "text_p50_ms": self.text.p50_ms,
-            "text_p95_ms": self.text.p95_ms,
-            "text_fp32_p50_ms": self.text_fp32.p50_ms,
-            "image_p50_ms": self.image.p50_ms,
-            "image_p95_ms": self.image.p95_ms,
+            "text_p50_ms": default.bot_text.p50_ms,
+            "text_p95_ms": default.bot_text.p95_ms,
+            "text_torch_p50_ms": torch.bot_text.p50_ms,
+            "text_torch_p95_ms": torch.bot_text.p95_ms,
+            "text_dispatch_p50_ms": default.bot_dispatch.p50_ms,
+            "image_p50_ms": default.parts["image"].p50_ms,
+            "image_p95_ms": default.parts["image"].p95_ms,
+            "image_torch_p50_ms": torch.parts["image"].p50_ms,
+            "image_torch_p95_ms": torch.parts["image"].p95_ms,
+            "text_min_cosine_fp32": round(default.fidelity.min_cosine, 5),
+            "text_top10_overlap_fp32": round(default.fidelity.top10_overlap, 4),
+            "text_torch_min_cosine_fp32": round(torch.fidelity.min_cosine, 5),
+            "text_torch_top10_overlap_fp32": round(torch.fidelity.top10_overlap, 4),
+            "breakdown_ms": {
+                run.name: {part: asdict(t) for part, t in run.parts.items()}
+                for run in (default, torch)
+            },
+            "towers_ms": {
+                kind: {runtime: asdict(t) for runtime, t in times.items()}
+                for kind, times in _tower_times(self.towers).items()
+            },
             "ann_recall_at_10": round(self.project.image, 4),
             "ann_query_ms": asdict(self.project.image_ms),
             "hnsw": self.hnsw,
@@ -98,57 +182,32 @@ class QueryLatency:
         }
 
     def to_markdown(self) -> str:
-        project, defaults = self.project, self.chroma_defaults
-        latency = table(
-            f"Query latency, {self.vectors:,} vectors with metadata, ViT-B/32 {self.dtype}, "
-            f"{self.queries} queries each, tokenizer: {self.tokenizer}",
-            ["query", "p50 ms", "p95 ms", "target"],
+        default, torch = self.default, self.torch
+        title = (
+            f"{self.vectors:,} vectors with metadata, ViT-B/32 {self.dtype}, {self.queries} "
+            f"queries each, tokenizer: {self.tokenizer}"
+        )
+        bot = table(
+            f"A text query through the bot (update → the album's first request), {title}",
+            ["ENCODER_RUNTIME", "p50 ms", "p95 ms", "target"],
             [
-                [
-                    "text: tokenise → encode → top-10",
-                    self.text.p50_ms,
-                    self.text.p95_ms,
-                    "p50 ≤ 25, p95 ≤ 50",
-                ],
-                [
-                    "text, float32 instead (comparison)",
-                    self.text_fp32.p50_ms,
-                    self.text_fp32.p95_ms,
-                    "",
-                ],
-                [
-                    "image: JPEG decode → encode → top-10",
-                    self.image.p50_ms,
-                    self.image.p95_ms,
-                    "p50 ≤ 80",
-                ],
-                [
-                    "Chroma top-10 alone (project HNSW)",
-                    project.image_ms.p50_ms,
-                    project.image_ms.p95_ms,
-                    "",
-                ],
+                [f"{default.name} (default)", *_cells(default.bot_text), "p50 ≤ 10"],
+                [torch.name, *_cells(torch.bot_text), ""],
             ],
         )
-        recall = table(
-            f"ANN recall@10 vs exact search, {self.vectors:,} CLIP-like vectors",
-            ["HNSW settings", "recall@10, image queries", "recall@10, text-like", "query p50 ms"],
-            [
-                [
-                    f"project: {_describe(self.hnsw)}",
-                    f"{project.image:.3f}",
-                    f"{project.text_like:.3f}",
-                    project.image_ms.p50_ms,
-                ],
-                [
-                    f"Chroma defaults: {_describe(CHROMA_DEFAULT_HNSW)}",
-                    f"{defaults.image:.3f}",
-                    f"{defaults.text_like:.3f}",
-                    defaults.image_ms.p50_ms,
-                ],
-            ],
+        parts = table(
+            "Where a text query's time goes (p50 / p95 ms; in process except the first row)",
+            ["part", default.name, torch.name],
+            _part_rows(self),
         )
-        return document(latency, recall)
+        fidelity = (
+            f"Fidelity on the {len(QUERIES)} benchmark queries against float32 torch: lowest "
+            f"cosine {default.fidelity.min_cosine:.5f} ({default.name}) and "
+            f"{torch.fidelity.min_cosine:.5f} (torch {self.dtype}); exact top-10 over the "
+            f"{self.vectors:,} vectors shared {default.fidelity.top10_overlap:.3f} and "
+            f"{torch.fidelity.top10_overlap:.3f}."
+        )
+        return document(bot, parts, fidelity, _towers_table(self.towers), _recall_table(self))
 
 
 def coco_like_record(n: int, photo: Path):
@@ -236,35 +295,43 @@ def text_like(queries: np.ndarray, seed: int = 1) -> np.ndarray:
 
 def measure(quick: bool, workdir: Path) -> QueryLatency:
     """Build the collection twice (the project's HNSW settings and Chroma's defaults), measure
-    ANN recall on both, then time searches through the bot's path."""
+    ANN recall on both, then time searches through the bot's path with the default query
+    runtime and with torch, side by side."""
     count = 20_000 if quick else COCO_SIZE
     n_queries = 60 if quick else 200
     clip_dir = vit_b32_dir()
     photos = make_photos(workdir.parent / "photos", n_queries)
     vectors = clip_like_vectors(count + 300)
     base, held_out = vectors[:count], vectors[count:]
-    settings = bench_settings(workdir, clip_dir.path, collection="latency")
+    settings = bench_settings(workdir, clip_dir.path, collection="latency", top_k=K)
 
     store, insert_rate = build(settings, "latency", base, photos[0], _project_hnsw())
     default_store, _ = build(settings, "chroma_defaults", base, photos[0], CHROMA_DEFAULT_HNSW)
     texts = text_like(held_out)
     project = ann_recall(store, base, held_out, texts)
     defaults = ann_recall(default_store, base, held_out, texts)
-    search = open_search(settings)
-    text, image = bot_searches(search, [p.read_bytes() for p in photos])
-    text_fp32 = bot_text_searches(open_search(settings, dtype="float32"), n_queries)
+    # ENCODER_RUNTIME=auto exports and measures here, once: the bot below finds it cached.
+    searches = {"auto": open_search(settings), "torch": open_search(settings, runtime="torch")}
+    parts = in_process(searches, [p.read_bytes() for p in photos])
+    fidelity = text_fidelity(searches, clip_dir.path, base)
+    bot = bot_searches(settings, workdir, n_queries)
+    towers = towers_alone(clip_dir.path, settings.chroma_path)
+    names = {"auto": _runtime_name(searches["auto"]), "torch": "torch"}
+    runs = {
+        r: RuntimeRun(names[r], *bot[r], parts=parts[r], fidelity=fidelity[r]) for r in searches
+    }
     return QueryLatency(
         vectors=count,
         queries=n_queries,
         tokenizer=clip_dir.tokenizer,
-        dtype=str(search.encoder.dtype).removeprefix("torch."),
+        dtype=str(searches["auto"].encoder.dtype).removeprefix("torch."),
         insert_per_s=insert_rate,
-        text=text,
-        text_fp32=text_fp32,
-        image=image,
+        default=runs["auto"],
+        torch=runs["torch"],
         hnsw=_project_hnsw(),
         project=project,
         chroma_defaults=defaults,
+        towers=towers,
     )
 
 
@@ -280,16 +347,16 @@ def recall_at_10(store, base: np.ndarray, queries: np.ndarray) -> tuple[float, T
     return recall(found, exact_top_k(base, queries, 10)), Timings.of(latencies)
 
 
-# --- the bot's path ----------------------------------------------------------------------------
+# --- in process: the calls the bot makes ------------------------------------------------------
 
 
-def open_search(settings, dtype: str | None = None):
+def open_search(settings, runtime: str | None = None):
     """The search service as the bot opens it (`SearchService.open`: the encoder, the
-    collection, the host's roots, the options), with DTYPE `dtype` when given."""
+    collection, the host's roots, the options), with ENCODER_RUNTIME `runtime` when given."""
     from core.search.service import SearchService
 
-    if dtype is not None:
-        settings = settings.model_copy(update={"dtype": dtype})
+    if runtime is not None:
+        settings = settings.model_copy(update={"encoder_runtime": runtime})
     return SearchService.open(settings)
 
 
@@ -308,25 +375,263 @@ def photo_search(search, photo: bytes) -> None:
     _check(search.page(search.prepare(Query(picture=photo)), K))
 
 
-def bot_searches(search, photos: list[bytes]) -> tuple[Timings, Timings]:
-    """Text and photo searches, one of each in turn (drift hits both alike), after a
-    warm-up; one photo per query, the texts in turn."""
+def in_process(searches: dict, photos: list[bytes]) -> dict[str, dict[str, Timings]]:
+    """Each part of a text search, and a photo search, per runtime: after a warm-up, one
+    query of each kind per runtime in turn (drift hits all alike); one photo per query."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(vit_b32_dir().path)
     for n in range(WARM_UP):
-        text_search(search, QUERIES[n])
-        photo_search(search, photos[n])
-    text_s, photo_s = [], []
+        for search in searches.values():
+            text_search(search, QUERIES[n])
+            photo_search(search, photos[n])
+    seconds = {r: {part: [] for part in PARTS} for r in searches}
     for n, photo in enumerate(photos):
-        text_s.append(_seconds(text_search, search, QUERIES[n % len(QUERIES)]))
-        photo_s.append(_seconds(photo_search, search, photo))
-    return Timings.of(text_s), Timings.of(photo_s)
+        text = QUERIES[n % len(QUERIES)]
+        for runtime, search in searches.items():
+            took = seconds[runtime]
+            took["tokenizer"].append(_seconds(_tokenize, tokenizer, text))
+            took["encode"].append(_seconds(search.encoder.embed_texts, [text]))
+            started = time.perf_counter()
+            [prepared] = search.prepare_texts([text])
+            took["prepare"].append(time.perf_counter() - started)
+            took["page"].append(_seconds(lambda p=prepared, s=search: _check(s.page(p, K))))
+            took["image"].append(_seconds(photo_search, search, photo))
+    return {r: {part: Timings.of(s) for part, s in parts.items()} for r, parts in seconds.items()}
 
 
-def bot_text_searches(search, count: int) -> Timings:
-    """`count` text searches after a warm-up (which also loads the model)."""
-    text_search(search, QUERIES[0])
-    return Timings.of(
-        [_seconds(text_search, search, QUERIES[n % len(QUERIES)]) for n in range(count)]
+def text_fidelity(searches: dict, clip: Path, base: np.ndarray) -> dict[str, Fidelity]:
+    """Each runtime's text vectors for QUERIES against float32 torch's: the lowest cosine,
+    and the share of the exact top-10 over `base` they keep."""
+    from core.models.encoder import DualEncoder
+
+    float32 = DualEncoder(str(clip), device="cpu", dtype="float32").embed_texts(QUERIES)
+    expected = exact_top_k(base, float32, K)
+    out = {}
+    for runtime, search in searches.items():
+        vectors = search.encoder.embed_texts(QUERIES)
+        found = exact_top_k(base, vectors, K)
+        overlap = [len(set(f) & set(e)) / K for f, e in zip(found, expected, strict=True)]
+        cosine = float((vectors * float32).sum(axis=1).min())
+        out[runtime] = Fidelity(cosine, float(statistics.fmean(overlap)))
+    return out
+
+
+def towers_alone(clip: Path, chroma: Path) -> Towers:
+    """Each tower's milliseconds per runtime, the runtimes in turn: torch float32 and
+    bfloat16, ONNX Runtime float32 and int8 (ENCODER_RUNTIME=auto's files under `chroma`)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from core.models.onnx_files import DIGEST_GLOB, DIRECTORY
+    from core.models.onnx_towers import IMAGE, TEXT, OnnxTower, torch_features
+
+    models = {
+        f"torch {d}": AutoModel.from_pretrained(clip, dtype=getattr(torch, d)).eval()
+        for d in ("float32", "bfloat16")
+    }
+    tokens = dict(AutoTokenizer.from_pretrained(clip)([TOWER_QUERY], return_tensors="pt"))
+    pixels = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for kind, tower, inputs in (
+        ("text", TEXT, tokens),
+        ("image", IMAGE, {"pixel_values": pixels[:1]}),
+        ("image ×32", IMAGE, {"pixel_values": pixels}),
+    ):
+        runs = {
+            name: lambda i=inputs, m=model, t=tower: torch_features(m, t, _cast(i, m.dtype))
+            for name, model in models.items()
+            if kind != "image ×32" or name == "torch bfloat16"
+        }
+        for runtime in ("onnx", "onnx-int8") if kind != "image ×32" else ("onnx-int8",):
+            files = (chroma / DIRECTORY).glob(f"*/{tower}-{runtime}-{DIGEST_GLOB}.onnx")
+            path = max(files, key=lambda f: f.stat().st_mtime_ns)  # the latest export
+            runs[runtime] = OnnxTower(str(path), torch.get_num_threads()).run
+        with torch.inference_mode():
+            out[kind] = _interleaved(runs, inputs, TOWER_RUNS[kind])
+    return Towers(out["text"], out["image"], out["image ×32"])
+
+
+def _cast(inputs: dict, dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def _interleaved(runs: dict, inputs: dict, repeats: int) -> dict[str, Timings]:
+    """Milliseconds per run of `inputs`: one warm-up each, then `repeats` rounds in turn."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(inputs)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds[name].append(_seconds(run, inputs))
+    return {name: Timings.of(s) for name, s in seconds.items()}
+
+
+def _tokenize(tokenizer, text: str) -> None:
+    """The tokenizer call `embed_texts` makes for one CLIP query."""
+    tokenizer([text], padding=True, truncation=True, max_length=77, return_tensors="pt")
+
+
+# --- the bot's real path ----------------------------------------------------------------------
+
+
+def bot_searches(settings, workdir: Path, count: int) -> dict[str, tuple[Timings, Timings]]:
+    """`count` text queries to each of two bots, ENCODER_RUNTIME=auto and torch, in turn,
+    after a warm-up each: (update → the album's first request, update → the handler's first
+    request). Each bot has its own copy of the store (their file_id caches belong to their
+    own fake servers)."""
+    copy = workdir / "chroma-torch"
+    shutil.copytree(settings.chroma_path, copy, dirs_exist_ok=True)
+    bot = settings.model_copy(
+        update={"rate_limit_per_minute": 0, "vqa_enabled": False, "micro_batch": True}
     )
+    runs = {
+        "auto": bot,
+        "torch": bot.model_copy(update={"chroma_path": copy, "encoder_runtime": "torch"}),
+    }
+    seconds: dict[str, list[tuple[float, float]]] = {runtime: [] for runtime in runs}
+    with contextlib.ExitStack() as stack:
+        bots = {r: stack.enter_context(running_bot(s, workdir, r)) for r, s in runs.items()}
+        for n in range(WARM_UP):
+            for tg in bots.values():
+                bot_query(tg, QUERIES[n], 9000 + n)
+        for n in range(count):
+            for runtime, tg in bots.items():
+                seconds[runtime].append(
+                    bot_query(tg, QUERIES[n % len(QUERIES)], 7000 + n % BOT_USERS)
+                )
+    return {
+        runtime: (Timings.of([album for album, _ in s]), Timings.of([start for _, start in s]))
+        for runtime, s in seconds.items()
+    }
+
+
+@contextlib.contextmanager
+def running_bot(settings, workdir: Path, name: str) -> Iterator:
+    """`python -m bot` with `settings` against its own fake Telegram server (yielded)."""
+    from tests.fake_telegram import FakeTelegram
+
+    with FakeTelegram() as tg:
+        _no_nagle(tg)
+        proc = start_bot(subprocess_env(settings, **tg.env()), workdir, workdir / f"bot-{name}.log")
+        try:
+            yield tg
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def _no_nagle(tg) -> None:
+    """The fake server's answers leave at once, as Telegram's do (TCP_NODELAY, which the
+    connections it accepts inherit): otherwise Nagle's algorithm holds each answer's body
+    until the bot's delayed ACK, 40 ms on Linux per update, a cost of the fake (its headers
+    and body are two writes), not of the bot."""
+    tg._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def bot_query(tg, text: str, user: int) -> tuple[float, float]:
+    """Seconds from injecting `text` as `user`'s update to the arrival of the album's
+    request, and to the arrival of the handler's chat action; returns once the bot has also
+    sent the message under the album."""
+    since, mark = len(tg.sent_to(user)), tg.mark()
+    asked = time.monotonic()
+    tg.inject_text(text, user_id=user)
+    album, _buttons = tg.wait_sent(user, 2, timeout=120, since=since)[:2]
+    assert album.kind == "media_group" and len(album.messages) == K, album
+    action = tg.wait_for(
+        lambda c: c.method == "sendChatAction" and c.params.get("chat_id") == user, since=mark
+    )
+    return album.call.time - asked, action.time - asked
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _runtime_name(search) -> str:
+    """ "auto: text onnx-int8, images onnx-int8" (what ENCODER_RUNTIME=auto chose)."""
+    tuned = search.encoder.tuning
+    runtime = tuned.runtime if tuned is not None else None
+    return f"auto: text {runtime.text}, images {runtime.image}" if runtime else "auto"
+
+
+def _part_rows(result: QueryLatency) -> list[list[object]]:
+    default, torch = result.default, result.torch
+    labels = {
+        "tokenizer": "tokenizer (CLIP BPE, one query)",
+        "encode": "encode: tokenizer + text tower (`embed_texts`)",
+        "prepare": "prepare: read the query + encode (`prepare_texts`)",
+        "page": "first page: Chroma top-25 + near-duplicates + file checks (`page`)",
+    }
+    rows = [
+        ["the bot's whole path (above)", _pair(default.bot_text), _pair(torch.bot_text)],
+        [
+            "of which update → the handler's first request (poll, dispatch, checks)",
+            _pair(default.bot_dispatch),
+            _pair(torch.bot_dispatch),
+        ],
+    ]
+    rows += [[label, _pair(default.parts[p]), _pair(torch.parts[p])] for p, label in labels.items()]
+    rest = [
+        round(run.bot_text.p50_ms - run.parts["prepare"].p50_ms - run.parts["page"].p50_ms, 2)
+        for run in (default, torch)
+    ]
+    rows.append(["rest of the bot's path (whole − prepare − page, p50)", *rest])
+    rows.append(["Chroma top-10 alone (project HNSW)", _pair(result.project.image_ms), ""])
+    rows.append(
+        [
+            "photo search: JPEG decode → encode → first page (in process)",
+            _pair(default.parts["image"]),
+            _pair(torch.parts["image"]),
+        ]
+    )
+    return rows
+
+
+def _towers_table(towers: Towers) -> str:
+    runtimes = list(towers.text)
+    rows = [
+        [kind, *(_pair(times[r]) if r in times else "" for r in runtimes)]
+        for kind, times in (
+            ("text tower, one 12-token query", towers.text),
+            ("image tower, one picture", towers.image),
+            ("image tower, a batch of 32 (the index builder's)", towers.image_batch),
+        )
+    ]
+    return table("The towers alone (p50 / p95 ms), side by side", ["", *runtimes], rows)
+
+
+def _tower_times(towers: Towers) -> dict[str, dict[str, Timings]]:
+    return {"text": towers.text, "image": towers.image, "image_batch_32": towers.image_batch}
+
+
+def _recall_table(result: QueryLatency) -> str:
+    project, defaults = result.project, result.chroma_defaults
+    return table(
+        f"ANN recall@10 vs exact search, {result.vectors:,} CLIP-like vectors",
+        ["HNSW settings", "recall@10, image queries", "recall@10, text-like", "query p50 ms"],
+        [
+            [
+                f"project: {_describe(result.hnsw)}",
+                f"{project.image:.3f}",
+                f"{project.text_like:.3f}",
+                project.image_ms.p50_ms,
+            ],
+            [
+                f"Chroma defaults: {_describe(CHROMA_DEFAULT_HNSW)}",
+                f"{defaults.image:.3f}",
+                f"{defaults.text_like:.3f}",
+                defaults.image_ms.p50_ms,
+            ],
+        ],
+    )
+
+
+def _cells(timings: Timings) -> list[float]:
+    return [timings.p50_ms, timings.p95_ms]
+
+
+def _pair(timings: Timings) -> str:
+    return f"{timings.p50_ms} / {timings.p95_ms}"
 
 
 def _seconds(call, *args: object) -> float:

@@ -35,6 +35,7 @@ from bench import (
     query_latency,
     scale,
     soak,
+    urls,
     vqa_latency,
 )
 from bench.common import CACHE, RESULTS, machine
@@ -50,6 +51,7 @@ SECTIONS = {
     "models": model_families,
     "soak": soak,
     "scale": scale,
+    "urls": urls,
     "library": library_burst,
 }
 

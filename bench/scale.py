@@ -8,6 +8,9 @@ same data and the million vectors are inserted once. At each size, in each mode:
 - the first access after opening (Chroma then loads the collection's index);
 - top-10 query latency with metadata, for image-like and text-like query vectors, and their
   recall@10 against exact (brute-force) search over the same vectors;
+- the same against the search effort, and the text searches' depth that the end of a build
+  would choose (bench/scale_effort.py: text-like queries sit outside the picture vectors'
+  cloud, where the graph search misses more);
 - the Chroma process's memory (VmRSS now, VmHWM peak) and the collection's size on disk;
 - start-up at scale: `python -m core status`, and `python -m bot` against the collection
   (start-up time and memory, then its first search).
@@ -46,8 +49,20 @@ from bench.common import (
     subprocess_env,
     vit_b32_dir,
 )
-from bench.query_latency import ann_top_k, coco_like_record, exact_top_k, recall, text_like
+from bench.query_latency import coco_like_record, exact_top_k, text_like
 from bench.report import document, table, write_json
+from bench.scale_effort import (
+    EF_SEARCH,
+    TARGET,
+    Effort,
+    Tuned,
+    at,
+    captions,
+    depths,
+    effort_tables,
+    efforts,
+    tuned_of,
+)
 from tests.chroma_run import running_chroma
 
 log = logging.getLogger(__name__)
@@ -93,8 +108,10 @@ class Point:
     """Since the section started: inserts and every measurement before this one."""
     image_query: Timings
     text_query: Timings
+    """At the store's own search depth (ef_search 128), as before the text searches' depth."""
     recall_image: float
-    recall_text: float
+    recall_text_default: float
+    """Text-like recall@10 at the store's own search depth (`recall_text` before issue 24)."""
     chroma_rss_mb: float
     chroma_peak_rss_mb: float
     disk_mb: float
@@ -103,6 +120,22 @@ class Point:
     status_process_s: float
     """The same, the whole process (interpreter start and imports included)."""
     bot: BotStart
+    depths: tuple[Effort, ...] = ()
+    """Recall and query times at each search depth (`scale_effort.depths()`)."""
+    ef_search: tuple[Effort, ...] = ()
+    """At each of the collection's ef_search values `EF_SEARCH` (embedded only)."""
+    text_depth: int = 0
+    """The text searches' depth chosen at the end of the build at this size."""
+
+    @property
+    def recall_text(self) -> float:
+        """Text-like recall@10 at the chosen depth (what a text search gets)."""
+        return at(self.depths, self.text_depth).recall_text
+
+    @property
+    def text_p50_ms(self) -> float:
+        """Median top-10 text-like query at the chosen depth."""
+        return at(self.depths, self.text_depth).text_query.p50_ms
 
 
 class Filler:
@@ -132,10 +165,42 @@ class Filler:
         self.store.count()
         return time.perf_counter() - started
 
-    def search(self, queries: np.ndarray) -> tuple[list[list[str]], list[float]]:
-        """Top-10 ids of each query and each query's seconds (after a few warm-up queries)."""
-        ann_top_k(self.store, queries[:WARM_UP], 10)
-        return ann_top_k(self.store, queries, 10)
+    def sweep(
+        self, queries: dict[str, np.ndarray], depths: tuple[int, ...]
+    ) -> dict[int, dict[str, tuple[list[list[str]], list[float]]]]:
+        """{depth: {kind: (top-10 ids of each query, its seconds)}}: one query at a time with
+        metadata, as the bot asks, every depth in turn for each query (drift hits all alike)."""
+        found: dict = {d: {kind: ([], []) for kind in queries} for d in depths}
+        for kind, vectors in queries.items():
+            for query in vectors:
+                for depth in depths:
+                    started = time.perf_counter()
+                    [matches] = self.store.query(query[None, :], 10, depth=depth)
+                    found[depth][kind][1].append(time.perf_counter() - started)
+                    found[depth][kind][0].append([m.record.id for m in matches])
+        return found
+
+    def tune(self, vectors: np.ndarray, target: float):
+        """The end of a build's choice of the text searches' depth (`core.indexing.recall`),
+        with `vectors` as the captions' embeddings; recorded in the collection like a build's."""
+        from core.indexing.recall import RecallCheck, TextQueries, tune
+
+        texts = TextQueries(tuple(str(n) for n in range(len(vectors))), "captions")
+        return tune(self.store, _Embedded(vectors), texts, RecallCheck(target=target))
+
+    def set_ef_search(self, ef: int) -> None:
+        """Change the collection's ef_search (Chroma applies it when it next loads the index)."""
+        self.store._collection.modify(configuration={"hnsw": {"ef_search": ef}})
+
+
+class _Embedded:
+    """An encoder stand-in for `Filler.tune`: text "n" embeds to row n of the vectors."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def embed_texts(self, texts) -> np.ndarray:
+        return self.vectors[[int(text) for text in texts]]
 
 
 def _serve(conn, settings, photo: Path) -> None:
@@ -167,15 +232,22 @@ class EmbeddedChroma:
         self._receive()
 
     def add(self, start: int, vectors: np.ndarray) -> float:
-        self._conn.send(("add", (start, vectors)))
-        return self._receive()
+        return self._ask("add", start, vectors)
 
     def load(self) -> float:
-        self._conn.send(("load", ()))
-        return self._receive()
+        return self._ask("load")
 
-    def search(self, queries: np.ndarray) -> tuple[list[list[str]], list[float]]:
-        self._conn.send(("search", (queries,)))
+    def sweep(self, queries: dict[str, np.ndarray], depths: tuple[int, ...]) -> dict:
+        return self._ask("sweep", queries, depths)
+
+    def tune(self, vectors: np.ndarray, target: float):
+        return self._ask("tune", vectors, target)
+
+    def set_ef_search(self, ef: int) -> None:
+        self._ask("set_ef_search", ef)
+
+    def _ask(self, name: str, *args: object):
+        self._conn.send((name, args))
         return self._receive()
 
     def close(self) -> None:
@@ -213,28 +285,49 @@ class Truth:
     exact: dict[int, dict[str, np.ndarray]]
 
 
+HEADLINES = (
+    "insert_per_s",
+    "recall_text",
+    "text_p50_ms",
+    "text_depth",
+    "recall_text_default",
+    "chroma_rss_mb",
+    "disk_mb",
+    "status_s",
+)
+"""The summary's numbers of each point: `recall_text` and `text_p50_ms` at the text searches'
+chosen depth (`text_depth`), `recall_text_default` at the store's own (ef_search 128)."""
+
+
 @dataclass(frozen=True)
 class Scale:
-    """What `measure` found: each mode at each size."""
+    """What `measure` found: each mode at each size, and the depth chosen at each size."""
 
     sizes: tuple[int, ...]
     points: list[Point]
+    tuned: list[Tuned]
 
     def to_json(self) -> dict:
         return {
             "sizes": list(self.sizes),
             "queries": QUERIES,
             "hnsw": _project_hnsw(),
+            "recall_target": TARGET,
             "points": _by_name(self.points),
+            "tuned": {f"{t.vectors}": asdict(t) for t in self.tuned},
             **{
                 f"{p.mode}_{p.vectors // 1000}k_{key}": getattr(p, key)
                 for p in self.points
-                for key in ("insert_per_s", "recall_text", "chroma_rss_mb", "disk_mb", "status_s")
+                for key in HEADLINES
             },
         }
 
     def to_markdown(self) -> str:
-        return document(_cost_table(self.points), _startup_table(self.points))
+        return document(
+            _cost_table(self.points),
+            *effort_tables(self.points, self.tuned),
+            _startup_table(self.points),
+        )
 
 
 @dataclass(frozen=True)
@@ -249,38 +342,71 @@ class Phase:
 
 def grow(
     sizes: tuple[int, ...], base: np.ndarray, truth: Truth, workdir: Path, photo: Path
-) -> list[Point]:
+) -> tuple[list[Point], list[Tuned]]:
     """Fill the collection up to each size in turn (embedded inserts the bulk, the server the
-    last `SAMPLE`) and measure it there in both modes."""
+    last `SAMPLE`) and measure it there in both modes; then choose the text searches' depth
+    as the end of a build does, and sweep the collection's ef_search (embedded)."""
     settings = _settings(workdir)
     started = time.perf_counter()
     points: list[Point] = []
+    tuned: list[Tuned] = []
     filled = 0
     embedded = EmbeddedChroma(settings, photo)
     try:
         for size in sizes:
             bulk = _insert(embedded, base, filled, size - SAMPLE)
             embedded.close()
-            log_path = settings.chroma_path.parent / "server.log"
-            with running_chroma(settings.chroma_path, log_path, start_timeout_s=120) as server:
-                remote = settings.model_copy(
-                    update={"chroma_host": "127.0.0.1", "chroma_port": server.port}
-                )
-                side = Filler(remote, photo)
-                load_s = side.load()
-                phase = Phase("server", size, _insert(side, base, size - SAMPLE, size), load_s)
-                point = measure_point(phase, side, server.pid, remote, truth, workdir)
-                served = replace(point, elapsed_s=round(time.perf_counter() - started))
+            served = _served(settings, photo, (base, size), truth, workdir)
+            served = replace(served, elapsed_s=round(time.perf_counter() - started))
             embedded = EmbeddedChroma(settings, photo)
             phase = Phase("embedded", size, bulk, embedded.load())
             point = measure_point(phase, embedded, embedded.pid, settings, truth, workdir)
-            points += [replace(point, elapsed_s=round(time.perf_counter() - started)), served]
-            log.info("%s", points[-2:])
+            tuned.append(tuned_of(size, embedded.tune(captions(base, size), TARGET)))
+            embedded, swept = _ef_sweep(embedded, settings, photo, truth, size)
+            point = replace(point, ef_search=swept, elapsed_s=round(time.perf_counter() - started))
+            points += [replace(p, text_depth=tuned[-1].depth) for p in (point, served)]
+            log.info("%s %s", points[-2:], tuned[-1])
             _save_so_far(points)
             filled = size
     finally:
         embedded.close()
-    return points
+    return points, tuned
+
+
+def _served(
+    settings, photo: Path, grown: tuple[np.ndarray, int], truth: Truth, workdir: Path
+) -> Point:
+    """The server's turn at a size (`grown`: the base vectors and the size): it inserts the
+    size's last `SAMPLE` vectors, then is measured."""
+    base, size = grown
+    log_path = settings.chroma_path.parent / "server.log"
+    with running_chroma(settings.chroma_path, log_path, start_timeout_s=120) as server:
+        remote = settings.model_copy(
+            update={"chroma_host": "127.0.0.1", "chroma_port": server.port}
+        )
+        side = Filler(remote, photo)
+        load_s = side.load()
+        phase = Phase("server", size, _insert(side, base, size - SAMPLE, size), load_s)
+        return measure_point(phase, side, server.pid, remote, truth, workdir)
+
+
+def _ef_sweep(
+    embedded: EmbeddedChroma, settings, photo: Path, truth: Truth, size: int
+) -> tuple[EmbeddedChroma, tuple[Effort, ...]]:
+    """Recall and query times at each `EF_SEARCH` as the collection's ef_search, at the
+    store's own depth. Chroma applies a new ef_search only when it loads the index, so the
+    store is reopened for each; the project's value is restored at the end."""
+    found = {}
+    for ef in (*EF_SEARCH, _project_hnsw()["ef_search"]):
+        embedded.set_ef_search(ef)
+        embedded.close()
+        embedded = EmbeddedChroma(settings, photo)
+        if len(found) == len(EF_SEARCH):
+            break  # restored
+        embedded.load()
+        embedded.sweep({kind: q[:WARM_UP] for kind, q in truth.queries.items()}, (0,))
+        found[ef] = embedded.sweep(truth.queries, (0,))[0]
+    return embedded, efforts(found, truth.exact[size])
 
 
 def _by_name(points: list[Point]) -> dict[str, dict]:
@@ -321,9 +447,11 @@ def measure_point(
     truth: Truth,
     workdir: Path,
 ) -> Point:
-    """Queries, recall, memory and disk, then start-up: status and the bot."""
-    searched = {kind: side.search(vectors) for kind, vectors in truth.queries.items()}
-    exact = truth.exact[phase.size]
+    """Queries at each search depth and their recall, memory and disk, then start-up: status
+    and the bot."""
+    side.sweep({kind: q[:WARM_UP] for kind, q in truth.queries.items()}, depths())
+    swept = efforts(side.sweep(truth.queries, depths()), truth.exact[phase.size])
+    default = at(swept, 0)
     memory = (rss_mb(pid), peak_rss_mb(pid))
     status = status_seconds(settings, workdir)
     inserted = phase.inserted
@@ -336,16 +464,17 @@ def measure_point(
         insert_per_s_by_batch=inserted.per_batch,
         load_s=round(phase.load_s, 2),
         elapsed_s=0.0,
-        image_query=Timings.of(searched["image"][1]),
-        text_query=Timings.of(searched["text"][1]),
-        recall_image=round(recall(searched["image"][0], exact["image"]), 4),
-        recall_text=round(recall(searched["text"][0], exact["text"]), 4),
+        image_query=default.image_query,
+        text_query=default.text_query,
+        recall_image=default.recall_image,
+        recall_text_default=default.recall_text,
         chroma_rss_mb=round(memory[0]),
         chroma_peak_rss_mb=round(memory[1]),
         disk_mb=round(du_mb(Path(settings.chroma_path))),
         status_s=round(status[0], 3),
         status_process_s=round(status[1], 2),
         bot=bot_start(settings, workdir, f"{phase.mode}-{phase.size}"),
+        depths=swept,
     )
 
 
@@ -440,7 +569,7 @@ def measure(quick: bool, workdir: Path) -> Scale:
         size: {kind: exact_top_k(base[:size], vectors, 10) for kind, vectors in queries.items()}
         for size in sizes
     }
-    return Scale(sizes, grow(sizes, base, Truth(queries, exact), workdir, photo))
+    return Scale(sizes, *grow(sizes, base, Truth(queries, exact), workdir, photo))
 
 
 def _cost_table(points: list[Point]) -> str:
@@ -467,7 +596,7 @@ def _cost_table(points: list[Point]) -> str:
                 f"{p.insert_per_s} ({p.inserted_from // 1000}k→{p.inserted_to // 1000}k)",
                 f"{p.image_query.p50_ms} / {p.image_query.p95_ms}",
                 f"{p.text_query.p50_ms} / {p.text_query.p95_ms}",
-                f"{p.recall_image:.3f} / {p.recall_text:.3f}",
+                f"{p.recall_image:.3f} / {p.recall_text_default:.3f}",
                 f"{p.chroma_rss_mb:,} / {p.chroma_peak_rss_mb:,}",
                 f"{p.disk_mb:,}",
                 round(p.elapsed_s / 60, 1),

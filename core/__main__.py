@@ -184,6 +184,8 @@ def _status(settings: Settings) -> int:
         f"collection {info.name!r} in {where}: {plural(info.count, 'picture')}, "
         f"model {info.model} ({info.dim}-d)"
     )
+    if info.effort is not None:
+        print(info.effort.describe())
     for line in _incomplete(info):
         print(line)
     print(_libraries(settings))

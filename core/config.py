@@ -97,6 +97,7 @@ _BLANK_IS_NONE = BeforeValidator(_blank_is_none)
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+EncoderRuntime = Literal["auto", "torch", "onnx", "onnx-int8"]
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper_case_level)
 ]
@@ -155,6 +156,13 @@ class Settings(BaseSettings):
         description="header carrying CHROMA_AUTH_TOKEN; Authorization sends 'Bearer <token>'",
     )
     collection: CollectionName = Field("coco2014", description="Chroma collection name")
+    recall_target: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="text recall@10 against exact search that index_builder.py tunes text "
+        "searches' depth to reach, measured on the index's captions at the end of a build",
+    )
     coco_root: Path = Field(Path("data/coco"), description="COCO2014 root directory")
     coco_base_url: str = Field(
         "https://s3.amazonaws.com/images.cocodataset.org",
@@ -181,6 +189,11 @@ class Settings(BaseSettings):
     device: Device = Field("auto", description="torch device: auto picks cuda when present")
     dtype: DType = Field(
         "auto", description="inference dtype: auto = measured once per machine, then cached"
+    )
+    encoder_runtime: EncoderRuntime = Field(
+        "auto",
+        description="what runs the query towers: auto = the fastest of torch, ONNX Runtime and "
+        "its int8 weights that keeps the vectors (measured once per machine, then cached)",
     )
     top_k: int = Field(
         5, ge=1, le=10, description="results per search (a Telegram album holds 2-10)"

@@ -55,6 +55,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "collection": "test_images",
         "device": "cpu",
         "dtype": "float32",
+        "encoder_runtime": "torch",  # ENCODER_RUNTIME=auto exports and measures: its own tests
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

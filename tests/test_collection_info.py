@@ -20,6 +20,7 @@ from core.store.collection_info import (
     BUILD_KEY_PREFIX,
     FILE,
     MAX_BODY,
+    MAX_BUILDS,
     BuildRecord,
     CollectionInfo,
     build_records,
@@ -29,6 +30,7 @@ from core.store.collection_info import (
     server_info,
 )
 from core.store.database import Database
+from core.store.effort import EFFORT_KEY, SearchEffort
 from core.store.records import ImageRecord
 from tests.auth_proxy import AuthProxy
 from tests.chroma_run import ChromaServer, free_port
@@ -272,3 +274,49 @@ def test_a_server_gives_the_build_records_too(tmp_path: Path, chroma_server: Chr
     store.record_build(build)
     info = server_info(settings, "with_builds")
     assert info is not None and info.incomplete == (build,)
+
+
+# --- the text searches' depth (issue 24), shown by status ---------------------------------
+
+
+def test_the_search_effort_is_read_from_the_file_and_from_a_server(
+    tmp_path: Path, chroma_server: ChromaServer
+) -> None:
+    effort = SearchEffort(512, 0.975, 0.004, 300, "captions", 0.97, True)
+    embedded = make_settings(tmp_path, collection="with_effort")
+    remote = server_settings(tmp_path, chroma_server.port, collection="with_effort")
+    for settings in (embedded, remote):
+        store = Database(settings).open("with_effort", ImageRecord, model="m", dim=4, create=True)
+        store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
+        assert quick_info(settings, "with_effort").effort is None
+        store.record_search_effort(effort)
+        info = quick_info(settings, "with_effort")
+        assert info is not None and info.effort == effort
+        assert Database(settings).info("with_effort") == info
+
+
+def test_the_search_effort_is_read_beside_the_most_build_records(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = Database(settings).open("busy", ImageRecord, model="m", dim=4, create=True)
+    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
+    effort = SearchEffort(0, 0.99, 0.01, 80, "category names", 0.97, True)
+    store.record_search_effort(effort)
+    for n in range(MAX_BUILDS + 1):
+        store.record_build(BuildRecord(f"folder /photos/{n:03d}", 1, 0, complete=True))
+    info = embedded_info(settings.chroma_path, "busy")
+    assert info is not None and info.effort == effort and len(info.builds) == MAX_BUILDS
+
+
+def test_a_malformed_search_effort_is_not_shown(tmp_path: Path, run_cli) -> None:
+    settings = make_settings(tmp_path, collection="odd_effort")
+    store = Database(settings).open("odd_effort", ImageRecord, model="m", dim=4, create=True)
+    store.upsert([ImageRecord(id="1", path="/x/1.jpg")], np.ones((1, 4), dtype=np.float32))
+    store.record_search_effort(SearchEffort(256, 0.98, 0.004, 300, "captions", 0.97, True))
+    shown = run_cli(settings, "status")
+    line = "text recall@10 0.980 ±0.004 at search depth 256 (target 0.97), measured on 300 captions"
+    assert line in shown.stdout
+    store._record(EFFORT_KEY, json.dumps({"depth": "deep"}), "a malformed effort")
+    info = embedded_info(settings.chroma_path, "odd_effort")
+    assert info is not None and info.effort is None and info.count == 1
+    shown = run_cli(settings, "status")
+    assert shown.returncode == 0 and "text recall" not in shown.stdout

@@ -11,6 +11,7 @@ import pytest
 from core.errors import IndexEmpty, IndexGone, ModelMismatch, StoreUnavailable
 from core.store import database as store_module
 from core.store.database import Database
+from core.store.effort import SearchEffort
 from core.store.records import CaptionRecord, ImageRecord
 from tests.auth_proxy import AuthProxy
 from tests.chroma_run import ChromaServer, free_port
@@ -51,6 +52,19 @@ def exercise_round_trip(db: Database, name: str) -> None:
     expected = np.argsort(-(vectors @ vectors[3]))[:5]
     assert [m.record.id for m in matches] == [str(i) for i in expected]
     assert matches[1].score == pytest.approx(float(vectors[expected[1]] @ vectors[3]), abs=1e-4)
+
+    # a deeper search (text queries' `SearchEffort`): the best 5 of 15, read with metadata
+    [deep] = store.query(vectors[3:4], k=5, depth=15, with_vectors=True)
+    assert [m.record for m in deep] == [m.record for m in matches]
+    assert [m.score for m in deep] == pytest.approx([m.score for m in matches], abs=1e-6)
+    assert np.allclose(deep[1].vector, vectors[expected[1]], atol=1e-6)
+    pages = list(store.vector_pages(7))  # the exact search's stream of every stored vector
+    assert [len(ids) for ids, _ in pages] == [7, 7, 6]
+    by_id = {id_: row for ids, rows in pages for id_, row in zip(ids, rows, strict=True)}
+    assert np.allclose(np.stack([by_id[str(i)] for i in range(20)]), vectors, atol=1e-6)
+    effort = SearchEffort(256, 0.98, 0.004, 300, "captions", 0.97, True)
+    store.record_search_effort(effort)
+    assert store.search_effort() == effort and db.info(name).effort == effort
 
     got = store.get(["5", "missing", "2"])
     assert sorted(got, key=lambda r: r.id) == [items[2], items[5]]

@@ -27,6 +27,10 @@ Who uses it: index_builder.py (the CLI), and the tests and benchmarks that build
   The metadata is the store's, which is not trusted, but a record is only a hint: at worst
   the (incremental) builder runs once more, or an index stays as partial as its store
   made it.
+- Tuned: at its end a run that changed the collection measures the text recall@10 of its
+  searches against exact search on a sample of the captions, and records the search depth
+  that reaches RECALL_TARGET (core.indexing.recall); one line of the output says what it
+  found and what it cost.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from core.indexing.plan import (
     plan,
     plan_captions,
 )
+from core.indexing.recall import RecallCheck, sample_texts, tune
 from core.indexing.summary import BuildSummary
 from core.indexing.writer import BatchWriter, drop_collections, remove, write_captions
 from core.search.sendable_files import record_roots
@@ -235,6 +240,7 @@ def _update(job: _Job) -> None:
     # meanwhile from an older copy: the categories recorded at the start are checked again.
     store.add_categories(category_names(job.scan))
     store.record_build(_finished(build, stored, todo, summary))
+    _tune(job, store)
 
 
 def _build_record(
@@ -256,6 +262,23 @@ def _finished(
     bad = {path for path, _ in summary.bad}
     refused = sum(1 for record in todo.embed if record.id not in stored and record.path in bad)
     return replace(build, target=build.target - refused, complete=True)
+
+
+def _tune(job: _Job, store: VectorStore[ImageRecord]) -> None:
+    """Measure text recall and record the search depth that reaches RECALL_TARGET, when the
+    run changed the collection or no depth for this target is recorded yet."""
+    target = job.settings.recall_target
+    recorded = store.search_effort()
+    if not job.summary.changed and recorded is not None and recorded.target == target:
+        return
+    job.summary.stage = "measuring text recall"
+    check = RecallCheck(target=target)
+    texts = sample_texts(job.scan.records, store.categories(), check.queries)
+    job.summary.recall = tuning = tune(store, job.encoder, texts, check)
+    if tuning.effort is not None and not tuning.effort.met:
+        log.warning("%s", tuning.describe())
+    else:
+        log.info("%s", tuning.describe())
 
 
 def _drop(job: _Job) -> None:

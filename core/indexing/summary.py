@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.indexing.recall import Tuning
 
 
 @dataclass
@@ -38,6 +42,9 @@ class BuildSummary:
     """The step the run was in last ("removing entries whose files are gone", ...)."""
     interrupted: bool = False
     """Stopped by Ctrl-C during `stage`; the counts say what was done until then."""
+    recall: Tuning | None = None
+    """The text recall measured at the end (core.indexing.recall); None when the run did not
+    measure it (nothing changed and a search depth was recorded before)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent embedding images, by step: decode_cpu and preprocess_cpu (CPU time of
     the decode threads), batch_pixels (finishing the batch's pixels: on a CPU torch's

@@ -18,10 +18,16 @@ and processor, tells its family, loads the weights in the dtype `core.models.tun
 Image preprocessing is separate from inference (`embed_pixels`): `embed_images` (queries)
 preprocesses exactly as the processor does (`preprocess`); the index builder splits it into
 `prepare` (worker threads) and `batch_pixels` (the model's thread: torch's resize on a CPU).
+
+The queries (`embed_texts`, `embed_images`) run through what ENCODER_RUNTIME chose at load
+(`core.models.onnx_runtime`: torch, or ONNX Runtime with float32 or int8 weights, per
+tower); `embed_pixels`, the index builder's batches with their tuned and compiled path,
+always runs on torch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -39,6 +45,8 @@ from core.errors import ModelUnavailable
 from core.models import families, tuning
 from core.models.families import Family
 from core.models.lifecycle import LazyModel
+from core.models.onnx_runtime import RuntimeRequest, Weights, query_towers
+from core.models.onnx_towers import IMAGE, TEXT, QueryTowers, torch_features
 from core.models.pixels import Preprocessing
 from core.models.runtime import load_pretrained, load_streamed, resolve_dtype
 
@@ -58,6 +66,8 @@ class _Loaded:
     family: Family
     dtype: torch.dtype
     pixels: Preprocessing
+    queries: QueryTowers
+    """What embeds the queries (ENCODER_RUNTIME)."""
 
 
 class DualEncoder(LazyModel[_Loaded]):
@@ -77,29 +87,32 @@ class DualEncoder(LazyModel[_Loaded]):
         dtype: str = "auto",
         tuning_cache: Path | None = None,
         tune_batch: bool = False,
+        runtime: str = "torch",
     ) -> None:
         """`dtype="auto"`: measured on first load (`core.models.tuning`), cached in
-        `tuning_cache` when given; `tune_batch`: also measure the best image batch size
-        (`tuning.batch_size`, for the index builder)."""
+        `tuning_cache` when given; `tune_batch`: also measure the best image batch size (for
+        the index builder); `runtime`: ENCODER_RUNTIME (`core.models.onnx_runtime`)."""
         super().__init__(model_name, device)
         self._dtype = None if dtype == "auto" else resolve_dtype(dtype, self.device)
         self._tuning_cache = tuning.TuningCache(tuning_cache) if tuning_cache else None
         self._tune_batch = tune_batch
+        self._runtime = runtime
         self.tuning: tuning.Tuning | None = None
-        """How `dtype="auto"` and the batch size were chosen (None when set explicitly)."""
+        """How DTYPE, the batch size and ENCODER_RUNTIME were chosen (None when all were set)."""
         self._infer_lock = threading.Lock()
         self._compiled_image_features: Callable[..., BaseModelOutputWithPooling] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, tune_batch: bool = False) -> DualEncoder:
-        """The encoder CLIP_MODEL, DEVICE and DTYPE describe; DTYPE=auto is cached in
-        `<CHROMA_PATH>/hardware-tuning.json`."""
+        """The encoder CLIP_MODEL, DEVICE, DTYPE and ENCODER_RUNTIME describe; what auto
+        chose is cached in `<CHROMA_PATH>/hardware-tuning.json`."""
         return cls(
             settings.clip_model,
             device=settings.device,
             dtype=settings.dtype,
             tuning_cache=Path(settings.chroma_path) / tuning.CACHE_NAME,
             tune_batch=tune_batch,
+            runtime=settings.encoder_runtime,
         )
 
     @property
@@ -122,9 +135,10 @@ class DualEncoder(LazyModel[_Loaded]):
             batch=self._tune_batch,
         )
         tuned = tuner.load(self._load_weights, self._dtype)
-        self.tuning = tuned.tuning
+        queries = _query_towers(self, processor, family, tuned)
+        self.tuning = tuning.with_runtime(tuned.tuning, tuned.dtype, queries.tuning)
         pixels = Preprocessing.choose(processor.image_processor, tuned.dtype, self.device)
-        return _Loaded(tuned.model, processor, family, tuned.dtype, pixels)
+        return _Loaded(tuned.model, processor, family, tuned.dtype, pixels, queries)
 
     def _load_weights(self, dtype: torch.dtype) -> PreTrainedModel:
         name = self.model_name
@@ -181,19 +195,12 @@ class DualEncoder(LazyModel[_Loaded]):
         """Embed texts; longer than the model's context (CLIP 77 tokens, SigLIP 64) is
         truncated. SigLIP texts are padded to the full context, as the model was trained."""
         loaded = self._model()
-        family = loaded.family
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = loaded.processor.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=family.text_padding,
-                truncation=True,
-                max_length=family.max_text_tokens,
-                return_tensors="pt",
-            )
+            tokens = _tokens(loaded.processor, loaded.family, texts[start : start + batch_size])
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
             with self._infer_lock, torch.inference_mode():
-                features = loaded.model.get_text_features(**tokens).pooler_output
+                features = loaded.queries.features(TEXT, loaded.model, tokens)
             out.append(_normalised(features))
         return _stack(out, self)
 
@@ -252,10 +259,16 @@ class DualEncoder(LazyModel[_Loaded]):
     def embed_images(
         self, images: Sequence[Image.Image], batch_size: int = DEFAULT_IMAGE_BATCH
     ) -> np.ndarray:
-        """Embed RGB images (preprocess + embed_pixels)."""
-        return (
-            self.embed_pixels(self.preprocess(images), batch_size) if images else _stack([], self)
-        )
+        """Embed RGB images, the queries' way: `preprocess`, then the image tower ENCODER_RUNTIME
+        chose: `embed_pixels` where that is torch, else one ONNX call (a query's pictures)."""
+        if not images:
+            return _stack([], self)
+        loaded, pixels = self._model(), torch.from_numpy(self.preprocess(images))
+        if loaded.queries.image is None:
+            return self.embed_pixels(pixels, batch_size)
+        with self._infer_lock:
+            features = loaded.queries.features(IMAGE, loaded.model, {"pixel_values": pixels})
+        return _stack([_normalised(features)], self)
 
 
 def _processor(name: str) -> ProcessorMixin:
@@ -272,10 +285,41 @@ def _processor(name: str) -> ProcessorMixin:
         ) from err
 
 
+def _query_towers(
+    encoder: DualEncoder, processor: ProcessorMixin, family: Family, tuned: tuning.Tuned
+) -> QueryTowers:
+    """What embeds `encoder`'s queries (its ENCODER_RUNTIME, `core.models.onnx_runtime`)."""
+    request = RuntimeRequest(
+        setting=encoder._runtime,
+        model_name=encoder.model_name,
+        device=encoder.device,
+        tokenize=lambda texts: _tokens(processor, family, texts),
+        input_size=family.input_size,
+        cache=encoder._tuning_cache,
+    )
+    float32 = functools.partial(encoder._load_weights, torch.float32)
+    return query_towers(request, Weights(tuned.model, tuned.dtype, float32))
+
+
+def _tokens(
+    processor: ProcessorMixin, family: Family, texts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The texts as the family's processor feeds them: SigLIP padded to the full context,
+    CLIP to the longest; both truncated to the context."""
+    return dict(
+        processor.tokenizer(
+            list(texts),
+            padding=family.text_padding,
+            truncation=True,
+            max_length=family.max_text_tokens,
+            return_tensors="pt",
+        )
+    )
+
+
 def _image_tower(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """The projected image embeddings: in transformers 5 `get_image_features` returns an
-    output object whose `pooler_output` they are."""
-    return model.get_image_features(pixel_values=pixels).pooler_output
+    """The projected image embeddings (what DTYPE=auto times)."""
+    return torch_features(model, IMAGE, {"pixel_values": pixels})
 
 
 def _normalised(features: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,9 @@ time budget. The bot only needs the dtype (its queries are single): it reuses th
 measurement rather than timing text queries. The result is cached in
 `<CHROMA_PATH>/hardware-tuning.json`, keyed by CPU model, model name, torch version and
 device, so later runs load straight into the chosen dtype.
+
+The same file keeps what ENCODER_RUNTIME=auto chose for the query towers (`RuntimeTuning`,
+measured by `core.models.onnx_runtime`), under its own key (`TuningCache.get_entry`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class Tuning:
     """images/s per batch size in the chosen dtype."""
     cached: bool = False
     """True when read from the cache rather than measured in this process."""
+    runtime: RuntimeTuning | None = None
+    """What embeds the queries (ENCODER_RUNTIME), when not plain torch; cached apart."""
 
     def dtype_line(self, cpu: str) -> str:
         """ "bfloat16 (<rate> vs <rate> images/s measured on <cpu>, cached)", the chosen
@@ -84,9 +89,68 @@ class Tuning:
         return f"{self.batch_size} (images/s by batch {rates}; {how})"
 
     def summary(self) -> str:
-        """For /stats: "bfloat16, batch 32 (measured)"."""
+        """For /stats: "bfloat16, batch 32 (measured)", and the query runtime when there is
+        one: "bfloat16 (measured); queries: text onnx-int8, images torch (measured)"."""
         batch = f", batch {self.batch_size}" if self.batch_size else ""
-        return f"{self.dtype}{batch} (measured)"
+        measured = self.dtype_rates or self.batch_size  # else only the runtime was chosen
+        tuned = f"{self.dtype}{batch} (measured)" if measured else self.dtype
+        return f"{tuned}; queries: {self.runtime.summary()}" if self.runtime else tuned
+
+
+@dataclass
+class RuntimeTuning:
+    """What embeds the queries (ENCODER_RUNTIME: "torch", "onnx" or "onnx-int8" per tower),
+    and the measurements it was chosen by (`core.models.onnx_runtime`)."""
+
+    text: str
+    image: str
+    text_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds of one probe query per candidate runtime (median)."""
+    image_ms: dict[str, float] = field(default_factory=dict)
+    cosines: dict[str, float] = field(default_factory=dict)
+    """The lowest cosine with float32 torch on the probes, per "<tower> <runtime>"."""
+    rejected: list[str] = field(default_factory=list)
+    """The "<tower> <runtime>" candidates whose cosine was too low."""
+    reason: str = "measured"
+    """"measured", "cached", "set" (ENCODER_RUNTIME given) or why it fell back to torch."""
+
+    def line(self) -> str:
+        """For the log: "text → onnx-int8 (4.8 ms; torch 12.1, onnx 13.5), images → torch
+        (44.3 ms; onnx 66.9, onnx-int8 27.6 rejected: cosine 0.9981), measured"."""
+        text = f"text → {self.text}{self._timings('text', self.text_ms)}"
+        image = f"images → {self.image}{self._timings('image', self.image_ms)}"
+        return f"{text}, {image}; {self.reason}"
+
+    def summary(self) -> str:
+        """For /stats: "text onnx-int8, images torch (measured)"."""
+        return f"text {self.text}, images {self.image} ({self.reason})"
+
+    def _timings(self, tower: str, ms: dict[str, float]) -> str:
+        """The chosen runtime's time, then the others': "(4.8 ms; torch 12.1, onnx 13.5)"."""
+        chosen = self.text if tower == "text" else self.image
+        if chosen not in ms:
+            return ""
+        others = []
+        for name, value in ms.items():
+            candidate = f"{tower} {name}"
+            rejected = candidate in self.rejected and candidate in self.cosines
+            why = f" rejected: cosine {self.cosines[candidate]:.4f}" if rejected else ""
+            if name != chosen:
+                others.append(f"{name} {value:.1f}{why}")
+        return f" ({ms[chosen]:.1f} ms; {', '.join(others)})"
+
+
+def with_runtime(
+    tuned: Tuning | None, dtype: torch.dtype, runtime: RuntimeTuning | None
+) -> Tuning | None:
+    """`tuned` (DTYPE=auto's, or None when DTYPE was set) with the query runtime's choice;
+    a new `Tuning` holding only the runtime when DTYPE was set."""
+    if runtime is None:
+        return tuned
+    if tuned is None:
+        tuned = Tuning(_name(dtype), {})
+    tuned.runtime = runtime
+    return tuned
 
 
 def cpu_name() -> str:
@@ -112,17 +176,25 @@ class TuningCache:
         self.path = path
 
     def get(self, key: TuningKey) -> Tuning | None:
-        entry = self._read().get(key.text())
-        if not isinstance(entry, dict):
-            return None
+        entry = self.get_entry(key.text())
         try:
-            return Tuning(**{**entry, "cached": True})
+            return Tuning(**{**entry, "cached": True}) if entry is not None else None
         except TypeError:
             return None
 
     def put(self, key: TuningKey, tuning: Tuning) -> None:
+        skip = ("cached", "runtime")
+        self.put_entry(key.text(), {k: v for k, v in asdict(tuning).items() if k not in skip})
+
+    def get_entry(self, key: str) -> dict | None:
+        """The entry cached under `key` (a JSON object), if any."""
+        entry = self._read().get(key)
+        return entry if isinstance(entry, dict) else None
+
+    def put_entry(self, key: str, entry: dict) -> None:
+        """Cache `entry` under `key` (the file is rewritten atomically)."""
         entries = self._read()
-        entries[key.text()] = {k: v for k, v in asdict(tuning).items() if k != "cached"}
+        entries[key] = entry
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")

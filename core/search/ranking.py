@@ -8,10 +8,15 @@ MIN_SCORE applied. Each of these steps can shorten the list the store gave, so t
 fetches more neighbours (twice as many each time) until it holds what the page needs or the
 results really end: the store has no more pictures of the query's categories, or the
 farthest one fetched already scores below MIN_SCORE (every picture beyond it scores lower).
+
+A text query searches as deep as the collection's recorded `SearchEffort` says (measured at
+the end of its build, core.indexing.recall): text vectors lie outside the cloud of picture
+vectors, where the store's default graph search misses more of their true neighbours.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +34,9 @@ ranking."""
 MAX_FETCH = 1024
 """Neighbours fetched at most for one page: about five per result at the deepest page
 (`service.MAX_RESULTS`), room for many near-duplicates and refused files."""
+EFFORT_MAX_AGE_S = 60.0
+"""How old the collection's search effort may be that a text search applies: a build that
+records a new one is followed within a minute, without a restart."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,19 @@ class Ranker:
         self.files = files
         self.fusion = fusion
         self.duplicate_cosine = duplicate_cosine
+        self._text_depth: tuple[int, float] | None = None
+        """The last search depth of text queries read and when (`time.monotonic`)."""
+
+    def text_depth(self) -> int:
+        """How deep a text query searches: the collection's recorded `SearchEffort` (0, the
+        store's own search, when none is or it is malformed), read at most every
+        `EFFORT_MAX_AGE_S`."""
+        now = time.monotonic()
+        known = self._text_depth
+        if known is None or now - known[1] > EFFORT_MAX_AGE_S:
+            effort = self.store.search_effort()
+            known = self._text_depth = (effort.depth if effort else 0, now)
+        return known[0]
 
     def rank(self, prepared: PreparedQuery, want: int, floor: float | None, size: int) -> Ranking:
         """At least `want` results of `prepared` scoring `floor` or more (None: any), unless
@@ -94,7 +115,10 @@ class Ranker:
         ranking, whose files may be sent (`allowed` remembers the checks across fetches),
         near-duplicates and the excluded pictures left out."""
         contains = {"categories": list(prepared.categories)} if prepared.categories else None
-        raw = self.store.query(vector[None, :], n, contains=contains, with_vectors=True)[0]
+        depth = self.text_depth() if prepared.fuse_captions else 0
+        raw = self.store.query(
+            vector[None, :], n, contains=contains, with_vectors=True, depth=depth
+        )[0]
         matches = raw
         if prepared.fuse_captions and self.fusion is not None:
             matches = self.fusion.fuse(vector, raw, n, prepared.categories)

@@ -42,6 +42,7 @@ from PIL import Image
 from core.errors import BadImage
 from core.images import allowed_formats, decode_image
 from core.sources.units import format_size
+from core.sources.url_hosts import Hosts
 from core.sources.url_network import (
     LookupFailed,
     PinnedBackend,
@@ -57,6 +58,8 @@ DEFAULT_DEADLINE_S = 60.0
 """All of one fetch (URL_FETCH_TIMEOUT_S): past it, the fetch is a "timeout" failure."""
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
+KEEPALIVE_S = 30.0
+"""An idle connection older than this is not reused."""
 DECODE_MEMORY_BUDGET = 512 * 1024 * 1024
 """Bytes all parallel decodes may hold at once, as the bot's (a full-size buffer: 4 per pixel)."""
 ROBOTS_REFUSALS = frozenset({"none", "noai", "noimageai", "noindex", "noimageindex"})
@@ -146,27 +149,34 @@ def robots_refusal(values: Iterable[str]) -> str | None:
 
 
 class Fetcher:
-    """Fetches URLs by the rules, from many threads at once: each hop through the pinned
-    connector, the body streamed to a temp file, decoded within the shared pixel budget."""
+    """Fetches URLs by the rules, from many threads at once: each hop in one of its host's
+    slots, on that host's connections (core.sources.url_hosts), through the pinned connector;
+    the body streamed to a temp file, decoded within the shared pixel budget."""
 
     def __init__(
         self, rules: FetchRules, concurrency: int, per_host: int, stop: threading.Event
     ) -> None:
         self.rules, self.stop = rules, stop
-        self.hosts = _HostSlots(max(1, per_host))
         self.budget = PixelBudget(rules.decode_budget_pixels)
-        # httpcore's pool itself: the one public place to plug in the connector, with no
-        # environment proxies (the connection goes where the check allowed) and no automatic
-        # redirects (each hop is checked).
-        self.pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=concurrency,
-            max_keepalive_connections=concurrency,
-            network_backend=PinnedBackend(rules.resolver, rules.allow_private),
-        )
+        ssl_context = httpx.create_ssl_context()
+        backend = PinnedBackend(rules.resolver, rules.allow_private)
+
+        def make_pool(size: int) -> httpcore.ConnectionPool:
+            # httpcore's pool itself: the one public place to plug in the connector, with no
+            # environment proxies (the connection goes where the check allowed) and no
+            # automatic redirects (each hop is checked).
+            return httpcore.ConnectionPool(
+                ssl_context=ssl_context,
+                max_connections=size,
+                max_keepalive_connections=size,
+                keepalive_expiry=KEEPALIVE_S,
+                network_backend=backend,
+            )
+
+        self.hosts = Hosts(per_host, concurrency, make_pool)
 
     def close(self) -> None:
-        self.pool.close()
+        self.hosts.close()
 
     def save(self, url: str, folder: Path, stem: str) -> str:
         """The name of the validated file written for `url` in `folder` (`stem` + the
@@ -189,12 +199,12 @@ class Fetcher:
         deadline: float | None = None
         for _hop in range(self.rules.max_redirects + 1):
             target = _checked_url(url)
-            with self.hosts.slot(target.host):
+            with self.hosts.slot(target.host) as pool:
                 deadline = deadline or time.monotonic() + self.rules.deadline_s
                 with (
                     deadline_scope(deadline),
                     _network_errors(deadline, self.rules.deadline_s),
-                    self.pool.stream("GET", _core_url(target), **self._request(target)) as response,
+                    pool.stream("GET", _core_url(target), **self._request(target)) as response,
                 ):
                     if response.status in _REDIRECTS:
                         url = _redirect_target(url, response)
@@ -270,33 +280,6 @@ class PixelBudget:
             with self.changed:
                 self.used -= pixels
                 self.changed.notify_all()
-
-
-class _HostSlots:
-    """At most `per_host` fetches at a time from one host; a host's entry lives only while
-    it is in use (a list names millions of hosts)."""
-
-    def __init__(self, per_host: int) -> None:
-        self.per_host = per_host
-        self.lock = threading.Lock()
-        self.slots: dict[str, tuple[threading.BoundedSemaphore, int]] = {}
-
-    @contextmanager
-    def slot(self, host: str) -> Iterator[None]:
-        with self.lock:
-            semaphore, users = self.slots.get(host, (None, 0))
-            semaphore = semaphore or threading.BoundedSemaphore(self.per_host)
-            self.slots[host] = (semaphore, users + 1)
-        try:
-            with semaphore:
-                yield
-        finally:
-            with self.lock:
-                users = self.slots[host][1] - 1
-                if users:
-                    self.slots[host] = (semaphore, users)
-                else:
-                    del self.slots[host]
 
 
 @contextmanager

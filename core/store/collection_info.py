@@ -15,7 +15,8 @@ is also where a token about to travel unencrypted to another machine is warned a
 
 `BuildRecord` is what a build writes into its collection's metadata: which source it was
 building and whether it finished, so that `python -m core status` (and `make run` through it)
-can tell an index whose first build was interrupted from a complete one.
+can tell an index whose first build was interrupted from a complete one. The build's
+`SearchEffort` (core.store.effort: the text recall it measured) is read here too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.config import Settings
+from core.store.effort import EFFORT_KEY, SearchEffort
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,9 @@ class CollectionInfo:
     builds: tuple[BuildRecord, ...] = ()
     """The last build of each source, as recorded (none for an index built before they
     were recorded)."""
+    effort: SearchEffort | None = None
+    """How deep text searches go and the recall the last build measured there (None: not
+    measured, or a malformed record)."""
 
     @property
     def incomplete(self) -> tuple[BuildRecord, ...]:
@@ -212,21 +217,23 @@ def embedded_info(path: Path, name: str) -> CollectionInfo | None:
     count = embedded_count(path, found[0])
     if count is None:
         return None
-    rows = _read_rows(path, _BUILDS_SQL, {"collection": str(found[0])}, MAX_BUILDS)
-    return _info(name, count, found[1], found[2], build_records(dict(rows)))
+    rows = _read_rows(path, _RECORDS_SQL, {"collection": str(found[0])}, MAX_BUILDS + 1)
+    return _info(name, count, found[1], found[2], dict(rows))
 
 
 def _info(
-    name: str, count: int, model: object, dim: object, builds: tuple[BuildRecord, ...] = ()
+    name: str, count: int, model: object, dim: object, metadata: Mapping[str, object]
 ) -> CollectionInfo:
     """The recorded model and dimension as read from a file or a server, each kept only when
-    it has the type the project records (a string, an integer), else None."""
+    it has the type the project records (a string, an integer), else None; and the records
+    of `metadata` (builds, search effort), each kept only when well-formed."""
     return CollectionInfo(
         name,
         count,
         model if isinstance(model, str) else None,
         dim if type(dim) is int else None,
-        builds,
+        build_records(metadata),
+        SearchEffort.from_metadata(metadata),
     )
 
 
@@ -272,12 +279,13 @@ WHERE collections.name = :name
 """
 """(id, recorded model, recorded dimension) of a collection."""
 
-_BUILDS_SQL = f"""
+_RECORDS_SQL = f"""
 SELECT key, str_value FROM collection_metadata
-WHERE collection_id = :collection AND key LIKE '{BUILD_KEY_PREFIX}%'
-ORDER BY key
+WHERE collection_id = :collection
+  AND (key = '{EFFORT_KEY}' OR key LIKE '{BUILD_KEY_PREFIX}%')
+ORDER BY key = '{EFFORT_KEY}' DESC, key
 """
-"""(key, value) of a collection's build records."""
+"""(key, value) of a collection's search effort (first) and build records."""
 
 
 # --- a server: Chroma's v2 HTTP API --------------------------------------------------------
@@ -295,7 +303,7 @@ def server_info(settings: Settings, name: str) -> CollectionInfo | None:
         return None
     metadata = collection.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
-    return _info(name, count, metadata.get("model"), metadata.get("dim"), build_records(metadata))
+    return _info(name, count, metadata.get("model"), metadata.get("dim"), metadata)
 
 
 def _get_json(settings: Settings, path: str) -> object | None:

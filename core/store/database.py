@@ -34,6 +34,7 @@ from core.store.collection_info import (
     describe,
     embedded_count,
 )
+from core.store.effort import EFFORT_KEY, SearchEffort
 from core.store.records import R
 
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
@@ -174,7 +175,12 @@ class Database:
             metadata = collection.metadata or {}
             count = _count_at_rest(collection, self._path)
             return CollectionInfo(
-                name, count, metadata.get("model"), metadata.get("dim"), build_records(metadata)
+                name,
+                count,
+                metadata.get("model"),
+                metadata.get("dim"),
+                build_records(metadata),
+                SearchEffort.from_metadata(metadata),
             )
 
     def drop(self, name: str) -> bool:
@@ -247,6 +253,23 @@ def _vec(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=np.float32)
 
 
+def _details_of(
+    result: Any, with_vectors: bool, *, nested: bool = True
+) -> dict[str, tuple[dict, np.ndarray | None]]:
+    """(metadata, stored vector or None) by id, from Chroma's answer to a query (`nested`:
+    a list per query vector) or to a `get`."""
+    ids, mds = result["ids"], result["metadatas"]
+    vecs = result.get("embeddings") if with_vectors else None
+    if not nested:
+        ids, mds, vecs = [ids], [mds], None if vecs is None else [vecs]
+    out: dict[str, tuple[dict, np.ndarray | None]] = {}
+    for n, (row_ids, row_mds) in enumerate(zip(ids, mds, strict=True)):
+        row_vecs = vecs[n] if vecs is not None else [None] * len(row_ids)
+        for id_, md, vec in zip(row_ids, row_mds, row_vecs, strict=True):
+            out[id_] = (md or {}, _vec(vec))
+    return out
+
+
 def _check_space(name: str, metadata: dict, model: str, dim: int) -> None:
     built_model, built_dim = metadata.get("model"), metadata.get("dim")
     if built_model == model and built_dim == dim:
@@ -302,9 +325,18 @@ class VectorStore(Generic[R]):
     def categories(self) -> tuple[str, ...]:
         """The category names this collection's records may hold (recorded by
         `add_categories`; empty for folder and URL-list indexes)."""
+        return _strings(self._metadata(), CATEGORIES_KEY)
+
+    def search_effort(self) -> SearchEffort | None:
+        """How deep text searches go, as the last build measured (`record_search_effort`);
+        None when none was recorded or the record is malformed (then: the defaults)."""
+        return SearchEffort.from_metadata(self._metadata())
+
+    def _metadata(self) -> dict:
+        """The collection's metadata as stored now (not as this handle was opened)."""
         with _reachable(self.description):
             collection = self._connection.client.get_collection(self.name, embedding_function=None)
-        return _strings(collection.metadata or {}, CATEGORIES_KEY)
+        return dict(collection.metadata or {})
 
     def add_categories(self, names: Iterable[str]) -> None:
         """Record category names the records hold (kept, merged, sorted)."""
@@ -323,12 +355,20 @@ class VectorStore(Generic[R]):
     def record_build(self, build: BuildRecord) -> None:
         """Record (or replace) the build record of `build.source` in the collection's metadata,
         keeping every other key (other sources' records, the categories, the model)."""
-        value = build.to_metadata()
+        self._record(build.key, build.to_metadata(), "the build record")
+
+    def record_search_effort(self, effort: SearchEffort) -> None:
+        """Record (or replace) the search effort in the collection's metadata, keeping every
+        other key."""
+        self._record(EFFORT_KEY, effort.to_metadata(), "the search effort")
+
+    def _record(self, key: str, value: str, what: str) -> None:
+        """Set metadata `key` to `value`, keeping every other key (see `_merge_metadata`)."""
 
         def merged(metadata: dict) -> dict | None:
-            return None if metadata.get(build.key) == value else {build.key: value}
+            return None if metadata.get(key) == value else {key: value}
 
-        _merge_metadata(self._connection, self.name, "the build record", merged)
+        _merge_metadata(self._connection, self.name, what, merged)
 
     def check_not_empty(self, *, max_age_s: float = 0.0) -> None:
         """Raise `IndexEmpty` when the collection holds nothing (`max_age_s`: see `count`)."""
@@ -355,39 +395,64 @@ class VectorStore(Generic[R]):
         contains: dict[str, Sequence[str]] | None = None,
         where: dict | None = None,
         with_vectors: bool = False,
+        depth: int = 0,
     ) -> list[list[Match[R]]]:
         """The `k` nearest records of each query vector, best first.
 
         `contains`: only records whose list metadata `key` holds every one of the values
         (`{"categories": ["dog", "frisbee"]}`); `where`: only records matching this Chroma
-        `where` as well. `with_vectors`: each match carries its stored vector. Raises
-        `IndexEmpty` when the collection holds nothing.
+        `where` as well. `with_vectors`: each match carries its stored vector. `depth`: search
+        that many candidates deep (more than `k`: the HNSW search explores max(ef_search,
+        depth) of them, see `core.store.effort`) and keep the best `k`; only those are read
+        with their metadata. Raises `IndexEmpty` when the collection holds nothing.
         """
         if len(vectors) == 0:
             return []
-        include: Any = ["metadatas", "distances"] + (["embeddings"] if with_vectors else [])
+        deep = depth > k
+        include: Any = ["distances"]
+        if not deep:
+            include += ["metadatas"] + (["embeddings"] if with_vectors else [])
         with _reachable(self.description):
             result = self._collection.query(
                 query_embeddings=np.asarray(vectors, dtype=np.float32),
-                n_results=k,
+                n_results=depth if deep else k,
                 where=_where_all(_where_contains(contains or {}), where),
                 include=include,
             )
         if not any(result["ids"]):
             self.check_not_empty()  # else the filter matched nothing
-        stored = result.get("embeddings") if with_vectors else None
-        out = []
-        for n, (ids, mds, dists) in enumerate(
-            zip(result["ids"], result["metadatas"], result["distances"], strict=True)
-        ):
-            vecs = stored[n] if stored is not None else [None] * len(ids)
-            out.append(
-                [
-                    Match(self._type.from_metadata(id_, md or {}), 1.0 - float(dist), _vec(vec))
-                    for id_, md, dist, vec in zip(ids, mds, dists, vecs, strict=True)
-                ]
-            )
+        found = [
+            list(zip(ids[:k], dists[:k], strict=True))
+            for ids, dists in zip(result["ids"], result["distances"], strict=True)
+        ]
+        if deep:
+            details = self._details([id_ for row in found for id_, _ in row], with_vectors)
+        else:
+            details = _details_of(result, with_vectors)
+        return [
+            [
+                Match(self._type.from_metadata(id_, details[id_][0]), 1 - float(d), details[id_][1])
+                for id_, d in row
+                if id_ in details  # a record deleted since the search is left out
+            ]
+            for row in found
+        ]
+
+    def _details(self, ids: Sequence[str], with_vectors: bool) -> dict[str, tuple[dict, Any]]:
+        """(metadata, stored vector or None) of each of `ids` still stored."""
+        include: Any = ["metadatas"] + (["embeddings"] if with_vectors else [])
+        out: dict[str, tuple[dict, Any]] = {}
+        with _reachable(self.description):
+            for _, chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
+                got = self._collection.get(ids=list(chunk), include=include)
+                out.update(_details_of(got, with_vectors, nested=False))
         return out
+
+    def vector_pages(self, size: int = PAGE) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored vector with its id, `size` at a time: (ids, float32 rows) per page
+        (memory stays bounded however large the collection)."""
+        for got in self._pages(size, ["embeddings"]):
+            yield list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32)
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of `ids` (missing ids are left out)."""
@@ -443,14 +508,19 @@ class VectorStore(Generic[R]):
 
     def __iter__(self) -> Iterator[R]:
         """Every stored record, page by page (memory stays bounded)."""
+        for got in self._pages(PAGE, ["metadatas"]):
+            for id_, md in zip(got["ids"], got["metadatas"], strict=True):
+                yield self._type.from_metadata(id_, md or {})
+
+    def _pages(self, size: int, include: Any) -> Iterator[Any]:
+        """Chroma's answers to `get` of every record, `size` records at a time."""
         offset = 0
         while True:
             with _reachable(self.description):
-                got = self._collection.get(limit=PAGE, offset=offset, include=["metadatas"])
+                got = self._collection.get(limit=size, offset=offset, include=include)
             if not got["ids"]:
                 return
-            for id_, md in zip(got["ids"], got["metadatas"], strict=True):
-                yield self._type.from_metadata(id_, md or {})
+            yield got
             offset += len(got["ids"])
 
 
