@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "missing, empty or incomplete (scripts use this to build, or finish building, the "
         "index only when needed; `make run` leaves that to `index_builder.py --if-needed`).",
     )
+    _add_drop_parser(commands)
+    _add_eval_parser(commands)
+    return parser
+
+
+def _add_drop_parser(commands: argparse._SubParsersAction) -> None:
     drop = commands.add_parser(
         "drop-libraries",
         help="remove every chat's library (after a change of CLIP_MODEL, say)",
@@ -96,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument(
         "--yes", action="store_true", help="really remove them (without it: say what would go)"
     )
-    _add_eval_parser(commands)
-    return parser
 
 
 def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
