@@ -456,13 +456,7 @@ class VectorStore(Generic[R]):
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of `ids` (missing ids are left out)."""
-        out: dict[str, np.ndarray] = {}
-        with _reachable(self.description):
-            for _, chunk in _chunks(ids, self._max_batch):
-                got = self._collection.get(ids=list(chunk), include=["embeddings"])
-                for id_, vec in zip(got["ids"], got["embeddings"], strict=True):
-                    out[id_] = np.asarray(vec, dtype=np.float32)
-        return out
+        return {id_: vec for id_, (_, vec) in self._details(ids, True).items()}
 
     def update_metadata(self, records: Sequence[R]) -> None:
         """Replace the metadata of stored records, keeping their vectors."""
@@ -474,32 +468,15 @@ class VectorStore(Generic[R]):
 
     def get(self, ids: Sequence[str]) -> list[R]:
         """The stored records among `ids` (missing ids are left out)."""
-        out: list[R] = []
-        with _reachable(self.description):
-            for _, chunk in _chunks(ids, self._max_batch):
-                got = self._collection.get(ids=list(chunk), include=["metadatas"])
-                out += [
-                    self._type.from_metadata(i, md or {})
-                    for i, md in zip(got["ids"], got["metadatas"], strict=True)
-                ]
-        return out
+        return [self._type.from_metadata(i, md) for i, (md, _) in self._details(ids, False).items()]
 
     def find(self, where: dict) -> list[R]:
         """Every stored record matching the Chroma `where`, page by page."""
-        out: list[R] = []
-        offset = 0
-        while True:
-            with _reachable(self.description):
-                got = self._collection.get(
-                    where=where, limit=PAGE, offset=offset, include=["metadatas"]
-                )
-            out += [
-                self._type.from_metadata(i, md or {})
-                for i, md in zip(got["ids"], got["metadatas"], strict=True)
-            ]
-            if len(got["ids"]) < PAGE:
-                return out
-            offset += len(got["ids"])
+        return [
+            self._type.from_metadata(id_, md or {})
+            for got in self._pages(PAGE, ["metadatas"], where)
+            for id_, md in zip(got["ids"], got["metadatas"], strict=True)
+        ]
 
     def delete(self, ids: Sequence[str]) -> None:
         with _reachable(self.description):
@@ -512,12 +489,12 @@ class VectorStore(Generic[R]):
             for id_, md in zip(got["ids"], got["metadatas"], strict=True):
                 yield self._type.from_metadata(id_, md or {})
 
-    def _pages(self, size: int, include: Any) -> Iterator[Any]:
-        """Chroma's answers to `get` of every record, `size` records at a time."""
+    def _pages(self, size: int, include: Any, where: dict | None = None) -> Iterator[Any]:
+        """Chroma's answers to `get` of every record (matching `where`), `size` at a time."""
         offset = 0
         while True:
             with _reachable(self.description):
-                got = self._collection.get(limit=size, offset=offset, include=include)
+                got = self._collection.get(where=where, limit=size, offset=offset, include=include)
             if not got["ids"]:
                 return
             yield got
