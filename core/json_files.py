@@ -13,6 +13,18 @@ MAX_JSON_BYTES = 1_000_000_000
 330 MB; the whole parsed tree is held in memory, several times the file's size."""
 
 
+def json_object(value: object, max_chars: int) -> dict | None:
+    """The JSON object a stored text holds (a metadata value of the untrusted store), or None
+    when it is no text, longer than `max_chars`, not JSON, or not an object."""
+    if not isinstance(value, str) or len(value) > max_chars:
+        return None
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_json(
     path: Path,
     what: str,

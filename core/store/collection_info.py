@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.config import Settings
+from core.json_files import json_object
 from core.store.effort import EFFORT_KEY, SearchEffort
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,8 @@ class BuildRecord:
     def from_metadata(cls, value: object) -> BuildRecord | None:
         """The record a metadata value holds, or None when it is not one (checked field by
         field: the store is not trusted)."""
-        if not isinstance(value, str) or len(value) > MAX_BUILD_RECORD:
-            return None
-        try:
-            data = json.loads(value)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
+        data = json_object(value, MAX_BUILD_RECORD)
+        if data is None:
             return None
         source, target, others = data.get("source"), data.get("target"), data.get("others")
         complete = data.get("complete")

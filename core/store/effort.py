@@ -25,6 +25,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from core.json_files import json_object
+
 EFFORT_KEY = "search_effort"
 """Collection metadata key of the `SearchEffort` record (JSON)."""
 MAX_DEPTH = 4096
@@ -66,13 +68,8 @@ class SearchEffort:
     def from_metadata(cls, metadata: Mapping[str, object]) -> SearchEffort | None:
         """The record in a collection's metadata, or None (none there, or malformed)."""
         value = metadata.get(EFFORT_KEY)
-        if not isinstance(value, str) or len(value) > MAX_RECORD:
-            return None
-        try:
-            data = json.loads(value)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
+        data = json_object(value, MAX_RECORD)
+        if data is None:
             return None
         depth, queries, met = data.get("depth"), data.get("queries"), data.get("met")
         recall, target, source = data.get("recall"), data.get("target"), data.get("source")
