@@ -10,6 +10,7 @@ administrator); `/forget` whoever posted the picture, or an administrator; `/sav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -195,9 +196,7 @@ async def save(update: Update, context: Context) -> None:
         return
     try:
         added = await context.bot_data.ingest.save(picture)
-    except Exception as err:
-        if type(err).__name__ != "QueueFull":
-            raise
+    except asyncio.QueueFull:
         await message.reply_text(texts.BEHIND)
         return
     if not added.stored:
