@@ -281,46 +281,15 @@ def _check_space(name: str, metadata: dict, model: str, dim: int) -> None:
     )
 
 
-class VectorStore(Generic[R]):
-    """One collection of records of type `R` with their L2-normalised vectors."""
+class CollectionMetadata:
+    """What a collection records about itself in its metadata, beside its model: the category
+    names its records hold, each source's build record, the measured search effort. Read
+    afresh (another process may have written them) and merged on write (`_merge_metadata`).
+    `VectorStore` is one."""
 
-    def __init__(
-        self, collection: chromadb.Collection, record_type: type[R], connection: Connection
-    ) -> None:
-        self._collection = collection
-        self._type = record_type
-        self._connection = connection
-        self._max_batch = connection.max_batch
-        self._counted: tuple[int, float] | None = None
-        """The last count and when it was read (`time.monotonic`)."""
-        self.description = connection.description
-        """Where the collection lives, for people: "embedded Chroma in data/chroma"."""
-
-    @property
-    def name(self) -> str:
-        return self._collection.name
-
-    def count(self, *, max_age_s: float = 0.0) -> int:
-        """The number of records. With `max_age_s`, a non-zero count read at most that many
-        seconds ago is reused (an empty collection is always counted again: it may be
-        filling): counting is linear in the collection, too slow at scale to repeat for
-        every search (docs/benchmarks.md)."""
-        now = time.monotonic()
-        counted = self._counted
-        if counted and counted[0] and max_age_s > 0 and now - counted[1] <= max_age_s:
-            return counted[0]
-        with _reachable(self.description):
-            count = self._collection.count()
-        self._counted = (count, now)
-        return count
-
-    def count_at_rest(self) -> int:
-        """The number of records, without loading an embedded collection's index (read from
-        Chroma's SQLite file; through Chroma while a write is pending). The bot counts this way
-        at start-up, which then does not grow with the collection; `count` (any read) loads
-        the index, which takes long and much memory for a large collection (bench/scale.py)."""
-        with _reachable(self.description):
-            return _count_at_rest(self._collection, self._connection.embedded_path)
+    name: str
+    description: str
+    _connection: Connection
 
     def categories(self) -> tuple[str, ...]:
         """The category names this collection's records may hold (recorded by
@@ -369,6 +338,48 @@ class VectorStore(Generic[R]):
             return None if metadata.get(key) == value else {key: value}
 
         _merge_metadata(self._connection, self.name, what, merged)
+
+
+class VectorStore(CollectionMetadata, Generic[R]):
+    """One collection of records of type `R` with their L2-normalised vectors."""
+
+    def __init__(
+        self, collection: chromadb.Collection, record_type: type[R], connection: Connection
+    ) -> None:
+        self._collection = collection
+        self._type = record_type
+        self._connection = connection
+        self._max_batch = connection.max_batch
+        self._counted: tuple[int, float] | None = None
+        """The last count and when it was read (`time.monotonic`)."""
+        self.description = connection.description
+        """Where the collection lives, for people: "embedded Chroma in data/chroma"."""
+
+    @property
+    def name(self) -> str:
+        return self._collection.name
+
+    def count(self, *, max_age_s: float = 0.0) -> int:
+        """The number of records. With `max_age_s`, a non-zero count read at most that many
+        seconds ago is reused (an empty collection is always counted again: it may be
+        filling): counting is linear in the collection, too slow at scale to repeat for
+        every search (docs/benchmarks.md)."""
+        now = time.monotonic()
+        counted = self._counted
+        if counted and counted[0] and max_age_s > 0 and now - counted[1] <= max_age_s:
+            return counted[0]
+        with _reachable(self.description):
+            count = self._collection.count()
+        self._counted = (count, now)
+        return count
+
+    def count_at_rest(self) -> int:
+        """The number of records, without loading an embedded collection's index (read from
+        Chroma's SQLite file; through Chroma while a write is pending). The bot counts this way
+        at start-up, which then does not grow with the collection; `count` (any read) loads
+        the index, which takes long and much memory for a large collection (bench/scale.py)."""
+        with _reachable(self.description):
+            return _count_at_rest(self._collection, self._connection.embedded_path)
 
     def check_not_empty(self, *, max_age_s: float = 0.0) -> None:
         """Raise `IndexEmpty` when the collection holds nothing (`max_age_s`: see `count`)."""
